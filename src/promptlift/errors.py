@@ -1,0 +1,38 @@
+"""User-facing errors.
+
+Every error a user can cause (bad file, unknown name, budget spent, a prompt too
+long for the model) is a `PromptliftError`. The CLI prints its message as one
+line on stderr and exits with code 2; the Python API lets it propagate.
+"""
+
+from __future__ import annotations
+
+
+class PromptliftError(Exception):
+    """Base class of every error caused by input, configuration or limits."""
+
+    exit_code = 2
+
+
+class DataError(PromptliftError):
+    """A data file or row is missing, malformed or inconsistent."""
+
+
+class ConfigError(PromptliftError):
+    """An unknown name (model, method, split) or an invalid option."""
+
+
+class ModelError(PromptliftError):
+    """A model cannot be loaded, or a request does not fit it (e.g. too long)."""
+
+
+class ArtifactError(PromptliftError):
+    """A prompt artifact is corrupt, changed on disk, or made for another model."""
+
+
+class BudgetExceeded(PromptliftError):
+    """The run's budget (calls, tokens or passes) is spent."""
+
+
+class UnsupportedError(PromptliftError):
+    """The backend cannot do what was asked (e.g. scoring on a chat-only API)."""
