@@ -1,0 +1,95 @@
+"""Key/value caches as plain tensors.
+
+transformers changes its cache classes often (tuples, `DynamicCache` with
+`key_cache` lists, then `layers[i].keys`...). promptlift keeps its own tiny
+representation, `KV`, and converts at the one boundary where a model is called
+(`to_hf` / `from_hf`). Nothing else in the package touches a transformers cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class KV:
+    """Per-layer keys and values plus a padding mask.
+
+    keys[i], values[i]: (batch, kv_heads, seq, head_dim)
+    mask: (batch, seq) with 1 for real positions, 0 for padding.
+    """
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    mask: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return self.mask.shape[0]
+
+    @property
+    def seq_len(self) -> int:
+        return self.mask.shape[1]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.keys)
+
+    def real_lengths(self) -> torch.Tensor:
+        """(batch,) number of real (unpadded) positions per row."""
+        return self.mask.sum(dim=1)
+
+    def expand(self, batch_size: int) -> "KV":
+        """Broadcast a batch-1 cache to `batch_size` rows without copying."""
+        assert self.batch_size == 1, "expand() takes a batch-1 cache"
+        return KV(
+            [k.expand(batch_size, -1, -1, -1) for k in self.keys],
+            [v.expand(batch_size, -1, -1, -1) for v in self.values],
+            self.mask.expand(batch_size, -1),
+        )
+
+    def select(self, rows: torch.Tensor) -> "KV":
+        """Rows `rows` (a (n,) long tensor; repeats allowed)."""
+        return KV(
+            [k.index_select(0, rows) for k in self.keys],
+            [v.index_select(0, rows) for v in self.values],
+            self.mask.index_select(0, rows),
+        )
+
+    def cat(self, other: "KV") -> "KV":
+        """Concatenate along the sequence: self's positions, then other's."""
+        b = max(self.batch_size, other.batch_size)
+        a = self.expand(b) if self.batch_size == 1 and b > 1 else self
+        o = other.expand(b) if other.batch_size == 1 and b > 1 else other
+        return KV(
+            [torch.cat([x, y], dim=2) for x, y in zip(a.keys, o.keys)],
+            [torch.cat([x, y], dim=2) for x, y in zip(a.values, o.values)],
+            torch.cat([a.mask, o.mask], dim=1),
+        )
+
+    def detach(self) -> "KV":
+        return KV([k.detach() for k in self.keys], [v.detach() for v in self.values], self.mask)
+
+    def to_hf(self):
+        """A fresh transformers DynamicCache holding these tensors (the model appends to it)."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        for i, (k, v) in enumerate(zip(self.keys, self.values)):
+            cache.update(k, v, i)
+        return cache
+
+    @staticmethod
+    def from_hf(cache, mask: torch.Tensor) -> "KV":
+        """Read a transformers cache (any version's layout) back into a KV."""
+        if hasattr(cache, "layers"):  # transformers >= 4.56
+            keys = [layer.keys for layer in cache.layers]
+            values = [layer.values for layer in cache.layers]
+        elif hasattr(cache, "key_cache"):  # older DynamicCache
+            keys, values = list(cache.key_cache), list(cache.value_cache)
+        else:  # legacy tuple of (k, v)
+            keys = [kv[0] for kv in cache]
+            values = [kv[1] for kv in cache]
+        return KV(keys, values, mask)

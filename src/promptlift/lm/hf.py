@@ -1,0 +1,174 @@
+"""HFModel: a local transformers causal LM, white-box.
+
+Besides the LM verbs (generate, score) it exposes what gradient methods need:
+`embed` (input embeddings), `forward` from ids or `inputs_embeds` on top of a
+reusable key/value prefix (`KV`), and `logits` applied only to the hidden
+states that are scored. Weights are frozen; keep them fp32 on CPU (bf16 matmuls
+are ~100x slower in this torch build).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..errors import ModelError
+from ..kv import KV
+from .base import LM, GenerationConfig, PromptLike
+from .budget import Budget
+
+
+class HFModel(LM):
+    """A frozen transformers causal LM.
+
+    Args:
+      name: bundled alias (`smollm2-135m`, `gemma3-270m`), a local model
+        directory, or a .gguf file.
+      model, tokenizer: pass an already built model instead (tests use a tiny
+        random one); then `name` is only its id.
+      budget: shared counters; a new one if omitted.
+    """
+
+    def __init__(self, name: str = "smollm2-135m", *, model: nn.Module | None = None, tokenizer=None,
+                 budget: Budget | None = None):
+        if model is None:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            from ..models import resolve
+
+            path = resolve(name)
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(path)
+                model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+            except (OSError, ValueError) as e:
+                raise ModelError(f"cannot load model {name!r} from {path}: {str(e).splitlines()[0]}") from None
+        if tokenizer is None:
+            raise ModelError("HFModel(model=...) also needs tokenizer=...")
+        self.model = model.eval()
+        self.model.requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.model_id = name
+        self.budget = budget or Budget()
+        self.base = getattr(model, model.base_model_prefix)
+        self.head = model.get_output_embeddings()
+        cfg = model.config
+        self.softcap = getattr(cfg, "final_logit_softcapping", None)
+        self.hidden_size: int = cfg.hidden_size
+        self.num_layers: int = cfg.num_hidden_layers
+        self.num_kv_heads: int = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        self.head_dim: int = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.max_length: int = getattr(cfg, "max_position_embeddings", 2048)
+        self.eos_ids: set[int] = self._eos_ids()
+
+    # --- white-box access -------------------------------------------------------------
+    @property
+    def is_white_box(self) -> bool:
+        return True
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.weight.device
+
+    def embedding_matrix(self) -> torch.Tensor:
+        """(vocab, hidden) input embedding weights."""
+        return self.model.get_input_embeddings().weight
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """(..., ) token ids -> (..., hidden) input embeddings, scaled as the model scales them."""
+        return self.model.get_input_embeddings()(ids)
+
+    def forward(self, ids: torch.Tensor | None = None, embeds: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None, past: KV | None = None) -> tuple[torch.Tensor, KV]:
+        """Run the decoder on new positions after an optional cached prefix.
+
+        ids: (B, T) or embeds: (B, T, hidden); mask: (B, T), 1 = real (right padding).
+        past: cache of earlier positions, batch B or 1 (broadcast).
+        Returns hidden states (B, T, hidden) after the final norm, and the cache of
+        past + new positions. Positions continue from each row's real past length.
+        """
+        x = ids if ids is not None else embeds
+        B, T = x.shape[0], x.shape[1]
+        dev = self.device
+        if mask is None:
+            mask = torch.ones(B, T, dtype=torch.long, device=dev)
+        if past is not None and past.batch_size == 1 and B > 1:
+            past = past.expand(B)
+        past_mask = past.mask if past is not None else torch.zeros(B, 0, dtype=torch.long, device=dev)
+        total = past_mask.shape[1] + T
+        if total > self.max_length:
+            raise ModelError(f"prompt of {total} tokens is longer than the model's context ({self.max_length})")
+        full_mask = torch.cat([past_mask, mask], dim=1)
+        position_ids = (past_mask.sum(1, keepdim=True) + mask.cumsum(1) - 1).clamp(min=0)
+        if past is not None:
+            cache = past.to_hf()
+        else:
+            from transformers import DynamicCache
+
+            cache = DynamicCache()  # full (non-sliding) layers, so every position stays readable
+        out = self.base(input_ids=ids, inputs_embeds=embeds, attention_mask=full_mask,
+                        position_ids=position_ids, past_key_values=cache, use_cache=True)
+        self.budget.charge(forward=1, prompt_tokens=int(mask.sum()))
+        return out.last_hidden_state, KV.from_hf(out.past_key_values, full_mask)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., hidden) -> (..., vocab). Apply only to positions that are scored."""
+        z = self.head(hidden)
+        if self.softcap:
+            z = torch.tanh(z / self.softcap) * self.softcap
+        return z
+
+    # --- text in, text out --------------------------------------------------------------
+    def render(self, prompt: PromptLike) -> str:
+        """Chat messages -> text through the chat template (with the assistant turn opened)."""
+        if isinstance(prompt, str):
+            return prompt
+        if self.has_chat_template:
+            return self.tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+        return "\n\n".join(m["content"] for m in prompt) + "\n"
+
+    def encode(self, text: str, *, bos: bool = False) -> list[int]:
+        """Tokenize without adding special tokens (chat templates write their own)."""
+        ids = self.tokenizer(text, add_special_tokens=False).input_ids
+        if bos and self.tokenizer.bos_token_id is not None and self._adds_bos():
+            ids = [self.tokenizer.bos_token_id] + ids
+        return ids
+
+    def _adds_bos(self) -> bool:
+        bos = self.tokenizer.bos_token_id
+        probe = self.tokenizer("a").input_ids
+        return bool(probe) and probe[0] == bos
+
+    def _eos_ids(self) -> set[int]:
+        ids = set()
+        for t in (self.tokenizer.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)):
+            if isinstance(t, int):
+                ids.add(t)
+            elif isinstance(t, (list, tuple)):
+                ids.update(int(i) for i in t)
+        for tok in ("<|im_end|>", "<end_of_turn>", "<|eot_id|>"):
+            tid = self.tokenizer.convert_tokens_to_ids(tok)
+            if isinstance(tid, int) and tid != self.tokenizer.unk_token_id and tid >= 0:
+                ids.add(tid)
+        return ids
+
+    def generate(self, prompts: Sequence[PromptLike], config: GenerationConfig | None = None) -> list[list[str]]:
+        from ..engine.decode import decode
+
+        config = config or GenerationConfig()
+        rows = [self.encode(self.render(p), bos=isinstance(p, str)) for p in prompts]
+        return decode(self, None, rows, config)
+
+    def score(self, prompt: PromptLike, continuations: Sequence[str]) -> list[float]:
+        from ..engine.scoring import score_candidates
+
+        ids = self.encode(self.render(prompt), bos=isinstance(prompt, str))
+        cands = [self.encode(c) for c in continuations]
+        with torch.no_grad():
+            s = score_candidates(self, None, [ids], [cands])
+        return s[0].tolist()

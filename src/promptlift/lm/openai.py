@@ -1,0 +1,419 @@
+"""A backend for any OpenAI-compatible endpoint (OpenAI, vLLM, SGLang, llama.cpp, TGI, ...).
+
+`generate` sends chat prompts (lists of messages) to /chat/completions and plain
+string prompts to /completions. `score` uses /completions with `echo=True,
+logprobs=1, max_tokens=0`, which only completion servers that echo prompt
+log-probabilities support (e.g. vLLM); chat endpoints cannot score given text.
+
+Every request goes through a `CallCache` first; the backend retries rate limits
+(429), server errors (5xx), timeouts and connection errors with exponential
+backoff and jitter, and charges the model's `Budget` from the response's usage.
+
+Environment:
+  PROMPTLIFT_BASE_URL or OPENAI_BASE_URL: the endpoint (default: OpenAI's).
+  PROMPTLIFT_API_KEY or OPENAI_API_KEY: the key ("EMPTY" if none: local servers need none).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from typing import Any, Callable, Sequence
+from urllib.parse import urlsplit, urlunsplit
+
+import openai as _openai
+
+from ..errors import BudgetExceeded, ModelError, UnsupportedError
+from .base import LM, GenerationConfig, PromptLike
+from .budget import Budget
+from .cache import CallCache
+
+__all__ = ["OpenAIModel"]
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+_RETRY_STATUS = {408, 409, 425, 429}  # plus every 5xx except 501
+_SCORE_UNSUPPORTED_STATUS = {400, 404, 405, 422, 501}
+_MAX_BACKOFF_S = 30.0
+
+
+def _public_url(url: str) -> str:
+    """`url` without user:password and query string (they may hold secrets)."""
+    try:
+        p = urlsplit(url)
+    except ValueError:
+        return url
+    host = p.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((p.scheme, host, p.path.rstrip("/"), "", ""))
+
+
+def _server_message(e: Exception) -> str:
+    """The server's error message of an openai APIError, on one line."""
+    body = getattr(e, "body", None)
+    msg = None
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict):
+            msg = err.get("message") or err.get("detail") or err.get("msg")
+        elif isinstance(err, str):
+            msg = err
+        if msg is None and "detail" in body:
+            msg = body["detail"]
+    elif isinstance(body, str) and body.strip():
+        msg = body
+    if msg is None:
+        msg = getattr(e, "message", None) or str(e)
+    msg = " ".join(str(msg).split())
+    return msg[:500] + ("..." if len(msg) > 500 else "")
+
+
+def _retryable_status(status: int) -> bool:
+    return status in _RETRY_STATUS or (status >= 500 and status != 501)
+
+
+def _retry_after(e: Exception) -> float | None:
+    resp = getattr(e, "response", None)
+    headers = getattr(resp, "headers", None)
+    if headers is None:
+        return None
+    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
+        v = headers.get(name)
+        if v is not None:
+            try:
+                return max(0.0, float(v) * scale)
+            except ValueError:
+                return None
+    return None
+
+
+class _RequestFailed(Exception):
+    """A non-retryable (or out-of-retries) API error; carries status and message."""
+
+    def __init__(self, status: int | None, message: str, attempts: int):
+        super().__init__(message)
+        self.status, self.message, self.attempts = status, message, attempts
+
+
+class OpenAIModel(LM):
+    """A model behind an OpenAI-compatible HTTP API.
+
+    Args:
+      model: the model name the server knows (e.g. "gpt-4o-mini", "Qwen/Qwen2.5-7B-Instruct").
+      base_url: the endpoint; default $PROMPTLIFT_BASE_URL, $OPENAI_BASE_URL, then OpenAI's.
+      api_key: default $PROMPTLIFT_API_KEY, $OPENAI_API_KEY, then "EMPTY".
+      max_concurrency: most requests in flight at once (over all calls of this object).
+      max_retries: retries of a request after a 429, 5xx, timeout or connection error.
+      timeout: seconds per HTTP request.
+      budget: counters to charge (a fresh unlimited Budget by default).
+      cache: the call cache (default `CallCache()`: the shared file, unless $PROMPTLIFT_NO_CACHE=1).
+      client: an `openai.OpenAI` client to use instead of building one (its own retries are turned off).
+      http_client: an `httpx.Client` for the built client (proxies, tests with a mock transport).
+      retry_backoff: base delay in seconds of the exponential backoff (delay = base * 2**attempt, jittered).
+
+    `model_id` is "openai:{base_url}:{model}" (base_url without credentials or query).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        max_concurrency: int = 8,
+        max_retries: int = 5,
+        timeout: float = 60,
+        budget: Budget | None = None,
+        cache: CallCache | None = None,
+        client: Any = None,
+        *,
+        http_client: Any = None,
+        retry_backoff: float = 0.5,
+    ):
+        if not model:
+            raise ModelError("OpenAIModel: a model name is required")
+        if max_concurrency < 1:
+            raise ModelError(f"OpenAIModel: max_concurrency must be >= 1, got {max_concurrency}")
+        self.model = model
+        if client is not None and base_url is None:
+            base_url = str(getattr(client, "base_url", "") or "") or None
+        self.base_url = (base_url or os.environ.get("PROMPTLIFT_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
+                         or DEFAULT_BASE_URL).rstrip("/")
+        self.model_id = f"openai:{_public_url(self.base_url)}:{model}"
+        self.max_concurrency = int(max_concurrency)
+        self.max_retries = max(0, int(max_retries))
+        self.timeout = float(timeout)
+        self.retry_backoff = float(retry_backoff)
+        self.budget = budget if budget is not None else Budget()
+        self.cache = cache if cache is not None else CallCache()
+        if client is None:
+            key = api_key or os.environ.get("PROMPTLIFT_API_KEY") or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+            kwargs: dict[str, Any] = dict(api_key=key, base_url=self.base_url, timeout=self.timeout, max_retries=0)
+            if http_client is not None:
+                kwargs["http_client"] = http_client
+            client = _openai.OpenAI(**kwargs)
+        else:
+            client = client.with_options(max_retries=0, timeout=self.timeout)
+        self._client = client
+        self._slots = threading.BoundedSemaphore(self.max_concurrency)
+        self._budget_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"OpenAIModel({self.model!r}, base_url={_public_url(self.base_url)!r})"
+
+    # ---- plumbing ---------------------------------------------------------
+
+    def _charge(self, **amounts: int) -> None:
+        with self._budget_lock:
+            self.budget.charge(**amounts)
+
+    def _charge_usage(self, response: Any) -> None:
+        usage = getattr(response, "usage", None)
+        self._charge(calls=1,
+                     prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+                     completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0))
+
+    def _send(self, fn: Callable[[], Any]) -> Any:
+        """Call `fn` (one API request) with bounded concurrency and retries.
+
+        The caller charges the budget (`_charge_usage`) once it has cached the answer,
+        so a request that passes a limit is still paid for only once.
+        """
+        attempt = 0
+        while True:
+            with self._budget_lock:
+                self.budget.check()
+            try:
+                with self._slots:
+                    response = fn()
+            except _openai.APIStatusError as e:
+                status, msg = e.status_code, _server_message(e)
+                if not _retryable_status(status) or attempt >= self.max_retries:
+                    raise _RequestFailed(status, msg, attempt + 1) from None
+                delay = _retry_after(e)
+            except _openai.APIConnectionError as e:  # APITimeoutError is a subclass
+                if attempt >= self.max_retries:
+                    raise _RequestFailed(None, _server_message(e), attempt + 1) from None
+                delay = None
+            else:
+                return response
+            backoff = self.retry_backoff * (2 ** attempt) * random.uniform(0.5, 1.5)
+            time.sleep(min(_MAX_BACKOFF_S, max(backoff, delay or 0.0)))
+            attempt += 1
+
+    def _fail(self, err: _RequestFailed, what: str) -> ModelError:
+        status = f"HTTP {err.status}" if err.status is not None else "connection error"
+        tries = f" after {err.attempts} attempts" if err.attempts > 1 else ""
+        return ModelError(f"{self.model_id}: {what} failed{tries}: {status}: {err.message}")
+
+    def _map(self, jobs: Sequence[Callable[[], Any]]) -> list[Any]:
+        """Run `jobs` on a pool of `max_concurrency` threads; results in order; first error wins."""
+        if len(jobs) <= 1:
+            return [job() for job in jobs]
+        results: list[Any] = [None] * len(jobs)
+        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(jobs)),
+                                thread_name_prefix="promptlift-openai") as pool:
+            futures: dict[Future, int] = {pool.submit(job): i for i, job in enumerate(jobs)}
+            done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+            failed = [f for f in done if f.exception() is not None]
+            if failed:
+                for f in pending:
+                    f.cancel()
+                # prefer a budget error: it explains why the others stopped
+                errs = [f.exception() for f in failed]
+                raise next((e for e in errs if isinstance(e, BudgetExceeded)), errs[0])
+            for f, i in futures.items():
+                results[i] = f.result()
+        return results
+
+    # ---- generate ---------------------------------------------------------
+
+    def _request(self, prompt: PromptLike, config: GenerationConfig, rollout: int) -> dict:
+        if isinstance(prompt, str):
+            req: dict[str, Any] = {"endpoint": "completions", "prompt": prompt}
+        else:
+            msgs = list(prompt)
+            if not msgs or not all(isinstance(m, dict) and "role" in m for m in msgs):
+                raise ModelError(f"{self.model_id}: a prompt must be a string or a non-empty list of "
+                                 "{'role': ..., 'content': ...} messages")
+            req = {"endpoint": "chat", "messages": [dict(m) for m in msgs]}
+        stop = config.stop
+        if isinstance(stop, str):
+            stop = [stop]
+        req.update(n=int(config.n), temperature=float(config.temperature), max_tokens=int(config.max_tokens),
+                   stop=list(stop or []), top_p=float(config.top_p), seed=config.seed, rollout=int(rollout))
+        return req
+
+    def _generate_one(self, req: dict) -> tuple[list[str], list[Any]]:
+        params: dict[str, Any] = dict(model=self.model, temperature=req["temperature"],
+                                      max_tokens=req["max_tokens"], top_p=req["top_p"])
+        if req["stop"]:
+            params["stop"] = req["stop"]
+        if req["seed"] is not None:
+            params["seed"] = req["seed"]
+        texts: list[str] = []
+        responses: list[Any] = []
+        want = req["n"]
+        while len(texts) < want:  # some servers ignore n and return fewer choices
+            n = want - len(texts)
+            try:
+                if req["endpoint"] == "chat":
+                    resp = self._send(lambda: self._client.chat.completions.create(
+                        messages=req["messages"], n=n, **params))
+                    choices = sorted(resp.choices or [], key=lambda c: c.index or 0)
+                    new = [(c.message.content if c.message is not None else None) or "" for c in choices]
+                else:
+                    resp = self._send(lambda: self._client.completions.create(prompt=req["prompt"], n=n, **params))
+                    choices = sorted(resp.choices or [], key=lambda c: c.index or 0)
+                    new = [c.text or "" for c in choices]
+            except _RequestFailed as e:
+                if (e.status == 400 and req["endpoint"] == "chat" and "max_tokens" in params
+                        and "max_completion_tokens" in e.message):
+                    # newer OpenAI models take max_completion_tokens instead of max_tokens
+                    params["max_completion_tokens"] = params.pop("max_tokens")
+                    continue
+                raise self._fail(e, f"{req['endpoint']} request") from None
+            responses.append(resp)
+            if not new:
+                raise ModelError(f"{self.model_id}: the server returned no choices")
+            texts.extend(new[:n])
+        return texts, responses
+
+    def generate(self, prompts: Sequence[PromptLike], config: GenerationConfig | None = None,
+                 *, rollout: int | None = None) -> list[list[str]]:
+        """For each prompt, `config.n` completions.
+
+        Chat prompts (message lists) go to /chat/completions, strings to /completions.
+        `rollout` (default `getattr(config, "rollout", 0)`) is part of the cache key:
+        a new number gives a fresh sample that is cached in turn. Identical prompts
+        in one call are sent once while the cache is on.
+        """
+        config = config or GenerationConfig()
+        if config.n < 1:
+            raise ModelError(f"{self.model_id}: n must be >= 1, got {config.n}")
+        if rollout is None:
+            rollout = int(getattr(config, "rollout", 0) or 0)
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], dict)):
+            raise ModelError(f"{self.model_id}: generate() takes a list of prompts, not a single prompt")
+        reqs = [self._request(p, config, rollout) for p in prompts]
+        keys = [CallCache.key(self.model_id, r) for r in reqs]
+        out: list[list[str] | None] = [None] * len(reqs)
+        todo: dict[str, list[int]] = {}  # key -> indices waiting for it
+        for i, k in enumerate(keys):
+            hit = self.cache.get(k) if self.cache.enabled else None
+            if isinstance(hit, list) and len(hit) == reqs[i]["n"]:
+                self._charge(cached_calls=1)
+                out[i] = [str(t) for t in hit]
+            elif self.cache.enabled and k in todo:
+                todo[k].append(i)
+            else:
+                todo.setdefault(k if self.cache.enabled else f"{k}#{i}", []).append(i)
+
+        def job(key: str, idx: list[int]) -> None:
+            texts, responses = self._generate_one(reqs[idx[0]])
+            self.cache.put(keys[idx[0]], texts)
+            for resp in responses:
+                self._charge_usage(resp)
+            out[idx[0]] = texts
+            for j in idx[1:]:  # duplicates of the same request: served as cache hits
+                out[j] = list(texts)
+                self._charge(cached_calls=1)
+
+        self._map([lambda k=k, idx=idx: job(k, idx) for k, idx in todo.items()])
+        return [o if o is not None else [] for o in out]
+
+    # ---- score ------------------------------------------------------------
+
+    def _score_one(self, prompt: str, continuation: str) -> tuple[float, Any]:
+        text = prompt + continuation
+        max_tokens = 0
+        while True:
+            try:
+                resp = self._send(lambda: self._client.completions.create(
+                    model=self.model, prompt=text, echo=True, logprobs=1, max_tokens=max_tokens, temperature=0.0))
+                break
+            except _RequestFailed as e:
+                if e.status == 400 and max_tokens == 0 and "max_tokens" in e.message.lower():
+                    max_tokens = 1  # server wants >= 1 token; the generated one is dropped below
+                    continue
+                if e.status in _SCORE_UNSUPPORTED_STATUS:
+                    raise UnsupportedError(
+                        f"{self.model_id}: the server cannot score continuations (completions with "
+                        f"echo=True and logprobs rejected: HTTP {e.status}: {e.message})") from None
+                raise self._fail(e, "score request") from None
+        choice = resp.choices[0] if resp.choices else None
+        lp = getattr(choice, "logprobs", None)
+        tokens = list(getattr(lp, "tokens", None) or [])
+        token_lps = list(getattr(lp, "token_logprobs", None) or [])
+        if not tokens or len(token_lps) != len(tokens):
+            self._charge_usage(resp)
+            raise UnsupportedError(f"{self.model_id}: the server did not echo prompt log-probabilities "
+                                   "(completions with echo=True, logprobs=1); it cannot score continuations")
+        offsets = list(getattr(lp, "text_offset", None) or [])
+        if len(offsets) != len(tokens):
+            offsets, pos = [], 0
+            for t in tokens:
+                offsets.append(pos)
+                pos += len(t or "")
+        start, end = len(prompt), len(text)
+        total = 0.0
+        for tok, off, tlp in zip(tokens, offsets, token_lps):
+            # a token belongs to the continuation if it overlaps it; generated tokens
+            # (past the echoed text) are dropped
+            if off >= end:
+                break
+            if off + len(tok or "") > start or off >= start:
+                if tlp is not None:
+                    total += float(tlp)
+        return total, resp
+
+    def score(self, prompt: PromptLike, continuations: Sequence[str]) -> list[float]:
+        """Total log-probability of each continuation right after `prompt` (a plain string).
+
+        Uses /completions with echo=True, logprobs=1, max_tokens=0 on `prompt + continuation`
+        and sums the log-probs of the tokens that overlap the continuation. Scores are cached.
+        Raises UnsupportedError for message-list prompts (chat endpoints cannot score given
+        text; render the chat template yourself and pass a string) and when the server
+        rejects echo/logprobs.
+        """
+        if not isinstance(prompt, str):
+            raise UnsupportedError(
+                f"{self.model_id}: score() needs a plain-string prompt: chat endpoints cannot score given "
+                "continuations; render the chat template to text and pass that string")
+        if isinstance(continuations, str):
+            continuations = [continuations]
+        out: list[float | None] = [None] * len(continuations)
+        todo: dict[str, list[int]] = {}
+        keys = []
+        for i, c in enumerate(continuations):
+            k = CallCache.key(self.model_id, {"endpoint": "score", "prompt": prompt, "continuation": c,
+                                              "echo": True, "logprobs": 1})
+            keys.append(k)
+            if c == "":
+                out[i] = 0.0
+                continue
+            hit = self.cache.get(k) if self.cache.enabled else None
+            if isinstance(hit, (int, float)):
+                self._charge(cached_calls=1)
+                out[i] = float(hit)
+            else:
+                todo.setdefault(k, []).append(i)
+
+        def job(idx: list[int]) -> None:
+            s, resp = self._score_one(prompt, continuations[idx[0]])
+            self.cache.put(keys[idx[0]], s)
+            self._charge_usage(resp)
+            for j in idx:
+                out[j] = s
+            if len(idx) > 1:
+                self._charge(cached_calls=len(idx) - 1)
+
+        self._map([lambda idx=idx: job(idx) for idx in todo.values()])
+        return [float(o) for o in out]  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        """Close the HTTP client."""
+        try:
+            self._client.close()
+        except Exception:  # pragma: no cover - best effort
+            pass

@@ -1,0 +1,351 @@
+"""One self-contained HTML page comparing optimization runs.
+
+A run directory holds `result.json` (required), `config.json` and
+`history.jsonl` (both optional). `write_report(run_dirs, out)` reads them and
+writes a single HTML file: a comparison table, plots of the score (and the loss,
+when logged) over steps as embedded PNG images, and each run's config in a
+collapsible block. The page loads nothing from outside; every string from the
+files is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import DataError
+
+# Metric keys looked up in a split's result, in order of preference.
+_METRIC_KEYS = ("accuracy", "exact_match", "score", "f1", "exact")
+# Keys of a split's result that are never the metric itself.
+_NOT_METRICS = {"n", "ci95", "per_class", "seconds"}
+
+
+@dataclass
+class Run:
+    """What one run directory holds, as read by `load_run`."""
+
+    name: str
+    path: Path
+    result: dict[str, Any]
+    config: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def info(self, key: str) -> str:
+        """`key` ("method", "model", "task") from the result, else the config, else ""."""
+        for src in (self.result, self.config):
+            val = src.get(key)
+            if val not in (None, ""):
+                return str(val)
+        return ""
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read: {e}") from None
+
+
+def _read_history(path: Path) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read: {e}") from None
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{i}: invalid JSON: {e.msg}") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
+    return rows
+
+
+def load_run(run_dir: Path) -> Run:
+    """Read one run directory.
+
+    `result.json` is required; `config.json` and `history.jsonl` are read when
+    present. Raises `DataError` naming the path when the directory or
+    `result.json` is missing or a file is malformed.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise DataError(f"{run_dir}: run directory not found")
+    result_path = run_dir / "result.json"
+    if not result_path.is_file():
+        raise DataError(f"{run_dir}: missing result.json")
+    result = _read_json(result_path)
+    if not isinstance(result, dict):
+        raise DataError(f"{result_path}: expected a JSON object")
+    config: dict[str, Any] = {}
+    config_path = run_dir / "config.json"
+    if config_path.is_file():
+        loaded = _read_json(config_path)
+        if not isinstance(loaded, dict):
+            raise DataError(f"{config_path}: expected a JSON object")
+        config = loaded
+    history_path = run_dir / "history.jsonl"
+    history = _read_history(history_path) if history_path.is_file() else []
+    name = run_dir.resolve().name or str(run_dir)
+    return Run(name=name, path=run_dir, result=result, config=config, history=history)
+
+
+def _number(x: Any) -> float | None:
+    """`x` as a finite float, or None (bools, strings, NaN and inf are not numbers here)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def split_metric(split: Any) -> tuple[str, float] | None:
+    """The (name, value) of the metric in one split's result, or None.
+
+    Prefers "accuracy", then "exact_match", "score", "f1", "exact"; otherwise the
+    first numeric entry that is not a count or an interval.
+    """
+    if not isinstance(split, dict):
+        return None
+    for key in _METRIC_KEYS:
+        val = _number(split.get(key))
+        if val is not None:
+            return key, val
+    for key, raw in split.items():
+        val = _number(raw)
+        if key not in _NOT_METRICS and val is not None:
+            return str(key), val
+    return None
+
+
+def _fmt_num(x: Any) -> str:
+    val = _number(x)
+    if val is None:
+        return "" if x is None else str(x)
+    if isinstance(x, int):
+        return f"{x:,}"
+    return f"{val:,.3f}"
+
+
+def _fmt_split(split: Any, metric_name: str | None) -> str:
+    """Escaped cell text: "0.800 [0.780, 0.820] n=1,821", with the metric name first
+    when it differs from the column's."""
+    found = split_metric(split)
+    if found is None:
+        return "&ndash;"
+    name, val = found
+    text = f"{val:.3f}"
+    ci = split.get("ci95")
+    if isinstance(ci, (list, tuple)) and len(ci) == 2:
+        lo, hi = _number(ci[0]), _number(ci[1])
+        if lo is not None and hi is not None:
+            text += f" [{lo:.3f}, {hi:.3f}]"
+    n = _number(split.get("n"))
+    cell = html.escape(text)
+    if name != metric_name:
+        cell = f"{html.escape(name)} {cell}"
+    if n is not None:
+        cell += f' <span class="n">n={int(n):,}</span>'
+    return cell
+
+
+def _common_metric(runs: list[Run], split: str) -> str | None:
+    names = {m[0] for r in runs if (m := split_metric(r.result.get(split))) is not None}
+    return names.pop() if len(names) == 1 else None
+
+
+def _series(run: Run, keys: tuple[str, ...]) -> tuple[str, list[float], list[float]] | None:
+    """(key, xs, ys) of the first key in `keys` that the run's history logs; x is
+    "step" when logged, else the row's position."""
+    for key in keys:
+        xs: list[float] = []
+        ys: list[float] = []
+        for i, row in enumerate(run.history):
+            y = _number(row.get(key))
+            if y is None:
+                continue
+            x = _number(row.get("step"))
+            xs.append(x if x is not None else float(i))
+            ys.append(y)
+        if ys:
+            return key, xs, ys
+    return None
+
+
+def _plot(runs: list[Run], keys: tuple[str, ...], ylabel: str, title: str) -> str | None:
+    """A line plot of `keys` over steps, one line per run, as a base64 PNG data
+    URI; None when no run logs any of `keys`."""
+    lines = [(r.name, s) for r in runs if (s := _series(r, keys)) is not None]
+    if not lines:
+        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 4.0), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    used = {key for _, (key, _, _) in lines}
+    for name, (key, xs, ys) in lines:
+        label = name if len(used) == 1 else f"{name} ({key})"
+        ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel if len(used) != 1 else next(iter(used)))
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _unique_names(runs: list[Run]) -> None:
+    """Make run names unique by prefixing the parent folder, then a counter."""
+    seen: dict[str, int] = {}
+    for r in runs:
+        seen[r.name] = seen.get(r.name, 0) + 1
+    for r in runs:
+        if seen[r.name] > 1:
+            parent = r.path.resolve().parent.name
+            if parent:
+                r.name = f"{parent}/{r.name}"
+    taken: set[str] = set()
+    for r in runs:
+        base, k = r.name, 2
+        while r.name in taken:
+            r.name = f"{base} ({k})"
+            k += 1
+        taken.add(r.name)
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;color:#222}
+h1{font-size:1.6em}h2{font-size:1.25em;margin-top:1.6em}
+table{border-collapse:collapse;font-size:.9em}
+th,td{border:1px solid #ccc;padding:.35em .6em;text-align:left;vertical-align:top}
+th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.n{color:#777;font-size:.85em}
+pre{background:#f8f8f8;border:1px solid #ddd;padding:.6em;overflow:auto;font-size:.85em}
+details{margin:.5em 0}summary{cursor:pointer;font-weight:600}
+img{max-width:100%;height:auto}.note{color:#777}
+"""
+
+
+def _table(runs: list[Run]) -> str:
+    dev_metric = _common_metric(runs, "dev")
+    test_metric = _common_metric(runs, "test")
+    cost_keys: list[str] = []
+    for r in runs:
+        cost = r.result.get("cost")
+        if isinstance(cost, dict):
+            cost_keys += [str(k) for k in cost if str(k) not in cost_keys]
+    head = ["run", "method", "model", "task",
+            f"dev {dev_metric}" if dev_metric else "dev",
+            f"test {test_metric} [95% CI]" if test_metric else "test [95% CI]"]
+    head += [f"cost: {k}" for k in cost_keys] + ["seconds"]
+    out = ["<table>", "<thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr></thead>", "<tbody>"]
+    for r in runs:
+        cost = r.result.get("cost") if isinstance(r.result.get("cost"), dict) else {}
+        cells = [f"<td>{html.escape(v)}</td>" for v in (r.name, r.info("method"), r.info("model"), r.info("task"))]
+        cells.append(f'<td class="num">{_fmt_split(r.result.get("dev"), dev_metric)}</td>')
+        cells.append(f'<td class="num">{_fmt_split(r.result.get("test"), test_metric)}</td>')
+        cells += [f'<td class="num">{html.escape(_fmt_num(cost.get(k)))}</td>' for k in cost_keys]
+        secs = _number(r.result.get("seconds"))
+        cells.append(f'<td class="num">{"" if secs is None else f"{secs:,.1f}"}</td>')
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    out += ["</tbody>", "</table>"]
+    return "\n".join(out)
+
+
+def _per_class(split: Any) -> str:
+    per = split.get("per_class") if isinstance(split, dict) else None
+    if not isinstance(per, dict) or not per:
+        return ""
+    cols: list[str] = []
+    for v in per.values():
+        if isinstance(v, dict):
+            cols += [str(k) for k in v if str(k) not in cols]
+    rows = []
+    for label, v in per.items():
+        if isinstance(v, dict):
+            vals = [html.escape(_fmt_num(v.get(c))) for c in cols]
+        else:  # a bare number per class, e.g. {"pos": 0.91}
+            vals = [html.escape(_fmt_num(v))] + [""] * max(len(cols) - 1, 0)
+        rows.append(f"<tr><td>{html.escape(str(label))}</td>" + "".join(f'<td class="num">{x}</td>' for x in vals) + "</tr>")
+    head = "<tr><th>class</th>" + "".join(f"<th>{html.escape(c)}</th>" for c in (cols or ["value"])) + "</tr>"
+    return "<p>Test, per class:</p><table><thead>" + head + "</thead><tbody>" + "".join(rows) + "</tbody></table>"
+
+
+def render_html(runs: list[Run], title: str = "promptlift report") -> str:
+    """The report page for already-loaded runs, as one HTML string."""
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{html.escape(title)}</title>",
+        f"<style>{_CSS}</style>",
+        "</head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f'<p class="note">{len(runs)} run{"s" if len(runs) != 1 else ""}. '
+        "Intervals are 95% confidence intervals as recorded by each run.</p>",
+        "<h2>Comparison</h2>",
+        _table(runs),
+        "<h2>Score over steps</h2>",
+    ]
+    score_png = _plot(runs, ("dev_score", "score"), "score", "Score over steps")
+    if score_png:
+        parts.append(f'<img alt="score over steps" src="{score_png}">')
+    else:
+        parts.append('<p class="note">No run logged a score in its history.</p>')
+    loss_png = _plot(runs, ("loss",), "loss", "Training loss")
+    if loss_png:
+        parts += ["<h2>Loss over steps</h2>", f'<img alt="loss over steps" src="{loss_png}">']
+    parts.append("<h2>Runs</h2>")
+    for r in runs:
+        config = json.dumps(r.config, indent=2, sort_keys=True, ensure_ascii=False, default=str)
+        parts += [
+            "<details>",
+            f"<summary>{html.escape(r.name)}</summary>",
+            f"<p>Directory: <code>{html.escape(str(r.path))}</code></p>",
+            "<p>Config:</p>",
+            f"<pre>{html.escape(config)}</pre>",
+            _per_class(r.result.get("test")),
+            "</details>",
+        ]
+    parts.append("</body></html>")
+    return "\n".join(p for p in parts if p) + "\n"
+
+
+def write_report(run_dirs: list[Path], out: Path) -> Path:
+    """Write one self-contained HTML page comparing the runs in `run_dirs`.
+
+    Each directory must hold `result.json`; `config.json` and `history.jsonl`
+    are used when present. `out` is the file to write (parent folders are
+    created); when `out` is an existing directory the page is written to
+    `out/report.html`. Returns the path written. Raises `DataError` when no
+    directory is given or a directory or its `result.json` is missing or
+    malformed.
+    """
+    run_dirs = [Path(d) for d in run_dirs]
+    if not run_dirs:
+        raise DataError("no run directories given to the report")
+    runs = [load_run(d) for d in run_dirs]
+    _unique_names(runs)
+    out = Path(out)
+    if out.is_dir():
+        out = out / "report.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_html(runs), encoding="utf-8")
+    return out
