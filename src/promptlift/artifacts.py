@@ -45,6 +45,8 @@ class Prompt:
     demos: fixed demonstrations (earlier turns), or the pool for `knn` selection.
     knn: if > 0, each example gets its `knn` nearest demos from `demos` instead.
     calibrate: apply contextual calibration (Zhao et al. 2021) when scoring labels.
+    reasoning: a reasoning trigger ("Let's think step by step.") that opens the
+      answer; generation then runs in two stages (reason, then extract the answer).
     model: the model id this prompt was made for (None = any).
     """
 
@@ -53,6 +55,7 @@ class Prompt:
     demos: list[Example] = field(default_factory=list)
     knn: int = 0
     calibrate: bool = False
+    reasoning: str = ""
     model: str | None = None
     method: str = ""
     meta: dict = field(default_factory=dict)
@@ -62,7 +65,7 @@ class Prompt:
         from .template import build_layout
 
         demos = [] if self.knn else self.demos
-        return build_layout(lm, self.instruction, demos, task.labels if task.is_classification else None)
+        return build_layout(lm, self.instruction, demos, _label_words(task))
 
     def prefix(self, lm, layout):
         """KV cache of the constant part [header][body] (batch 1)."""
@@ -83,7 +86,7 @@ class Prompt:
         from .engine.neighbors import nearest_demos
 
         chosen = nearest_demos(lm, self.demos, [ex.input for ex in examples], self.knn)
-        labels = task.labels if task.is_classification else None
+        labels = _label_words(task)
         return [layout.body_for(d, labels) + layout.example(ex.input) for d, ex in zip(chosen, examples)]
 
     # --- persistence ------------------------------------------------------------------
@@ -91,7 +94,7 @@ class Prompt:
         return {
             "format": FORMAT, "type": self.type, "model": self.model, "method": self.method,
             "instruction": self.instruction, "knn": self.knn, "calibrate": self.calibrate,
-            "demos": [{"input": d.input, "output": d.output} for d in self.demos],
+            "reasoning": self.reasoning, "demos": [{"input": d.input, "output": d.output} for d in self.demos],
             "meta": self.meta,
         }
 
@@ -109,7 +112,7 @@ class Prompt:
     @classmethod
     def from_dict(cls, d: dict, path: Path) -> "Prompt":
         return cls(instruction=d.get("instruction", ""), knn=int(d.get("knn", 0)),
-                   calibrate=bool(d.get("calibrate", False)), model=d.get("model"), method=d.get("method", ""),
+                   calibrate=bool(d.get("calibrate", False)), reasoning=d.get("reasoning", ""), model=d.get("model"), method=d.get("method", ""),
                    demos=[Example(x["input"], x["output"]) for x in d.get("demos", [])], meta=d.get("meta", {}))
 
     def check_model(self, lm) -> None:
@@ -124,6 +127,10 @@ class TextPrompt(Prompt):
     """An instruction and demonstrations: portable to any model and any endpoint."""
 
     type: ClassVar[str] = "text"
+
+
+def _label_words(task) -> dict | None:
+    return task.labels if task is not None and task.is_classification else None
 
 
 def load(path: str | Path) -> Prompt:

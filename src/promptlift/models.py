@@ -9,18 +9,13 @@ load in about a second.
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from .errors import ConfigError, ModelError
-
-
-def cache_dir() -> Path:
-    """Root of promptlift's caches: $PROMPTLIFT_CACHE_DIR or ~/.cache/promptlift."""
-    return Path(os.environ.get("PROMPTLIFT_CACHE_DIR") or Path.home() / ".cache" / "promptlift")
+from .lm.cache import cache_dir
 
 
 @dataclass(frozen=True)

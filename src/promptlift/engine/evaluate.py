@@ -159,12 +159,47 @@ def _generate_hf(lm, task, prompt, exs, batch_size, max_new_tokens, progress):
     preds = [""] * len(rows)
     bar = tqdm(total=len(rows), desc="generate", unit="ex", disable=not progress, leave=False)
     for idx in _batches(order, batch_size):
-        outs = decode(lm, prefix, [rows[i] for i in idx], cfg)
+        batch = [rows[i] for i in idx]
+        if prompt.reasoning:
+            outs = _reason_then_answer(lm, prefix, batch, prompt.reasoning, cfg)
+        else:
+            outs = [o[0] for o in decode(lm, prefix, batch, cfg)]
         for i, o in zip(idx, outs):
-            preds[i] = o[0]
+            preds[i] = o
         bar.update(len(idx))
     bar.close()
     return preds, [{} for _ in exs]
+
+
+def generate_with_prompt(lm, prompt: Prompt, texts: Sequence[str], *, max_tokens: int = 64,
+                         temperature: float = 0.0, n: int = 1, seed: int | None = None) -> list[str]:
+    """Answer raw user texts through `prompt` (text, soft or prefix): its instruction,
+    demonstrations and soft tokens are applied exactly as in evaluation."""
+    if not lm.is_white_box:
+        from ..template import messages
+
+        outs = lm.generate([messages(prompt.instruction, prompt.demos, t) for t in texts],
+                           GenerationConfig(n=n, max_tokens=max_tokens, temperature=temperature, seed=seed))
+        return [o[0] for o in outs]
+    prompt.check_model(lm)
+    with torch.no_grad():
+        layout = prompt.layout(lm, None)
+        prefix = prompt.prefix(lm, layout)
+        rows = prompt.rows(lm, layout, None, [Example(t, "") for t in texts])
+        cfg = GenerationConfig(n=n, max_tokens=max_tokens, temperature=temperature, stop=layout.stop, seed=seed)
+        return [o[0] for o in decode(lm, prefix, rows, cfg)]
+
+
+ANSWER_TRIGGER = "Therefore, the answer is"
+
+
+def _reason_then_answer(lm, prefix, rows, trigger: str, cfg: GenerationConfig, reason_tokens: int = 96) -> list[str]:
+    """Zero-shot-CoT's two stages (Kojima et al. 2022): reason after the trigger, then extract the answer."""
+    stage1 = [r + lm.encode(trigger) for r in rows]
+    reasons = [o[0] for o in decode(lm, prefix, stage1, GenerationConfig(max_tokens=reason_tokens))]
+    stage2 = [r + lm.encode(f" {reason}\n{ANSWER_TRIGGER}") for r, reason in zip(stage1, reasons)]
+    answers = [o[0] for o in decode(lm, prefix, stage2, GenerationConfig(max_tokens=cfg.max_tokens, stop=["\n"]))]
+    return [a.strip().rstrip(".").strip() for a in answers]
 
 
 def match_label(text: str, task: Task) -> str:

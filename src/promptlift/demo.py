@@ -1,0 +1,50 @@
+"""`make demo`: the headline on the bundled model and the project's own demo task."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+# (method, options) in the order shown; later issues add their methods here.
+DEMO_METHODS: list[tuple[str, dict]] = [
+    ("zero-shot", {}),
+    ("few-shot", {"shots": 4}),
+    ("calibrated", {}),
+    ("few-shot", {"shots": 4, "calibrate": True}),
+]
+
+
+def run_demo(out: Path, as_json: bool = False, methods: list[tuple[str, dict]] | None = None) -> list[dict]:
+    """Optimize with each demo method on demo_topics; print dev/test accuracy side by side."""
+    from .api import optimize
+    from .lm.hf import HFModel
+    from .task import Task
+
+    console = Console(stderr=as_json)
+    task = Task.demo("demo_topics")
+    console.print(f"[bold]promptlift demo[/] — task {task.name} ({len(task.labels)} labels, "
+                  f"label words: {', '.join(task.labels.values())}); model smollm2-135m")
+    lm = HFModel("smollm2-135m")
+    rows = []
+    for method, opts in methods or DEMO_METHODS:
+        name = method + "".join(f" {k}={v}" for k, v in opts.items())
+        console.print(f"→ {name}")
+        run_dir = out / name.replace(" ", "_").replace("=", "")
+        run = optimize(method, lm, task, out=run_dir, progress=not as_json, **opts)
+        rows.append({"method": name, "dev": run.dev.accuracy, "test": run.test.accuracy,
+                     "ci95": run.test.ci95, "seconds": round(run.seconds, 1), "dir": str(run_dir)})
+    table = Table(title=f"demo_topics test accuracy (n={len(task.test)}), smollm2-135m")
+    for col in ("method", "dev", "test", "95% CI", "seconds", "artifact"):
+        table.add_column(col)
+    base = rows[0]["test"]
+    for r in rows:
+        delta = f" ({r['test'] - base:+.3f})" if r is not rows[0] else ""
+        table.add_row(r["method"], f"{r['dev']:.3f}", f"{r['test']:.3f}{delta}",
+                      f"{r['ci95'][0]:.3f}-{r['ci95'][1]:.3f}", str(r["seconds"]), r["dir"] + "/prompt.json")
+    console.print(table)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    return rows

@@ -1,0 +1,131 @@
+"""What a method is: a config dataclass and `fit(lm, task, ctx) -> Prompt`.
+
+A method never writes a training or search loop of its own: gradient methods
+hand their parameters to `engine.train`, search methods use `engine.search`,
+and everyone evaluates with `engine.evaluate`. `fit` must not mutate the LM
+or the task, and keeps no state on `self` between runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from ..artifacts import Prompt
+from ..errors import ConfigError
+from ..task import Task
+
+
+@dataclass
+class RunContext:
+    """What a method may use besides the model and the task.
+
+    seed: every random choice derives from it (0 is a seed like any other).
+    run_dir: where the method may write checkpoints (None = in memory only).
+    resume: continue from the checkpoint in run_dir if there is one.
+    log: callback(dict) appending one line to the run's history.
+    """
+
+    seed: int = 0
+    run_dir: Path | None = None
+    resume: bool = False
+    progress: bool = True
+    log: Any = None
+
+    def rng(self) -> random.Random:
+        return random.Random(self.seed)
+
+    def seed_everything(self) -> None:
+        random.seed(self.seed)
+        np.random.seed(self.seed)
+        torch.manual_seed(self.seed)
+
+    def record(self, **row) -> None:
+        if self.log is not None:
+            self.log(row)
+
+
+class Method:
+    """Base class of every registered method.
+
+    Subclasses define `Config` (a dataclass whose fields are the method's
+    options, with `metadata={"help": ...}`) and `fit`.
+    """
+
+    name: ClassVar[str] = ""
+    family: ClassVar[str] = ""
+    white_box: ClassVar[bool] = False  # needs a local HFModel
+    task_kinds: ClassVar[tuple[str, ...]] = ("classification", "generation")
+
+    @dataclass
+    class Config:
+        pass
+
+    def __init__(self, config: Any = None, **options: Any):
+        if config is None:
+            config = self.make_config(**options)
+        elif options:
+            raise ConfigError("pass either a config or options, not both")
+        self.config = config
+
+    @classmethod
+    def make_config(cls, **options: Any):
+        """Build the Config from keyword options; unknown or mistyped options are errors, never swallowed."""
+        fields = {f.name: f for f in dataclasses.fields(cls.Config)}
+        unknown = sorted(set(options) - set(fields))
+        if unknown:
+            raise ConfigError(f"method {cls.name!r}: unknown option(s) {', '.join(unknown)}; "
+                              f"expected: {', '.join(fields) or 'none'}")
+        clean = {}
+        for k, v in options.items():
+            clean[k] = _coerce(cls.name, fields[k], v)
+        try:
+            return cls.Config(**clean)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"method {cls.name!r}: {e}") from None
+
+    @classmethod
+    def options(cls) -> list[dict]:
+        """[{name, type, default, help}] for `promptlift methods` and the CLI."""
+        out = []
+        for f in dataclasses.fields(cls.Config):
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
+            out.append({"name": f.name, "type": str(f.type), "default": default, "help": f.metadata.get("help", "")})
+        return out
+
+    def check(self, lm, task: Task) -> None:
+        if self.white_box and not getattr(lm, "is_white_box", False):
+            raise ConfigError(f"method {self.name!r} needs a local white-box model (HFModel), not {lm.model_id!r}")
+        if task.kind not in self.task_kinds:
+            raise ConfigError(f"method {self.name!r} does not apply to {task.kind} tasks")
+
+    def fit(self, lm, task: Task, ctx: RunContext) -> Prompt:
+        raise NotImplementedError
+
+
+def _coerce(method: str, f: dataclasses.Field, v: Any) -> Any:
+    """Convert CLI strings to the field's type ("3" -> 3, "true" -> True)."""
+    t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    if not isinstance(v, str):
+        return v
+    try:
+        if t == "int":
+            return int(v)
+        if t == "float":
+            return float(v)
+        if t == "bool":
+            if v.lower() in ("1", "true", "yes", "on"):
+                return True
+            if v.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"method {method!r}: option {f.name} expects {t}, got {v!r}") from None
+    return v

@@ -1,0 +1,87 @@
+"""Few-shot in-context learning: k demonstrations before the input.
+
+Brown et al. 2020, "Language Models are Few-Shot Learners" (random, class-balanced
+demonstrations); Liu et al. 2022, "What Makes Good In-Context Examples for
+GPT-3?" (nearest neighbours of each input, `selection="knn"`).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from ...artifacts import TextPrompt
+from ...engine.evaluate import evaluate
+from ...errors import ConfigError
+from ...registry import register
+from ...task import Example, Task
+from ..base import Method
+
+
+def balanced_sample(task: Task, k: int, rng: random.Random) -> list[Example]:
+    """k training examples, as balanced across labels as k allows, in random order."""
+    pool = list(task.split("train"))
+    if k > len(pool):
+        raise ConfigError(f"shots={k} but the train split has only {len(pool)} examples")
+    if not task.is_classification:
+        return rng.sample(pool, k)
+    by_label: dict[str, list[Example]] = {lab: [] for lab in task.labels}
+    for ex in pool:
+        by_label[ex.output].append(ex)
+    for exs in by_label.values():
+        rng.shuffle(exs)
+    labels = [lab for lab in task.labels if by_label[lab]]
+    rng.shuffle(labels)
+    chosen: list[Example] = []
+    i = 0
+    while len(chosen) < k:
+        lab = labels[i % len(labels)]
+        if by_label[lab]:
+            chosen.append(by_label[lab].pop())
+        i += 1
+    rng.shuffle(chosen)
+    return chosen
+
+
+@register("few-shot")
+class FewShot(Method):
+    """k demonstrations: random class-balanced (best of `trials` draws on dev), or nearest neighbours."""
+
+    family = "baseline"
+
+    @dataclass
+    class Config:
+        shots: int = field(default=4, metadata={"help": "number of demonstrations k"})
+        selection: str = field(default="random", metadata={"help": "random (class-balanced) | knn (per input)"})
+        trials: int = field(default=1, metadata={"help": "random draws scored on dev; the best is kept"})
+        instruction: str = field(default="", metadata={"help": "instruction text; empty = the task's default"})
+        calibrate: bool = field(default=False, metadata={"help": "apply contextual calibration"})
+
+        def __post_init__(self):
+            if self.shots < 1:
+                raise ValueError("shots must be >= 1")
+            if self.selection not in ("random", "knn"):
+                raise ValueError(f"selection must be 'random' or 'knn', got {self.selection!r}")
+            if self.trials < 1:
+                raise ValueError("trials must be >= 1")
+
+    def fit(self, lm, task, ctx):
+        c = self.config
+        instruction = c.instruction or task.instruction
+        if c.selection == "knn":
+            if not lm.is_white_box:
+                raise ConfigError("selection=knn embeds inputs with the model itself: it needs a local HFModel")
+            return TextPrompt(instruction=instruction, demos=list(task.split("train")), knn=c.shots,
+                              calibrate=c.calibrate)
+        rng = ctx.rng()
+        best, best_score = None, -1.0
+        for t in range(c.trials):
+            prompt = TextPrompt(instruction=instruction, demos=balanced_sample(task, c.shots, rng),
+                                calibrate=c.calibrate)
+            if c.trials == 1:
+                return prompt
+            score = evaluate(lm, task, prompt, split="dev", progress=False).accuracy
+            ctx.record(step=t, dev_score=score)
+            if score > best_score:
+                best, best_score = prompt, score
+        return best
