@@ -42,7 +42,7 @@ def load_task(data: str):
         name = data.split(":", 1)[1] if ":" in data else ("demo_topics" if data == "demo" else data)
         return Task.demo(name)
     p = Path(data)
-    if p.is_file():
+    if p.is_file() or p.suffix.lower() in (".jsonl", ".json", ".csv", ".tsv"):  # a missing file: "file not found"
         return Task.from_files(test=p)
     return Task.from_dir(p)
 
@@ -173,6 +173,7 @@ def optimize(
                  "encoder": encoder, "shots": shots}.items():
         if v is not None:
             opts[k] = v
+    get_method(method).make_config(**opts)  # unknown or mistyped options: fail before loading the model
     task = load_task(data)
     lm = load_lm(model, base_url, api_key)
     run = run_optimize(method, lm, task, out=out, seed=seed, budget=budget, resume=resume,
@@ -209,6 +210,39 @@ def generate(text: str = typer.Argument(..., help="the user message"),
     p = load(prompt) if prompt else TextPrompt()
     outs = generate_with_prompt(lm, p, [text], max_tokens=max_tokens, temperature=temperature)
     _print({"output": outs[0]}, as_json, outs[0])
+
+
+@app.command()
+def export(run_dir: Path = typer.Argument(..., help="a run directory or prompt artifact"),
+           out: Path = typer.Option(..., "--out", help="directory to write the adapter into"),
+           fmt: str = typer.Option("peft", "--format", help="peft"),
+           model: Optional[str] = typer.Option(None, "--model", "-m", help="default: the model the prompt was made for"),
+           as_json: bool = typer.Option(False, "--json")):
+    """Export a soft prompt as a PEFT adapter (`PeftModel.from_pretrained` loads it)."""
+    from .artifacts import load
+    from .peft_io import export_peft
+
+    if fmt != "peft":
+        raise ConfigError(f"unknown export format {fmt!r}; expected: peft")
+    p = load(run_dir)
+    lm = load_lm(model or p.model or "smollm2-135m")
+    path = export_peft(p, lm, out)
+    _print({"adapter": str(path)}, as_json, f"wrote PEFT adapter to {path}")
+
+
+@app.command("import")
+def import_cmd(adapter: Path = typer.Argument(..., help="a PEFT prompt-tuning adapter directory"),
+               out: Path = typer.Option(..., "--out", help="where to write the promptlift artifact"),
+               model: str = typer.Option("smollm2-135m", "--model", "-m"),
+               instruction: str = typer.Option("", help="text the adapter was trained with after its virtual tokens"),
+               as_json: bool = typer.Option(False, "--json")):
+    """Import a PEFT PROMPT_TUNING / P_TUNING adapter as a promptlift SoftPrompt."""
+    from .peft_io import import_peft
+
+    lm = load_lm(model)
+    p = import_peft(adapter, lm, instruction=instruction)
+    path = p.save(out)
+    _print({"prompt": str(path)}, as_json, f"wrote {path}")
 
 
 @app.command()

@@ -160,7 +160,8 @@ class Task:
         files = dict(files or {})
         first = next((r[0] for r in rows.values() if r), None)
         if first is None:
-            raise DataError(f"{source}: every split is empty")
+            where = next(iter(files.values())) if len(files) == 1 else source  # name the file when there is one
+            raise DataError(f"{where}: every split is empty")
         if kind is None:
             if "label" in first or (labels and "text" in first):
                 kind = CLASSIFICATION

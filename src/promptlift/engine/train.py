@@ -1,0 +1,242 @@
+"""The one gradient loop, shared by every soft-prompt method.
+
+A method supplies a `SoftModule`: its trainable parameters and how they make
+the prompt's key/value prefix (`prefix(lm, layout, header)`), plus
+`to_prompt()` that folds it into an artifact. The trainer owns everything else:
+AdamW with warm-up and linear decay, gradient clipping, seeds, length-bucketed
+batches, dev evaluation with the shared engine after every epoch, best-epoch
+selection on dev (never test), early stopping, a checkpoint every epoch,
+`resume`, NaN/inf detection, budget, progress bar and history.
+
+Compute per step: the chat header's cache is computed once per run; the
+[soft][instruction] part once per step (batch 1, with gradients) and shared by
+the whole batch; logits are computed only at the scored positions.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..artifacts import Prompt
+from ..errors import BudgetExceeded, ConfigError
+from ..kv import KV
+from ..soft import header_kv
+from ..task import Task
+from .evaluate import evaluate, label_candidates
+from .scoring import score_candidates
+
+
+class SoftModule(nn.Module):
+    """What a gradient method hands the trainer."""
+
+    def prefix(self, lm, layout, header: KV | None) -> KV:
+        """Differentiable cache of the prompt's constant part (batch 1)."""
+        raise NotImplementedError
+
+    def to_prompt(self) -> Prompt:
+        """The trained prompt as an artifact (reparameterisations folded away, tensors detached)."""
+        raise NotImplementedError
+
+
+@dataclass
+class TrainConfig:
+    """Options of the shared trainer (every soft method exposes them as its own)."""
+
+    epochs: int = 10
+    batch_size: int = 8
+    lr: float = 3e-2
+    weight_decay: float = 0.0
+    warmup: float = 0.1  # fraction of steps with linear warm-up
+    grad_clip: float = 1.0
+    patience: int = 0  # stop after this many epochs without dev improvement (0: never)
+    loss: str = "auto"  # classification: "class" (softmax over label scores) | "lm"; generation: "lm"
+    eval_batch_size: int = 16
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError("epochs and batch_size must be >= 1")
+        if not (self.lr > 0):
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.loss not in ("auto", "class", "lm"):
+            raise ConfigError(f"loss must be auto, class or lm, got {self.loss!r}")
+
+
+@dataclass
+class TrainResult:
+    prompt: Prompt
+    best_epoch: int
+    best_dev: float
+    history: list[dict] = field(default_factory=list)
+    stopped: str = ""  # why training stopped early ("", "early-stopping", "nan", "budget")
+
+
+def _batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Shuffled batches of similar lengths: deterministic in (seed, epoch), so a resumed run replays exactly."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(len(lengths), generator=g).tolist()
+    chunk = batch_size * 4
+    batches = []
+    for i in range(0, len(order), chunk):
+        part = sorted(order[i : i + chunk], key=lambda j: lengths[j])
+        batches += [part[k : k + batch_size] for k in range(0, len(part), batch_size)]
+    perm = torch.randperm(len(batches), generator=g).tolist()
+    return [batches[p] for p in perm]
+
+
+def _save(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def train(module: SoftModule, lm, task: Task, layout, cfg: TrainConfig, ctx) -> TrainResult:
+    """Train `module` on task.train, select the best epoch on task.dev; return its prompt."""
+    if not task.train:
+        raise ConfigError(f"{task.source}: gradient training needs a non-empty train split")
+    classification = task.is_classification
+    loss_kind = cfg.loss if cfg.loss != "auto" else ("class" if classification else "lm")
+    if loss_kind == "class" and not classification:
+        raise ConfigError("loss=class needs a classification task")
+
+    # --- data: token rows and targets, built once -------------------------------------
+    exs = task.train
+    rows = [layout.example(ex.input) for ex in exs]
+    if classification:
+        cands = label_candidates(layout, task)
+        gold = torch.tensor([task.label_names.index(ex.output) for ex in exs])
+    else:
+        targets = [layout.answer(ex.output, close=True) for ex in exs]
+    lengths = [len(r) for r in rows]
+    steps_per_epoch = math.ceil(len(rows) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+
+    params = [p for p in module.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warm = max(1, int(cfg.warmup * total)) if cfg.warmup > 0 else 0
+
+    def lr_at(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return max(0.0, (total - step) / max(1, total - warm))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+
+    # --- resume -----------------------------------------------------------------------
+    ckpt = Path(ctx.run_dir) / "checkpoint" / "state.pt" if ctx.run_dir else None
+    start_epoch, history = 0, []
+    best = {"score": -math.inf, "epoch": -1, "state": None}
+    bad_epochs = 0
+    if ckpt is not None and ctx.resume and ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        module.load_state_dict(state["module"])
+        opt.load_state_dict(state["optim"])
+        sched.load_state_dict(state["sched"])
+        start_epoch, history, best, bad_epochs = state["epoch"] + 1, state["history"], state["best"], state["bad_epochs"]
+        print(f"promptlift: resuming from {ckpt} at epoch {start_epoch}", file=sys.stderr)
+
+    with torch.no_grad():
+        header = header_kv(lm, layout)
+        header = header.detach() if header is not None else None
+
+    def dev_score() -> float:
+        module.eval()
+        with torch.no_grad():
+            prompt = module.to_prompt()
+            r = evaluate(lm, task, prompt, split="dev", batch_size=cfg.eval_batch_size, progress=False)
+        module.train()
+        return r.accuracy
+
+    bar = tqdm(total=total, initial=start_epoch * steps_per_epoch, desc="train", unit="step",
+               disable=not ctx.progress, leave=False)
+    stopped = ""
+    t0 = time.perf_counter()
+    module.train()
+    last_good = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    for epoch in range(start_epoch, cfg.epochs):
+        losses = []
+        try:
+            for batch in _batches(lengths, cfg.batch_size, ctx.seed, epoch):
+                t_step = time.perf_counter()
+                prefix = module.prefix(lm, layout, header)
+                brows = [rows[i] for i in batch]
+                if loss_kind == "class":
+                    scores = score_candidates(lm, prefix, brows, [cands] * len(batch))  # (B, labels)
+                    loss = F.cross_entropy(scores, gold[batch].to(scores.device))
+                elif classification:  # "lm": log-likelihood of the gold label words only
+                    bt = [[cands[int(gold[i])]] for i in batch]
+                    n_tok = torch.tensor([len(c[0]) for c in bt], dtype=torch.float32)
+                    loss = -(score_candidates(lm, prefix, brows, bt)[:, 0] / n_tok).mean()
+                else:
+                    bt = [[targets[i]] for i in batch]
+                    n_tok = torch.tensor([len(targets[i]) for i in batch], dtype=torch.float32)
+                    loss = -(score_candidates(lm, prefix, brows, bt)[:, 0] / n_tok).mean()
+                if not torch.isfinite(loss):
+                    stopped = "nan"
+                    break
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                lm.budget.charge(backward=1)
+                gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+                if not torch.isfinite(gnorm):
+                    stopped = "nan"
+                    break
+                opt.step()
+                sched.step()
+                last_good = {k: v.detach().clone() for k, v in module.state_dict().items()}
+                losses.append(float(loss))
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(loss):.3f}", dev=f"{max(best['score'], 0):.3f}")
+                ctx.record(step=epoch * steps_per_epoch + len(losses), epoch=epoch,
+                           loss=float(loss), lr=sched.get_last_lr()[0], step_seconds=round(time.perf_counter() - t_step, 4))
+            if stopped:
+                break
+            score = dev_score()
+        except BudgetExceeded as e:
+            stopped = "budget"
+            print(f"promptlift: {e}; keeping the best prompt so far", file=sys.stderr)
+            break
+        row = {"epoch": epoch, "step": (epoch + 1) * steps_per_epoch, "loss": sum(losses) / max(1, len(losses)),
+               "dev_score": score, "seconds": round(time.perf_counter() - t0, 3)}
+        history.append(row)
+        ctx.record(**row)
+        if score > best["score"]:
+            best = {"score": score, "epoch": epoch,
+                    "state": {k: v.detach().clone() for k, v in module.state_dict().items()}}
+            bad_epochs = 0
+        else:
+            bad_epochs += 1
+        if ckpt is not None:
+            _save(ckpt, {"module": module.state_dict(), "optim": opt.state_dict(), "sched": sched.state_dict(),
+                         "epoch": epoch, "history": history, "best": best, "bad_epochs": bad_epochs,
+                         "config": asdict(cfg)})
+        if cfg.patience and bad_epochs >= cfg.patience:
+            stopped = "early-stopping"
+            break
+    bar.close()
+    if stopped == "nan":
+        print("promptlift: loss or gradient became NaN/inf; stopped and kept the last good prompt "
+              "(lower --lr or raise grad clipping)", file=sys.stderr)
+        ctx.record(event="nan", epoch=epoch)
+        module.load_state_dict(last_good)
+        if best["state"] is None:
+            best = {"score": dev_score(), "epoch": epoch, "state": last_good}
+    if best["state"] is None:  # budget ran out before the first dev evaluation
+        best = {"score": float("nan"), "epoch": -1,
+                "state": {k: v.detach().clone() for k, v in module.state_dict().items()}}
+    module.load_state_dict(best["state"])
+    module.eval()
+    with torch.no_grad():
+        prompt = module.to_prompt()
+    prompt.meta.update({"best_epoch": best["epoch"], "best_dev": best["score"], "stopped": stopped})
+    return TrainResult(prompt, best["epoch"], best["score"], history, stopped)

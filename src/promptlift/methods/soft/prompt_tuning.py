@@ -1,0 +1,42 @@
+"""Prompt tuning: Lester, Al-Rfou & Constant 2021, "The Power of Scale for Parameter-Efficient Prompt Tuning".
+
+k trainable input vectors, everything else frozen. Initialised from sampled
+vocabulary embeddings (`init=random`), the instruction's tokens (`text`) or the
+label words (`labels`). Default position: after the chat header (its cache is
+computed once per run); `position=prepend` is PEFT's placement.
+Default lr 3e-2 with AdamW (Lester et al. use 0.3 with Adafactor).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ...engine.train import SoftModule
+from ...registry import register
+from ...soft import SoftPrompt
+from .common import SoftMethod
+
+
+class PromptTuningModule(SoftModule):
+    def __init__(self, lm, layout, init_ids: list[int], position: str, instruction: str):
+        super().__init__()
+        self.embeds = nn.Parameter(lm.embed(torch.tensor(init_ids, device=lm.device)).detach().clone())  # (k, hidden)
+        self._shell = SoftPrompt(instruction=instruction, position=position, hidden_size=lm.hidden_size,
+                                 num_layers=lm.num_layers)
+
+    def prefix(self, lm, layout, header):
+        return self._shell.prefix(lm, layout, header, embeds=self.embeds)
+
+    def to_prompt(self) -> SoftPrompt:
+        s = self._shell
+        return SoftPrompt(instruction=s.instruction, position=s.position, hidden_size=s.hidden_size,
+                          num_layers=s.num_layers, embeds=self.embeds.detach().clone())
+
+
+@register("prompt-tuning")
+class PromptTuning(SoftMethod):
+    """k trainable input vectors (Lester et al. 2021)."""
+
+    def build(self, lm, task, layout, init_ids):
+        return PromptTuningModule(lm, layout, init_ids, self.config.position, self.instruction(task))
