@@ -207,7 +207,7 @@ def main(argv=None) -> int:
                     help="examples on which derived calibration is checked against evaluate(calibrate=True)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch.set_num_threads for the measurements (default: torch's own choice)")
-    ap.add_argument("--thread-check", type=int, default=48,
+    ap.add_argument("--thread-check", type=int, default=32,
                     help="time engine zero-shot on the first N examples with 1 thread and with torch's default "
                          "thread count, alternating, twice each (0: skip)")
     ap.add_argument("--skip-start", action="store_true", help="skip the cold/cached start subprocesses")
@@ -443,14 +443,14 @@ def main(argv=None) -> int:
         thread_section = "\n\n" + md_table(
             ["torch threads", "wall s (round 1 / 2)", "CPU s (round 1 / 2)", "best ex/s"], thread_rows) + (
             f"\n\nThread check: engine zero-shot on the first {args.thread_check} test examples, alternating "
-            f"thread counts; the other measurements use {torch.get_num_threads()} thread(s).")
+            f"thread counts; every other measurement uses {torch.get_num_threads()} thread(s).")
 
     body = f"""## Baselines and evaluation speed: SST-2, {args.model}
 
 Command: `{cmd}`  
 Date: {date}  
 Machine: {facts['cpu']}, {facts['usable_cpus']} usable CPUs ({facts['logical_cpus']} logical), {facts['memory_gib']} GiB RAM; \
-torch {facts['torch']} ({facts['torch_threads']} threads{'' if facts['torch_threads'] == default_threads else f', set by `--threads`; default {default_threads}'}), transformers {facts['transformers']}, Python {facts['python']}.  
+torch {facts['torch']} ({facts['torch_threads']} thread(s){'' if facts['torch_threads'] == default_threads else f', set by `--threads`; default {default_threads}'}), transformers {facts['transformers']}, Python {facts['python']}.  
 Load average (1/5/15 min) at start {facts['loadavg_start']}, at end {loadavg()}: the machine is shared, so wall times \
 vary with other work; CPU times (process_time, all threads) are given beside them.  
 Data: `{Path(args.data).name}` test split, {n} of {len(test)} examples{'' if full else ' (`--limit`)'}; \
@@ -479,7 +479,7 @@ Both run on the first {m} test examples, one after the other, after an untimed w
 
 {tok_note}
 
-Full test set, engine only: zero-shot {n / z['t'].wall:.1f} ex/s; {args.shots}-shot \
+Accuracy runs ({n} test examples), engine only: zero-shot {n / z['t'].wall:.1f} ex/s; {args.shots}-shot \
 {n / statistics.mean(a['t'].wall for a in sk):.1f} ex/s (mean of seeds); ratio {full_ratio_w:.2f}× wall, \
 {full_ratio_c:.2f}× CPU.
 
@@ -489,11 +489,11 @@ Full test set, engine only: zero-shot {n / z['t'].wall:.1f} ex/s; {args.shots}-s
 
 {start_section}
 
-### Memory and stages
+### Memory, stages and threads
 
-Peak RSS of this process: {peak:.0f} MiB (`getrusage` ru_maxrss; includes the plain loop's full-vocabulary logits).{thread_section}
+Peak RSS of this process: {peak:.0f} MiB (`getrusage` ru_maxrss; includes the plain loop's full-vocabulary logits).
 
-{log.table()}
+{log.table()}{thread_section}
 """
     path = write_section(SECTION, body, args.out)
     progress(f"wrote section '{SECTION}' of {path}")

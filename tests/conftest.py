@@ -45,7 +45,8 @@ def make_tokenizer(chat: bool = True):
     return fast
 
 
-def make_tiny_lm(seed: int = 0, chat: bool = True, layers: int = 2, hidden: int = 32):
+def make_tiny_lm(seed: int = 0, chat: bool = True, layers: int = 2, hidden: int = 32, init_range: float = 0.02,
+                 max_positions: int = 1024):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from promptlift.lm.hf import HFModel
@@ -53,7 +54,8 @@ def make_tiny_lm(seed: int = 0, chat: bool = True, layers: int = 2, hidden: int 
     tok = make_tokenizer(chat)
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
+                      initializer_range=init_range,
                       tie_word_embeddings=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     model = LlamaForCausalLM(cfg).float().eval()
     return HFModel("tiny-llama", model=model, tokenizer=tok)

@@ -57,7 +57,8 @@ class Run:
 
 
 def optimize(method: str, lm, task: Task, *, out: str | Path | None = None, seed: int = 0,
-             budget: str | Budget | None = None, resume: bool = False, progress: bool = True,
+             budget: str | Budget | None = None, resume: bool = False, overwrite: bool = False,
+             progress: bool = True,
              eval_splits: tuple[str, ...] = ("dev", "test"), eval_batch_size: int = 16, **options: Any) -> Run:
     """Run method `method` on `task` with `lm`; evaluate the result on dev and test.
 
@@ -65,7 +66,8 @@ def optimize(method: str, lm, task: Task, *, out: str | Path | None = None, seed
     the end. `budget` ("calls=200,forward=500" or a Budget) limits what the
     method spends; evaluation afterwards is counted apart. With `out`, the run
     directory gets config, history, artifact, predictions and result.json;
-    `resume=True` continues a run that was cut off.
+    `resume=True` continues a run that was cut off; an `out` that already holds
+    a run is refused unless `resume` or `overwrite` is given (no work is lost silently).
     """
     cls = get_method(method)
     m = cls(**options)
@@ -76,6 +78,11 @@ def optimize(method: str, lm, task: Task, *, out: str | Path | None = None, seed
     rd = RunDir(out) if out is not None else None
     if rd is not None:
         old = rd.read_config()
+        if old is not None and not resume:
+            if not overwrite:
+                raise ConfigError(f"{rd.path} already holds a run; pass --resume to continue it, "
+                                  "--overwrite to replace it, or choose another --out")
+            rd.clear()
         if resume and old is not None and _comparable(old) != _comparable(config):
             raise ConfigError(f"{rd.path}: --resume with different settings than the run there "
                               f"(was {_comparable(old)}, now {_comparable(config)})")

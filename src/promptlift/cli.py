@@ -151,6 +151,7 @@ def optimize(
     seed: int = typer.Option(0),
     budget: Optional[str] = typer.Option(None, help="limits, e.g. calls=200,tokens=1e6,forward=500"),
     resume: bool = typer.Option(False, help="continue the run in --out from its checkpoint"),
+    overwrite: bool = typer.Option(False, help="replace a run already in --out"),
     tokens: Optional[int] = typer.Option(None, help="soft methods: number of virtual tokens"),
     epochs: Optional[int] = typer.Option(None, help="gradient methods: epochs"),
     batch_size: Optional[int] = typer.Option(None, help="gradient methods: batch size"),
@@ -176,7 +177,7 @@ def optimize(
     get_method(method).make_config(**opts)  # unknown or mistyped options: fail before loading the model
     task = load_task(data)
     lm = load_lm(model, base_url, api_key)
-    run = run_optimize(method, lm, task, out=out, seed=seed, budget=budget, resume=resume,
+    run = run_optimize(method, lm, task, out=out, seed=seed, budget=budget, resume=resume, overwrite=overwrite,
                        progress=not as_json, **opts)
     s = run.summary()
     dev = f"dev {run.dev.accuracy:.3f}" if run.dev else "dev -"

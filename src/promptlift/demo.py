@@ -33,7 +33,7 @@ def run_demo(out: Path, as_json: bool = False, methods: list[tuple[str, dict]] |
         name = method + "".join(f" {k}={v}" for k, v in opts.items())
         console.print(f"→ {name}")
         run_dir = out / name.replace(" ", "_").replace("=", "")
-        run = optimize(method, lm, task, out=run_dir, progress=not as_json, **opts)
+        run = optimize(method, lm, task, out=run_dir, overwrite=True, progress=not as_json, **opts)
         rows.append({"method": name, "dev": run.dev.accuracy, "test": run.test.accuracy,
                      "ci95": run.test.ci95, "seconds": round(run.seconds, 1), "dir": str(run_dir)})
     table = Table(title=f"demo_topics test accuracy (n={len(task.test)}), smollm2-135m")

@@ -41,6 +41,15 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         self.t0 = time.perf_counter()
 
+    def clear(self) -> None:
+        """Remove a previous run's files (overwrite)."""
+        import shutil
+
+        for name in ("config.json", "history.jsonl", "result.json", "prompt.json", "prompt.safetensors",
+                     "predictions_dev.jsonl", "predictions_test.jsonl"):
+            (self.path / name).unlink(missing_ok=True)
+        shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+
     def write_config(self, config: dict) -> None:
         write_json(self.path / "config.json", config)
 

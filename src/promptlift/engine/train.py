@@ -194,11 +194,11 @@ def train(module: SoftModule, lm, task: Task, layout, cfg: TrainConfig, ctx) -> 
                 opt.step()
                 sched.step()
                 last_good = {k: v.detach().clone() for k, v in module.state_dict().items()}
-                losses.append(float(loss))
+                losses.append(loss.item())
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(loss):.3f}", dev=f"{max(best['score'], 0):.3f}")
+                bar.set_postfix(loss=f"{losses[-1]:.3f}", dev=f"{max(best['score'], 0):.3f}")
                 ctx.record(step=epoch * steps_per_epoch + len(losses), epoch=epoch,
-                           loss=float(loss), lr=sched.get_last_lr()[0], step_seconds=round(time.perf_counter() - t_step, 4))
+                           loss=losses[-1], lr=sched.get_last_lr()[0], step_seconds=round(time.perf_counter() - t_step, 4))
             if stopped:
                 break
             score = dev_score()
