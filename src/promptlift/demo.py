@@ -14,6 +14,7 @@ DEMO_METHODS: list[tuple[str, dict]] = [
     ("few-shot", {"shots": 4}),
     ("calibrated", {}),
     ("few-shot", {"shots": 4, "calibrate": True}),
+    ("prompt-tuning", {"tokens": 20, "epochs": 10}),
 ]
 
 
@@ -37,14 +38,16 @@ def run_demo(out: Path, as_json: bool = False, methods: list[tuple[str, dict]] |
         rows.append({"method": name, "dev": run.dev.accuracy, "test": run.test.accuracy,
                      "ci95": run.test.ci95, "seconds": round(run.seconds, 1), "dir": str(run_dir)})
     table = Table(title=f"demo_topics test accuracy (n={len(task.test)}), smollm2-135m")
-    for col in ("method", "dev", "test", "95% CI", "seconds", "artifact"):
+    for col in ("method", "dev", "test", "95% CI", "seconds"):
         table.add_column(col)
     base = rows[0]["test"]
     for r in rows:
         delta = f" ({r['test'] - base:+.3f})" if r is not rows[0] else ""
         table.add_row(r["method"], f"{r['dev']:.3f}", f"{r['test']:.3f}{delta}",
-                      f"{r['ci95'][0]:.3f}-{r['ci95'][1]:.3f}", str(r["seconds"]), r["dir"] + "/prompt.json")
+                      f"{r['ci95'][0]:.3f}-{r['ci95'][1]:.3f}", str(r["seconds"]))
     console.print(table)
+    console.print(f"Artifacts and run directories: {out}/*/prompt.json; compare them with "
+                  f"`promptlift report {out}/* --out report.html`")
     if as_json:
         print(json.dumps(rows, indent=2))
     return rows

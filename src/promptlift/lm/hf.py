@@ -29,10 +29,16 @@ class HFModel(LM):
       model, tokenizer: pass an already built model instead (tests use a tiny
         random one); then `name` is only its id.
       budget: shared counters; a new one if omitted.
+      cache: call cache for `generate`/`score` (default: the shared SQLite file for
+        models loaded by name; none for a model object passed in, whose weights
+        the name does not identify).
     """
 
     def __init__(self, name: str = "smollm2-135m", *, model: nn.Module | None = None, tokenizer=None,
-                 budget: Budget | None = None):
+                 budget: Budget | None = None, cache=None):
+        from .cache import CallCache
+
+        self.cache = cache if cache is not None else CallCache(enabled=False if model is not None else None)
         if model is None:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -161,14 +167,32 @@ class HFModel(LM):
         from ..engine.decode import decode
 
         config = config or GenerationConfig()
-        rows = [self.encode(self.render(p), bos=isinstance(p, str)) for p in prompts]
-        return decode(self, None, rows, config)
+        texts = [self.render(p) for p in prompts]
+        keys = [self.cache.key(self.model_id, {"verb": "generate", "text": t, **config.__dict__}) for t in texts]
+        out: list = [self.cache.get(k) if self.cache.enabled else None for k in keys]
+        todo = [i for i, o in enumerate(out) if o is None]
+        self.budget.charge(cached_calls=len(prompts) - len(todo))
+        if todo:
+            rows = [self.encode(texts[i], bos=isinstance(prompts[i], str)) for i in todo]
+            for i, o in zip(todo, decode(self, None, rows, config)):
+                out[i] = o
+                self.cache.put(keys[i], o)
+            self.budget.charge(calls=len(todo))
+        return out
 
     def score(self, prompt: PromptLike, continuations: Sequence[str]) -> list[float]:
         from ..engine.scoring import score_candidates
 
-        ids = self.encode(self.render(prompt), bos=isinstance(prompt, str))
+        text = self.render(prompt)
+        key = self.cache.key(self.model_id, {"verb": "score", "text": text, "continuations": list(continuations)})
+        hit = self.cache.get(key) if self.cache.enabled else None
+        if hit is not None:
+            self.budget.charge(cached_calls=1)
+            return hit
+        ids = self.encode(text, bos=isinstance(prompt, str))
         cands = [self.encode(c) for c in continuations]
         with torch.no_grad():
-            s = score_candidates(self, None, [ids], [cands])
-        return s[0].tolist()
+            s = score_candidates(self, None, [ids], [cands])[0].tolist()
+        self.cache.put(key, s)
+        self.budget.charge(calls=1)
+        return s
