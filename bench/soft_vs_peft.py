@@ -202,6 +202,7 @@ def main() -> None:
                     help="also run promptlift with each method's documented default lr")
     ap.add_argument("--test-limit", type=int, default=None, help="score only the first N test examples")
     ap.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    ap.add_argument("--section", default="soft_vs_peft", help="BENCHMARKS.md section to (re)write")
     args = ap.parse_args()
 
     progress("loading model and data")
@@ -213,8 +214,9 @@ def main() -> None:
     rows, raw = [], []
     for kind in args.pairs.split(","):
         variants = [("promptlift", args.lr)]
-        if args.own_defaults:
-            variants.append(("promptlift (own default lr)", None))
+        own_lr = get_method(kind).Config().lr
+        if args.own_defaults and own_lr != args.lr:
+            variants.append((f"promptlift, own default lr {own_lr:g}", None))
         res: dict[str, list[dict]] = {}
         for seed in args.seeds:
             for name, lr in variants:
@@ -241,7 +243,7 @@ def main() -> None:
                       "peak RSS MiB"], rows)
     facts = machine_facts()
     lrs = f"lr {args.lr}" + (f" (PEFT {args.lr_peft})" if args.lr_peft else "")
-    body = f"""## Soft prompts vs PEFT (`bench/soft_vs_peft.py`)
+    body = f"""## Soft prompts vs PEFT: {', '.join(args.pairs.split(','))} (`bench/soft_vs_peft.py`)
 
 Run {now()}: `{command_line()}`
 
@@ -259,7 +261,7 @@ over 4 dev examples × labels): {', '.join(f"{k}: {max(r['check_diff'] for r in 
 """
     print(body)
     if not args.no_write:
-        write_section("soft_vs_peft", body)
+        write_section(args.section, body)
 
 
 if __name__ == "__main__":

@@ -41,11 +41,11 @@ class Layout:
     end_of_answer: list[int]  # tokens that close an answer (end of turn / newline)
     lm: object = None
     instruction: str = ""
-    lead: list[int] | None = None  # tokens before each input ("Input: " for plain models)
+    lead: str = ""  # text before each input, tokenized together with it ("\n\nInput: " for plain models)
 
     def example(self, text: str) -> list[int]:
         """Per-example tokens: the input then the opening of the answer."""
-        return (self.lead or []) + self.lm.encode(text) + self.suffix
+        return self.lm.encode(self.lead + text) + self.suffix
 
     def answer(self, words: str, *, close: bool = False) -> list[int]:
         """Tokens of an answer; `close=True` appends the end-of-answer token (generation targets)."""
@@ -107,17 +107,29 @@ def build_layout(lm, instruction: str, demos: Sequence[Example] = (), label_word
         if not before.startswith(header_text):
             header_text = ""
         body_text = before[len(header_text):]
+        body_text, lead = _split_trailing_space(body_text)
         header = lm.encode(header_text)
         body = lm.encode(body_text) if body_text else []
         suffix = lm.encode(after)
         eot = [i for i in lm.encode(after.split("\n")[0]) if i in lm.eos_ids][:1] or sorted(lm.eos_ids)[:1]
-        return Layout(header, body, suffix, True, eot, lm, instruction)
+        return Layout(header, body, suffix, True, eot, lm, instruction, lead)
     full = render_plain_text(instruction, demos, _SENT, label_words)
     before, after = full.split(_SENT)
     # "Input: " belongs to the example segment, so the body ends at a block boundary
     cut = before.rfind("Input: ")
-    body_text, lead = before[:cut], before[cut:]
+    body_text, lead = _split_trailing_space(before[:cut])
     header = lm.encode("", bos=True)
     body = lm.encode(body_text) if body_text else []
     suffix = lm.encode(after)
-    return Layout(header, body, suffix, False, lm.encode("\n"), lm, instruction, lm.encode(lead))
+    return Layout(header, body, suffix, False, lm.encode("\n"), lm, instruction, lead + before[cut:])
+
+
+def _split_trailing_space(text: str) -> tuple[str, str]:
+    """Move trailing whitespace of a constant segment into the next one.
+
+    Tokenizers merge a whitespace run with what follows it ("\n\nno" is not
+    "\n\n" + "no"), so segments end before whitespace: then the concatenated
+    segment tokens equal the tokenization of the full text.
+    """
+    stripped = text.rstrip()
+    return stripped, text[len(stripped):]

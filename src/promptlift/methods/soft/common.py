@@ -25,7 +25,7 @@ class SoftConfig:
     """Options shared by every soft-prompt method (the trainer's and the prompt's)."""
 
     tokens: int = field(default=20, metadata={"help": "number of virtual tokens k"})
-    init: str = field(default="random", metadata={"help": "random (vocabulary) | text (instruction) | labels"})
+    init: str = field(default="text", metadata={"help": "text (instruction tokens) | random (vocabulary) | labels"})
     position: str = field(default="after_header", metadata={"help": "after_header | prepend"})
     instruction: str = field(default="", metadata={"help": "instruction after the soft tokens; '' = task's, 'none' = no text"})
     epochs: int = field(default=10, metadata={"help": "passes over train"})
