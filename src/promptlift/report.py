@@ -56,22 +56,9 @@ def _read_json(path: Path) -> Any:
 
 
 def _read_history(path: Path) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read: {e}") from None
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{i}: invalid JSON: {e.msg}") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
-        rows.append(row)
-    return rows
+    from .datafiles import read_rows
+
+    return read_rows(path)
 
 
 def load_run(run_dir: Path) -> Run:

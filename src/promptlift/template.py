@@ -68,12 +68,7 @@ def _demo_answer(ex: Example, label_words) -> str:
 
 def render_chat_text(lm, instruction: str, demos: Sequence[Example], x: str, label_words=None) -> str:
     """The full chat-template text of one prompt, up to the opening of the answer."""
-    msgs = []
-    lead = f"{instruction}\n\n" if instruction else ""
-    for i, d in enumerate(demos):
-        msgs.append({"role": "user", "content": (lead if i == 0 else "") + d.input})
-        msgs.append({"role": "assistant", "content": _demo_answer(d, label_words)})
-    msgs.append({"role": "user", "content": ("" if demos else lead) + x})
+    msgs = messages(instruction, demos, x, label_words)
     return lm.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
 
 
