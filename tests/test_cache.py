@@ -104,6 +104,6 @@ def test_two_processes_share_a_file(tmp_path):
             "[c.put(f'{sys.argv[3]}-{i}', i) for i in range(100)];"
             "assert all(c.get(f'{sys.argv[3]}-{i}') == i for i in range(100))")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(src), str(path), tag]) for tag in ("a", "b")]
-    assert [p.wait(timeout=60) for p in procs] == [0, 0]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]  # generous: imports are slow on a busy machine
     c = CallCache(path)
     assert len(c) == 200 and c.get("a-99") == 99 and c.get("b-0") == 0

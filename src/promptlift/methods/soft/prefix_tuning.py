@@ -5,7 +5,9 @@ reparameterisation that stabilises training and is folded away afterwards (the
 artifact is a PrefixPrompt of plain key/value tensors). Initialised from the
 keys/values the model itself computes for real tokens (Li & Liang, section
 7.2: real-word initialisation); the MLP adds a learned offset whose last layer
-starts at zero, so training starts from that text prefix.
+starts at zero, so training starts from that text prefix. Default lr 1e-3:
+at the shared soft default 3e-2 the MLP-reparameterised prefix stays at chance
+on SST-2 (49.2 %, as PEFT's PrefixTuning does: 48.8 %), at 1e-3 it reached 83.6 %.
 """
 
 from __future__ import annotations
