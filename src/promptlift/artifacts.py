@@ -87,7 +87,11 @@ class Prompt:
 
         chosen = nearest_demos(lm, self.demos, [ex.input for ex in examples], self.knn)
         labels = _label_words(task)
-        return [layout.body_for(d, labels) + layout.example(ex.input) for d, ex in zip(chosen, examples)]
+        rows = []
+        for d, ex in zip(chosen, examples):
+            lay = layout.with_demos(d, labels)
+            rows.append(lay.body + lay.example(ex.input))
+        return rows
 
     # --- persistence ------------------------------------------------------------------
     def to_dict(self) -> dict:

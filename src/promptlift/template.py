@@ -52,9 +52,9 @@ class Layout:
         ids = self.lm.encode(words if self.chat else " " + words)
         return ids + (self.end_of_answer if close else [])
 
-    def body_for(self, demos: Sequence[Example], label_words=None) -> list[int]:
-        """Body tokens (instruction + these demonstrations), for per-example demonstrations."""
-        return build_layout(self.lm, self.instruction, demos, label_words).body
+    def with_demos(self, demos: Sequence[Example], label_words=None) -> "Layout":
+        """The same prompt with these demonstrations (per-example demonstrations; same header)."""
+        return build_layout(self.lm, self.instruction, demos, label_words)
 
     @property
     def stop(self) -> list[str]:
