@@ -15,6 +15,7 @@ the whole batch; logits are computed only at the scored positions.
 
 from __future__ import annotations
 
+import abc
 import math
 import sys
 import time
@@ -36,16 +37,16 @@ from .evaluate import evaluate, label_candidates
 from .scoring import score_candidates
 
 
-class SoftModule(nn.Module):
+class SoftModule(nn.Module, abc.ABC):
     """What a gradient method hands the trainer."""
 
+    @abc.abstractmethod
     def prefix(self, lm, layout, header: KV | None) -> KV:
         """Differentiable cache of the prompt's constant part (batch 1)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def to_prompt(self) -> Prompt:
         """The trained prompt as an artifact (reparameterisations folded away, tensors detached)."""
-        raise NotImplementedError
 
 
 @dataclass

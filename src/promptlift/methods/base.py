@@ -107,7 +107,8 @@ class Method:
             raise ConfigError(f"method {self.name!r} does not apply to {task.kind} tasks")
 
     def fit(self, lm, task: Task, ctx: RunContext) -> Prompt:
-        raise NotImplementedError
+        """Optimize a prompt for `task` on `lm` (train/dev only) and return it."""
+        raise NotImplementedError(f"{type(self).__name__} must define fit()")
 
 
 def _coerce(method: str, f: dataclasses.Field, v: Any) -> Any:

@@ -86,7 +86,8 @@ class SoftMethod(Method):
         return "" if ins == "none" else (ins or task.instruction)
 
     def build(self, lm, task, layout, init_ids: list[int]) -> SoftModule:
-        raise NotImplementedError
+        """The method's trainable module, initialised from `init_ids`."""
+        raise NotImplementedError(f"{type(self).__name__} must define build()")
 
     def fit(self, lm, task, ctx):
         instruction = self.instruction(task)
