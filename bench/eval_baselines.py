@@ -15,10 +15,10 @@ One process, one model, one data set. Measures and writes to BENCHMARKS.md
 4. peak RSS.
 
 Calibrated accuracies reuse the uncalibrated run's label scores: the engine's
-own `content_free_scores` + `calibrate` are applied to them (examples whose
+own content-free scores + `calibrate` are applied to them (examples whose
 calibrated margin is below 1e-3, where the 4-decimal rounding of stored scores
 could matter, are rescored exactly), and the result is checked against
-`evaluate(..., calibrate=True)` on the first `--check-n` examples.
+`evaluate(..., Calibrated(prompt))` on the first `--check-n` examples.
 
     .venv/bin/python bench/eval_baselines.py                      # full run (~20+ min on 2 cores)
     .venv/bin/python bench/eval_baselines.py --limit 64 --plain-limit 32 --out /tmp/b.md   # quick
@@ -35,7 +35,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from dataclasses import replace
+
 from pathlib import Path
 
 import torch
@@ -46,12 +46,13 @@ from common import (  # noqa: E402
     timed,
 )
 
-from promptlift.artifacts import TextPrompt  # noqa: E402
-from promptlift.engine.evaluate import calibrate, classify_scores, content_free_scores, evaluate  # noqa: E402
+from promptlift.artifacts import CONTENT_FREE, Calibrated, TextPrompt  # noqa: E402
+from promptlift.engine.evaluate import calibrate, classify_scores, evaluate  # noqa: E402
 from promptlift.metrics import summarize  # noqa: E402
 from promptlift.methods.baseline.few_shot import balanced_sample  # noqa: E402
-from promptlift.task import Task  # noqa: E402
-from promptlift.template import render_chat_text  # noqa: E402
+from promptlift.task import Example, Task  # noqa: E402
+from promptlift.render import render  # noqa: E402
+from promptlift.template import build_layout, to_text  # noqa: E402
 
 SECTION = "eval_baselines"
 TIE_MARGIN = 1e-3  # calibrated margins below this are rescored exactly (stored scores have 4 decimals)
@@ -63,8 +64,7 @@ from promptlift.lm.hf import HFModel
 t1 = time.perf_counter()
 lm = HFModel(sys.argv[1])
 t2 = time.perf_counter()
-from promptlift.lm.cache import cache_dir
-d = cache_dir() / "models" / sys.argv[1]
+d = lm.path
 size = sum(p.stat().st_size for p in d.rglob("*") if p.is_file()) if d.exists() else 0
 print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "complete": (d / ".complete").exists(), "cache_mb": size / 2**20}))
@@ -112,7 +112,7 @@ def plain_loop_scores(lm, task: Task, instruction: str, demos, exs, batch_size: 
         with torch.no_grad():
             for i in range(0, len(exs), batch_size):
                 batch = exs[i : i + batch_size]
-                texts = [render_chat_text(lm, instruction, demos, ex.input, task.labels) for ex in batch]
+                texts = [to_text(lm, render(instruction, demos, ex.input, task.labels)) for ex in batch]
                 plen = [len(ids) for ids in tok(texts, add_special_tokens=False).input_ids]
                 for j, w in enumerate(words):
                     enc = tok([t + w for t in texts], add_special_tokens=False, padding=True, return_tensors="pt")
@@ -130,10 +130,10 @@ def plain_loop_scores(lm, task: Task, instruction: str, demos, exs, batch_size: 
 def token_identity(lm, task: Task, prompt: TextPrompt, exs) -> tuple[int, str]:
     """How many examples the engine feeds exactly the tokens of the plain loop's full-text tokenization,
     and where the first differing example differs (tokens around the first difference)."""
-    layout = prompt.layout(lm, task)
+    layout = build_layout(lm, prompt.instruction, prompt.demos, task.labels)
     same, where = 0, ""
     for ex in exs:
-        text = render_chat_text(lm, prompt.instruction, prompt.demos, ex.input, task.labels)
+        text = to_text(lm, render(prompt.instruction, prompt.demos, ex.input, task.labels))
         plain = lm.tokenizer(text, add_special_tokens=False).input_ids
         eng = layout.header + layout.body + layout.example(ex.input)
         if plain == eng:
@@ -150,12 +150,11 @@ def stored_scores(res, names) -> torch.Tensor:
 
 
 def calibrated(lm, task: Task, prompt: TextPrompt, res, exs, batch_size: int) -> dict:
-    """Accuracy of `prompt` with calibrate=True, from the uncalibrated result `res` (see module doc)."""
+    """Accuracy of `Calibrated(prompt)`, from the uncalibrated result `res` (see module doc)."""
     names = task.label_names
-    cal_prompt = replace(prompt, calibrate=True)
+    cal_prompt = Calibrated(inner=prompt)
     with timed() as t, torch.no_grad():
-        layout = cal_prompt.layout(lm, task)
-        cf = content_free_scores(lm, task, cal_prompt, layout, cal_prompt.prefix(lm, layout))
+        cf = classify_scores(lm, task, prompt, [Example(x, names[0]) for x in CONTENT_FREE], batch_size)
         scores = calibrate(stored_scores(res, names), cf)
         top2 = scores.topk(2, dim=-1).values
         near = ((top2[:, 0] - top2[:, 1]) < TIE_MARGIN).nonzero().flatten().tolist()
@@ -204,7 +203,7 @@ def main(argv=None) -> int:
     ap.add_argument("--shots", type=int, default=4)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--check-n", type=int, default=64,
-                    help="examples on which derived calibration is checked against evaluate(calibrate=True)")
+                    help="examples on which derived calibration is checked against evaluate(Calibrated(prompt))")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch.set_num_threads for the measurements (default: torch's own choice)")
     ap.add_argument("--thread-check", type=int, default=32,
@@ -302,9 +301,9 @@ def main(argv=None) -> int:
     run_engine("zero", zero, "zero-shot")
     run_cal("zero", zero, "zero-shot")
     check_n = min(args.check_n, len(exs))
-    progress(f"stage: check derived calibration against evaluate(calibrate=True) on {check_n} examples")
+    progress(f"stage: check derived calibration against evaluate(Calibrated(prompt)) on {check_n} examples")
     with timed() as t:
-        direct = evaluate(lm, task, replace(zero, calibrate=True), examples=exs[:check_n], batch_size=bs,
+        direct = evaluate(lm, task, Calibrated(inner=zero), examples=exs[:check_n], batch_size=bs,
                           progress=False)
     cal_check = sum(p["pred"] == q for p, q in zip(direct.predictions, acc["zero+cal"]["preds"][:check_n]))
     log.add(f"calibration check (n={check_n})", t)
@@ -462,15 +461,15 @@ batch size {bs}, fp32 on CPU.
 {acc_table}
 
 Mean ± sample std over seeds. Calibrated = contextual calibration (Zhao et al. 2021) applied to the same run's \
-label scores with the engine's `content_free_scores` + `calibrate` (its "eval s" is the extra time); checked \
-against `evaluate(..., calibrate=True)` on the first {check_n} examples: {cal_check}/{check_n} identical \
+label scores with the engine's content-free scores + `calibrate` (its "eval s" is the extra time); checked \
+against `evaluate(..., Calibrated(prompt))` on the first {check_n} examples: {cal_check}/{check_n} identical \
 predictions. Per seed:
 
 {seed_table}
 
 ### Evaluation speed: engine vs a plain transformers loop
 
-Plain loop: per batch of {bs} and per label, the full chat-template text (`render_chat_text`) + label words, \
+Plain loop: per batch of {bs} and per label, the full chat-template text (`to_text(render(...))`) + label words, \
 tokenized with right padding and attention mask, `lm.model(input_ids, attention_mask).logits` \
 (full-vocabulary logits at every position, no prefix reuse), sum of the label tokens' log-probs, argmax. \
 Both run on the first {m} test examples, one after the other, after an untimed warm-up.

@@ -40,7 +40,7 @@ from promptlift.kv import KV  # noqa: E402
 from promptlift.lm.hf import HFModel  # noqa: E402
 from promptlift.methods.base import RunContext  # noqa: E402
 from promptlift.registry import get_method  # noqa: E402
-from promptlift.soft import PrefixPrompt, SoftPrompt  # noqa: E402
+from promptlift.artifacts import PrefixPrompt, SoftPrompt  # noqa: E402
 from promptlift.task import Task  # noqa: E402
 from promptlift.template import build_layout  # noqa: E402
 

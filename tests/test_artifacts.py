@@ -6,8 +6,11 @@ import json
 
 import pytest
 
+import torch
+
 from promptlift import TextPrompt, load
-from promptlift.artifacts import FORMAT, content_hash
+from promptlift.artifacts import (FORMAT, Calibrated, KnnPrompt, PrefixPrompt, Reasoning, SoftPrompt,
+                                  artifact_types, content_hash)
 from promptlift.errors import ArtifactError, PromptliftError
 from promptlift.task import Example
 
@@ -16,35 +19,67 @@ def make_prompt() -> TextPrompt:
     return TextPrompt(
         instruction="Classify the topic of the headline.\nAnswer with one label.",
         demos=[Example("Striker scores twice — «un doublé»", "sports"), Example("Markets rally 3%", "business")],
-        knn=0, calibrate=True, reasoning="", model="smollm2-135m", method="few-shot",
-        meta={"seed": 3, "dev": {"accuracy": 0.75}, "note": "ünïcode ✓"},
+        model="smollm2-135m", method="few-shot", task="topics",
+        meta={"seed": 3, "dev": {"accuracy": 0.75}, "note": "ünïcode ✓", "lr": 0.1 + 0.2},
     )
 
 
-def test_text_prompt_round_trip(tmp_path):
-    p = make_prompt()
-    path = p.save(tmp_path / "prompt.json")
-    assert path == tmp_path / "prompt.json"
-    q = load(path)
-    assert isinstance(q, TextPrompt)
-    assert q.to_dict() == p.to_dict()
-    assert q.demos == p.demos and q.meta == p.meta and q.calibrate is True
-    d = json.loads(path.read_text(encoding="utf-8"))
-    assert d["format"] == FORMAT and d["type"] == "text"
-    assert d["sha256"] == content_hash(p.to_dict())
-    # saving the loaded prompt gives the same bytes
-    again = q.save(tmp_path / "again.json")
-    assert again.read_bytes() == path.read_bytes()
+def _every_type() -> dict[str, object]:
+    g = torch.Generator().manual_seed(0)
+    soft = SoftPrompt(instruction="Classify.", embeds=torch.randn(3, 8, generator=g), split=1, hidden_size=8,
+                      num_layers=2, model="tiny")
+    prefix = PrefixPrompt(instruction="", keys=torch.randn(2, 2, 3, 4, generator=g).to(torch.bfloat16),
+                          values=torch.randn(2, 2, 3, 4, generator=g), position="prepend", model="tiny")
+    knn = KnnPrompt(instruction="Pick.", pool=[Example(f"x{i}", f"y{i}") for i in range(5)], k=2, embedder="tfidf")
+    return {"text": make_prompt(), "knn": knn, "soft": soft, "prefix": prefix,
+            "calibrated": Calibrated(inner=soft, content_free=["N/A"]),
+            "reasoning": Reasoning(inner=Calibrated(inner=knn), trigger="Think.")}
 
 
-def test_round_trip_knn_and_reasoning_through_run_dir(tmp_path):
-    p = TextPrompt(instruction="", demos=[Example(f"x{i}", f"y{i}") for i in range(5)], knn=2,
-                   reasoning="Let's think step by step.")
+def test_every_registered_type_is_covered():
+    assert set(_every_type()) == set(artifact_types())
+
+
+@pytest.mark.parametrize("name", sorted(_every_type()))
+def test_round_trip_is_bit_exact(tmp_path, name):
+    p = _every_type()[name]
     path = p.save(tmp_path / "run")  # a directory: prompt.json inside
     assert path == tmp_path / "run" / "prompt.json"
     q = load(tmp_path / "run")  # a run directory loads its prompt.json
-    assert q.to_dict() == p.to_dict()
-    assert q.knn == 2 and q.reasoning == "Let's think step by step."
+    assert type(q) is type(p) and q.to_dict() == p.to_dict() and q.hash == p.hash
+    for k, t in p.tensors().items():
+        got = q.tensors()[k]
+        assert got.dtype == t.dtype and torch.equal(got, t)
+    d = json.loads(path.read_text(encoding="utf-8"))
+    assert d["format"] == FORMAT and d["type"] == p.type and d["sha256"] == p.hash
+    again = q.save(tmp_path / "again")  # saving the loaded prompt gives the same bytes
+    assert again.read_bytes() == path.read_bytes()
+    if p.tensors():
+        assert again.with_suffix(".safetensors").read_bytes() == path.with_suffix(".safetensors").read_bytes()
+
+
+def test_artifacts_hold_data_only():
+    # no artifact type carries inference behaviour: the engine's appliers do
+    for cls in artifact_types().values():
+        for name in ("prefix", "rows", "layout", "check_model", "forward"):
+            assert not hasattr(cls, name), (cls.__name__, name)
+
+
+def test_text_only_tells_text_from_vectors():
+    every = _every_type()
+    assert every["text"].text_only and every["knn"].text_only and every["reasoning"].text_only
+    assert not every["soft"].text_only and not every["calibrated"].text_only
+
+
+def test_tampered_tensor_file_is_refused(tmp_path):
+    path = _every_type()["soft"].save(tmp_path / "p")
+    from safetensors.torch import load_file, save_file
+
+    t = load_file(str(path.with_suffix(".safetensors")))
+    t["embeds"][0, 0] += 1e-3
+    save_file(t, str(path.with_suffix(".safetensors")))
+    with pytest.raises(ArtifactError, match="hash"):
+        load(path)
 
 
 def test_edited_artifact_is_refused(tmp_path):
@@ -110,6 +145,21 @@ def test_missing_and_unknown_type(tmp_path):
 
 
 def test_text_prompts_are_portable_across_models(tiny_lm):
+    from promptlift.engine.evaluate import check_model
+
     p = make_prompt()
     assert p.model != tiny_lm.model_id
-    p.check_model(tiny_lm)  # a text prompt applies to any model
+    check_model(p, tiny_lm)  # a text prompt applies to any model
+
+
+def test_use_on_another_task_or_model_notes_or_refuses(tiny_lm, capsys):
+    from promptlift import Task, evaluate
+
+    task = Task(name="here", kind="classification", train=[Example("a", "x"), Example("b", "y")],
+                test=[Example("a", "x")], labels={"x": "the", "y": "up"})
+    evaluate(tiny_lm, task, TextPrompt(model="other-model", task="elsewhere"), progress=False)
+    err = capsys.readouterr().err
+    assert "found on model 'other-model'" in err and "made for task 'elsewhere', not 'here'" in err
+    soft = SoftPrompt(embeds=torch.zeros(2, tiny_lm.hidden_size), model="other-model")
+    with pytest.raises(ArtifactError, match="other-model"):
+        evaluate(tiny_lm, task, soft, progress=False)

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from conftest import make_tiny_lm
 from promptlift import Task, TextPrompt
+from promptlift.artifacts import Calibrated, KnnPrompt
 from promptlift.engine.decode import decode
 from promptlift.engine.evaluate import calibrate, classify_scores, evaluate
 from promptlift.engine.neighbors import nearest_demos
@@ -15,7 +16,8 @@ from promptlift.engine.scoring import score_candidates
 from promptlift.kv import KV
 from promptlift.lm.base import GenerationConfig
 from promptlift.task import Example
-from promptlift.template import build_layout, render_chat_text, render_plain_text
+from promptlift.render import render
+from promptlift.template import build_layout, to_text
 
 ATOL = 1e-4
 
@@ -145,8 +147,7 @@ def test_evaluate_scores_equal_plain_forward(chat):
     layout = build_layout(lm, prompt.instruction, prompt.demos, task.labels)
     # the token segments are the rendered prompt text
     ex0 = task.test[0].input
-    text = (render_chat_text(lm, prompt.instruction, prompt.demos, ex0, task.labels) if chat
-            else render_plain_text(prompt.instruction, prompt.demos, ex0, task.labels))
+    text = to_text(lm, render(prompt.instruction, prompt.demos, ex0, task.labels))
     assert lm.tokenizer.decode(layout.header + layout.body + layout.example(ex0)) == text
     assert r.n == len(task.test)
     for ex, p in zip(task.test, r.predictions):
@@ -189,7 +190,7 @@ def test_evaluate_knn_demos(tiny_lm):
     lm = tiny_lm
     task = Task.demo("demo_topics")
     exs = task.test[:6]
-    prompt = TextPrompt(instruction=task.instruction, demos=task.train, knn=2)
+    prompt = KnnPrompt(instruction=task.instruction, pool=task.train, k=2)
     r = evaluate(lm, task, prompt, examples=exs, batch_size=4, progress=False)
     assert r.n == len(exs)
     assert [p["input"] for p in r.predictions] == [ex.input for ex in exs]
@@ -333,9 +334,9 @@ def test_calibrate_flips_biased_prediction():
 def test_calibrated_evaluate_uses_content_free_scores(tiny_lm):
     task = _tiny_task()
     raw = classify_scores(tiny_lm, task, TextPrompt(instruction=task.instruction), task.test)
-    cal_prompt = TextPrompt(instruction=task.instruction, calibrate=True)
+    cal_prompt = Calibrated(inner=TextPrompt(instruction=task.instruction))
     cal = classify_scores(tiny_lm, task, cal_prompt, task.test)
-    layout = cal_prompt.layout(tiny_lm, task)
+    layout = build_layout(tiny_lm, task.instruction, [], task.labels)
     cands = [layout.answer(w) for w in task.labels.values()]
     cf = torch.tensor([[plain_logprob(tiny_lm, layout.header + layout.body + layout.example(x), c) for c in cands]
                        for x in ("N/A", "", "[MASK]")])
@@ -350,7 +351,7 @@ def test_real_model_scores_equal_plain_forward(real_lm):
     exs = task.test[:3]
     prompt = TextPrompt(instruction=task.instruction, demos=task.train[:2])
     r = evaluate(real_lm, task, prompt, examples=exs, batch_size=3, progress=False)
-    layout = prompt.layout(real_lm, task)
+    layout = build_layout(real_lm, prompt.instruction, prompt.demos, task.labels)
     for ex, p in zip(exs, r.predictions):
         assert p["input"] == ex.input
         ctx = layout.header + layout.body + layout.example(ex.input)

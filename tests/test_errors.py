@@ -38,10 +38,16 @@ def run_cli(capsys, args, *needles) -> str:
     assert "Traceback" not in err and "Traceback" not in out
     lines = err.strip("\n").splitlines()
     assert len(lines) == 1, err
-    assert lines[0].startswith("promptlift: error: "), err
+    if "--json" in args:  # with --json the error is one JSON object
+        got = json.loads(lines[0])
+        assert got["exit_code"] == 2 and got["type"].endswith("Error"), got
+        line = got["error"]
+    else:
+        assert lines[0].startswith("promptlift: error: "), err
+        line = lines[0]
     for n in needles:
-        assert str(n) in lines[0], (n, lines[0])
-    return lines[0]
+        assert str(n) in line, (n, line)
+    return line
 
 
 def write_jsonl(path, rows):

@@ -280,7 +280,24 @@ def test_budget_calls_limit(server):
     m = make(server, None, max_concurrency=1, budget=Budget(limits={"calls": 2}))
     with pytest.raises(BudgetExceeded):
         m.generate([f"p{i}" for i in range(6)])
-    assert server.calls == 3  # the third call passes the limit; nothing is sent after it
+    assert server.calls == 2  # calls=2 means at most 2 calls: the third is refused before it is sent
+
+
+@pytest.mark.parametrize("limit", [1, 5, 13])
+def test_budget_calls_limit_holds_with_requests_in_flight(limit):
+    slow = FakeServer(delay=0.02)
+    m = make(slow, None, max_concurrency=8, budget=Budget(limits={"calls": limit}))
+    with pytest.raises(BudgetExceeded):
+        m.generate([f"p{i}" for i in range(40)])
+    assert slow.calls == limit and m.budget.calls == limit and m.budget.in_flight == 0
+    assert slow.max_in_flight <= 8
+
+
+def test_retries_are_counted_apart_from_calls(server):
+    server.script = [(429, {"error": {"message": "slow"}}), (503, {"error": {"message": "busy"}})]
+    m = make(server, None)
+    assert m.generate(["p"]) == [["text:p:0"]]
+    assert m.budget.calls == 1 and m.budget.retries == 2 and server.calls == 3
 
 
 def test_budget_token_limit_and_paid_result_is_cached(server, cache):

@@ -14,7 +14,8 @@ from promptlift.engine.evaluate import evaluate, generate_with_prompt
 from promptlift.engine.train import SoftModule, TrainConfig, train
 from promptlift.errors import ArtifactError, ConfigError
 from promptlift.methods.base import RunContext
-from promptlift.soft import PrefixPrompt, SoftPrompt
+from promptlift.artifacts import PrefixPrompt, SoftPrompt
+from promptlift.engine.soft import soft_prefix_kv
 from promptlift.task import Example, Task
 from promptlift.template import build_layout
 
@@ -73,8 +74,9 @@ def test_artifact_round_trips_bit_exactly(method, tmp_path):
     run = promptlift.optimize(method, lm, task, out=tmp_path / "run", progress=False, epochs=1, tokens=3)
     loaded = load(tmp_path / "run")
     assert type(loaded) is type(run.prompt)
-    for name in loaded.tensor_names:
-        assert torch.equal(getattr(loaded, name), getattr(run.prompt, name))
+    assert loaded.tensors().keys() == run.prompt.tensors().keys()
+    for name, t in loaded.tensors().items():
+        assert torch.equal(t, run.prompt.tensors()[name])
     assert loaded.to_dict() == run.prompt.to_dict()
     a = evaluate(lm, task, run.prompt, split="test", progress=False).predictions
     b = evaluate(lm, task, loaded, split="test", progress=False).predictions
@@ -147,7 +149,7 @@ class _NaNAfter(SoftModule):
     def prefix(self, lm, layout, header):
         self.calls += 1
         v = self.v * float("nan") if self.calls > self.steps else self.v
-        return self.shell.prefix(lm, layout, header, embeds=v)
+        return soft_prefix_kv(lm, layout, v, header=header)
 
     def to_prompt(self):
         return SoftPrompt(embeds=self.v.detach().clone(), hidden_size=self.shell.hidden_size,

@@ -90,7 +90,7 @@ def test_classification_without_task_yaml_sorts_labels(tmp_path):
     t = Task.from_dir(tmp_path)
     assert t.labels == {"alpha": "alpha", "zeta": "zeta"}
     assert t.dev == []  # fewer than 10 train rows: no dev carved
-    with pytest.raises(DataError, match="split 'dev' is empty or missing"):
+    with pytest.raises(DataError, match="split 'dev' is empty or missing: .*train.jsonl has 2 rows, too few"):
         t.split("dev")
 
 
@@ -165,6 +165,12 @@ def test_task_validation():
         Task(name="x", kind="classification", labels={"a": "a"})
     with pytest.raises(ConfigError, match="unknown split"):
         Task.demo("demo_topics").split("validation")
+    assert Task(name="g", kind="generation").metric == "exact"  # each kind has its own default metric
+    assert Task(name="c", kind="classification", labels={"a": "a", "b": "b"}).metric == "accuracy"
+    with pytest.raises(ConfigError, match="scored by accuracy"):
+        Task(name="c", kind="classification", labels={"a": "a", "b": "b"}, metric="f1")
+    with pytest.raises(ConfigError, match="unknown metric 'bleu'"):
+        Task(name="g", kind="generation", metric="bleu")
 
 
 # --- metrics --------------------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ import pytest
 
 from promptlift.methods.baseline.few_shot import balanced_sample
 from promptlift.task import Example, Task
-from promptlift.template import build_layout, render_chat_text, render_plain_text
+from promptlift.render import render
+from promptlift.template import build_layout, to_ids
 
 from conftest import SHARED
 
@@ -29,7 +30,7 @@ def test_segments_equal_full_text_tokenization_chat(tiny_lm, instruction, shots)
     demos = balanced_sample(task, shots, random.Random(0)) if shots else []
     lay = build_layout(tiny_lm, instruction, demos, task.labels)
     for x in TEXTS:
-        full = tiny_lm.encode(render_chat_text(tiny_lm, instruction, demos, x, task.labels))
+        full = to_ids(tiny_lm, render(instruction, demos, x, task.labels))
         assert lay.header + lay.body + lay.example(x) == full
 
 
@@ -39,7 +40,7 @@ def test_segments_equal_full_text_tokenization_plain(tiny_plain_lm, shots):
     demos = balanced_sample(task, shots, random.Random(0)) if shots else []
     lay = build_layout(tiny_plain_lm, task.instruction, demos, task.labels)
     for x in TEXTS:
-        full = tiny_plain_lm.encode(render_plain_text(task.instruction, demos, x, task.labels), bos=True)
+        full = to_ids(tiny_plain_lm, render(task.instruction, demos, x, task.labels))
         assert lay.header + lay.body + lay.example(x) == full
 
 
@@ -49,5 +50,5 @@ def test_segments_equal_full_text_on_real_tokenizer(real_lm):
     for demos in ([], balanced_sample(task, 4, random.Random(0))):
         lay = build_layout(real_lm, task.instruction, demos, task.labels)
         for ex in task.test[:100]:
-            full = real_lm.encode(render_chat_text(real_lm, task.instruction, demos, ex.input, task.labels))
+            full = to_ids(real_lm, render(task.instruction, demos, ex.input, task.labels))
             assert lay.header + lay.body + lay.example(ex.input) == full

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,11 +19,12 @@ from typing import Any
 from .artifacts import Prompt
 from .artifacts import load as load_prompt
 from .engine.evaluate import EvalResult, evaluate
-from .errors import ConfigError
+from .errors import ConfigError, PromptliftError
+from .lm.base import model_key
 from .lm.budget import Budget
 from .methods.base import RunContext
 from .registry import get_method
-from .runs import RunDir
+from .runs import RunDir, write_json
 from .task import Task
 
 __all__ = ["optimize", "evaluate", "load_prompt", "Run"]
@@ -40,6 +42,7 @@ class Run:
     seconds: float
     config: dict = field(default_factory=dict)
     dir: Path | None = None
+    stopped: str = ""  # "budget" when the method stopped at its budget and kept its best prompt so far
 
     def summary(self) -> dict:
         """The content of result.json."""
@@ -51,6 +54,7 @@ class Run:
             "dev": self.dev.to_dict() if self.dev else None,
             "test": self.test.to_dict() if self.test else None,
             "cost": self.cost,
+            "stopped": self.stopped,
             "seconds": round(self.seconds, 3),
             "config": self.config,
         }
@@ -87,8 +91,11 @@ def optimize(method: str, lm, task: Task, *, out: str | Path | None = None, seed
             raise ConfigError(f"{rd.path}: --resume with different settings than the run there "
                               f"(was {_comparable(old)}, now {_comparable(config)})")
         rd.write_config(config)
+    previous_hash = _saved_hash(rd.path) if (rd is not None and resume) else None
+    if rd is not None and resume:
+        _restore_spend(rd.path, run_budget)  # what the killed run had spent still counts
     ctx = RunContext(seed=seed, run_dir=rd.path if rd else None, resume=resume, progress=progress,
-                     log=rd.log if rd else None)
+                     log=_logger(rd, run_budget) if rd else None)
     ctx.seed_everything()
 
     outer = lm.budget
@@ -102,22 +109,72 @@ def optimize(method: str, lm, task: Task, *, out: str | Path | None = None, seed
             if k != "tokens":
                 setattr(outer, k, getattr(outer, k) + v)
     fit_seconds = time.perf_counter() - t0
-    prompt.model = lm.model_id
+    stopped = "budget" if run_budget.exhausted() else ""
+    prompt.model = model_key(lm)
+    prompt.task = task.name
     prompt.method = method
     if rd is not None:
         prompt.save(rd.path)
+        _save_spend(rd.path, run_budget)
 
     results: dict[str, EvalResult | None] = {"dev": None, "test": None}
+    same_prompt = previous_hash is not None and previous_hash == prompt.hash
     for split in eval_splits:
-        if getattr(task, split):
+        if not getattr(task, split):
+            continue
+        if rd is None:
             results[split] = evaluate(lm, task, prompt, split=split, batch_size=eval_batch_size, progress=progress)
-            if rd is not None:
-                rd.write_predictions(split, results[split].predictions)
+            continue
+        # predictions are written as they are computed; a killed evaluation of the same prompt resumes
+        done = rd.done_predictions(split) if same_prompt else []
+        with rd.open_predictions(split, resume=bool(done)) as writer:
+            results[split] = evaluate(lm, task, prompt, split=split, batch_size=eval_batch_size, progress=progress,
+                                      on_records=writer.extend, done=done)
     run = Run(method, prompt, results["dev"], results["test"], {**run_budget.used(), "fit_seconds": round(fit_seconds, 3)},
-              time.perf_counter() - t0, config, rd.path if rd else None)
+              time.perf_counter() - t0, config, rd.path if rd else None, stopped)
     if rd is not None:
         rd.write_result(run.summary())
+        rd.close()  # release the run's lock
     return run
+
+
+SPEND = "spend.json"
+
+
+def _saved_hash(run_dir: Path) -> str | None:
+    """The content hash of the artifact a (killed) run saved, if any."""
+    try:
+        return load_prompt(run_dir).hash
+    except PromptliftError:
+        return None
+
+
+def _save_spend(run_dir: Path, budget: Budget) -> None:
+    write_json(run_dir / SPEND, {k: v for k, v in budget.used().items() if k != "tokens"})
+
+
+def _restore_spend(run_dir: Path, budget: Budget) -> None:
+    """Add what an earlier (killed) run in `run_dir` spent to `budget`, so `--resume` keeps counting."""
+    path = run_dir / SPEND
+    if not path.exists():
+        return
+    try:
+        spent = json.loads(path.read_text())
+    except ValueError:
+        raise ConfigError(f"{path}: corrupt spend record (expected JSON counters)") from None
+    for k, v in spent.items():
+        if hasattr(budget, k) and isinstance(v, int):
+            setattr(budget, k, getattr(budget, k) + v)
+
+
+def _logger(rd: RunDir, budget: Budget):
+    """History logger that also records the spend so far (it survives a kill)."""
+
+    def log(row: dict) -> None:
+        rd.log(row)
+        _save_spend(rd.path, budget)
+
+    return log
 
 
 def _comparable(cfg: dict) -> dict:

@@ -23,15 +23,40 @@ def _print(obj, as_json: bool, text: str | None = None) -> None:
         typer.echo(text)
 
 
-def load_lm(model: str, base_url: Optional[str] = None, api_key: Optional[str] = None):
-    """`openai:NAME` (with --base-url / env) or a local model (bundled alias, directory, .gguf)."""
+DEVICE_HELP = "local models: auto | cpu | cuda | cuda:N | mps (auto: CUDA, else MPS, else CPU)"
+API_HELP = "openai:NAME models: chat (messages; labels ranked by first-token logprobs) | completions (plain text; labels scored in full with echo+logprobs)"
+DTYPE_HELP = "local models: auto | float32 | bfloat16 | float16 (auto: bf16 on a CUDA GPU, else fp32)"
+
+
+def load_lm(model: str, base_url: Optional[str] = None, api_key: Optional[str] = None,
+            device: str = "auto", dtype: str = "auto", api: str = "chat"):
+    """`openai:NAME` (with --base-url / env; `api` chat or completions) or a local model
+    (bundled alias, directory, .gguf) on `device`."""
     if model.startswith("openai:"):
         from .lm.openai import OpenAIModel
 
-        return OpenAIModel(model[len("openai:"):], base_url=base_url, api_key=api_key)
+        return OpenAIModel(model[len("openai:"):], base_url=base_url, api_key=api_key, api=api)
     from .lm.hf import HFModel
 
-    return HFModel(model)
+    return HFModel(model, device=device, dtype=dtype)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("promptlift")
+        except PackageNotFoundError:  # running from a source tree that is not installed
+            from . import __version__ as v
+        typer.echo(f"promptlift {v}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _app_options(version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
+                                              help="print the version and exit")):
+    """Optimize an LLM's prompt, prove the gain on held-out data, serve the result."""
 
 
 def load_task(data: str):
@@ -47,6 +72,60 @@ def load_task(data: str):
     return Task.from_dir(p)
 
 
+def check_options(**opts) -> None:
+    """Refuse out-of-range options before anything loads (one line each)."""
+    rules = {"limit": (1, "N >= 1"), "batch_size": (1, ">= 1"), "shots": (0, ">= 0"), "seed": (0, ">= 0"),
+             "chunk_size": (1, ">= 1"), "max_tokens": (1, ">= 1")}
+    for name, value in opts.items():
+        flag = "--" + name.replace("_", "-")
+        if name == "api":
+            if value not in ("chat", "completions"):
+                raise ConfigError(f"--api must be chat or completions, got {value!r}")
+        elif name == "temperature":
+            if value is not None and not (0.0 <= value <= 5.0):
+                raise ConfigError(f"--temperature must be between 0 and 5, got {value}")
+        elif value is not None and value < rules[name][0]:
+            raise ConfigError(f"{flag} must be {rules[name][1]}, got {value}")
+
+
+def method_options(cls, args: List[str]) -> dict:
+    """Parse `--name VALUE`, `--name=VALUE`, `--flag` / `--no-flag` against a method's Config fields.
+
+    Values stay strings here; `Method.make_config` converts and checks them.
+    """
+    import dataclasses
+
+    fields = {f.name: f for f in dataclasses.fields(cls.Config)}
+    known = ", ".join("--" + n.replace("_", "-") for n in fields) or "none"
+    out: dict = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or arg == "--":
+            raise ConfigError(f"unexpected argument {arg!r}; method {cls.name!r} takes: {known}")
+        name, eq, value = arg[2:].partition("=")
+        key = name.replace("-", "_")
+        negated = key.startswith("no_") and key[3:] in fields and key not in fields
+        if negated:
+            key = key[3:]
+        if key not in fields:
+            raise ConfigError(f"method {cls.name!r} has no option --{name}; it takes: {known}")
+        is_bool = str(fields[key].type) in ("bool", "<class 'bool'>")
+        if negated:
+            out[key] = "false"
+        elif eq:
+            out[key] = value
+        elif is_bool and (i + 1 >= len(args) or args[i + 1].startswith("--")):
+            out[key] = "true"
+        elif i + 1 < len(args):
+            out[key] = args[i + 1]
+            i += 1
+        else:
+            raise ConfigError(f"option --{name} of method {cls.name!r} needs a value")
+        i += 1
+    return out
+
+
 def _parse_options(pairs: List[str]) -> dict:
     out = {}
     for p in pairs or []:
@@ -60,11 +139,11 @@ def _parse_options(pairs: List[str]) -> dict:
 @app.command()
 def models(as_json: bool = typer.Option(False, "--json", help="machine-readable output")):
     """List the bundled models and whether they are installed and cached."""
-    from .models import BUNDLED, DEFAULT_MODEL, cache_dir, is_installed
+    from .models import BUNDLED, DEFAULT_MODEL, is_cached, is_installed
 
     rows = []
     for alias, b in BUNDLED.items():
-        cached = (cache_dir() / "models" / alias / ".complete").exists()
+        cached = is_cached(alias)
         rows.append({"alias": alias, "default": alias == DEFAULT_MODEL, "installed": is_installed(alias),
                      "cached": cached, "description": b.description, "install": b.install})
     text = "\n".join(f"{r['alias']:14} {'installed' if r['installed'] else 'missing  '} "
@@ -73,16 +152,19 @@ def models(as_json: bool = typer.Option(False, "--json", help="machine-readable 
 
 
 @app.command()
-def methods(as_json: bool = typer.Option(False, "--json", help="machine-readable output")):
-    """List the registered optimization methods and their options."""
-    from .registry import list_methods
+def methods(name: Optional[str] = typer.Argument(None, help="one method: its options in full"),
+            as_json: bool = typer.Option(False, "--json", help="machine-readable output")):
+    """List the registered optimization methods and their options (from each method's Config)."""
+    from .registry import get_method, list_methods
 
-    rows = [{"name": n, "family": c.family, "white_box": c.white_box, "tasks": list(c.task_kinds),
+    found = {name: get_method(name)} if name else list_methods()
+    rows = [{"name": c.name, "aliases": list(getattr(c, "aliases", ())), "family": c.family,
+             "white_box": c.white_box, "tasks": list(c.task_kinds),
              "doc": (c.__doc__ or "").strip().splitlines()[0] if c.__doc__ else "", "options": c.options()}
-            for n, c in list_methods().items()]
+            for c in found.values()]
     text = "\n".join(f"{r['name']:16} {r['family']:9} {r['doc']}\n" + "".join(
-        f"    --{o['name'].replace('_', '-')} (default {o['default']!r}): {o['help']}\n" for o in r["options"])
-        for r in rows)
+        f"    --{o['name'].replace('_', '-')} {o['type'].upper()} (default {o['default']!r}): {o['help']}\n"
+        for o in r["options"]) for r in rows)
     _print(rows, as_json, text.rstrip())
 
 
@@ -98,52 +180,75 @@ def eval_cmd(
     limit: Optional[int] = typer.Option(None, help="only the first N examples"),
     batch_size: int = typer.Option(16, help="examples per forward pass"),
     seed: int = typer.Option(0, help="seed for demonstration sampling"),
-    predictions: Optional[Path] = typer.Option(None, help="write per-example predictions (JSONL) here"),
+    predictions: Optional[Path] = typer.Option(None, help="write per-example predictions (JSONL) here, as they "
+                                               "are computed"),
+    resume: bool = typer.Option(False, help="continue an evaluation killed part way (its --predictions file)"),
+    overwrite: bool = typer.Option(False, help="replace an existing --predictions file"),
+    chunk_size: int = typer.Option(256, help="examples scored between two writes of --predictions"),
     base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint (openai:NAME models)"),
     api_key: Optional[str] = typer.Option(None, help="API key (default: $OPENAI_API_KEY)"),
+    api: str = typer.Option("chat", help=API_HELP),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    dtype: str = typer.Option("auto", help=DTYPE_HELP),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ):
     """Score a prompt on a split: accuracy with a 95% interval and per-class results."""
     import random
 
-    from .artifacts import TextPrompt, load
+    from .artifacts import Calibrated, TextPrompt, load
     from .engine.evaluate import evaluate
     from .methods.baseline.few_shot import balanced_sample
 
+    from .runs import PredictionWriter, read_jsonl
+
     if prompt is not None and (instruction is not None or shots):
         raise ConfigError("--prompt cannot be combined with --instruction or --shots")
+    check_options(limit=limit, batch_size=batch_size, shots=shots, seed=seed, chunk_size=chunk_size, api=api)
+    if resume and predictions is None:
+        raise ConfigError("--resume continues the evaluation written to --predictions; give --predictions FILE")
+    done: list = []
+    if predictions is not None and predictions.exists() and predictions.stat().st_size:
+        if resume:
+            done = read_jsonl(predictions)
+        elif not overwrite:
+            raise ConfigError(f"{predictions} already holds predictions; pass --resume to continue that "
+                              "evaluation, or --overwrite to replace it")
     task = load_task(data)
     examples = task.split(split)
-    lm = load_lm(model, base_url, api_key)
-    if prompt is not None:
-        p = load(prompt)
-        if calibrate:
-            p.calibrate = True
-    else:
+    p = load(prompt) if prompt is not None else None  # a bad artifact fails before the model loads
+    lm = load_lm(model, base_url, api_key, device=device, dtype=dtype, api=api)
+    if p is None:
         demos = balanced_sample(task, shots, random.Random(seed)) if shots else []
-        p = TextPrompt(instruction=task.instruction if instruction is None else instruction, demos=demos,
-                       calibrate=calibrate)
-    if limit is not None and limit < 1:
-        raise ConfigError(f"--limit must be >= 1, got {limit}")
-    r = evaluate(lm, task, p, split=split, limit=limit, batch_size=batch_size, progress=not as_json)
-    if predictions:
-        from .runs import RunDir
-
+        p = TextPrompt(instruction=task.instruction if instruction is None else instruction, demos=demos)
+    if calibrate:
+        p = Calibrated(inner=p, model=p.model, task=p.task, method=p.method)
+    writer = None
+    if predictions is not None:
         predictions.parent.mkdir(parents=True, exist_ok=True)
-        predictions.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in r.predictions))
+        writer = PredictionWriter(predictions, resume=bool(done))
+    try:
+        r = evaluate(lm, task, p, split=split, limit=limit, batch_size=batch_size, progress=not as_json,
+                     on_records=writer.extend if writer else None, done=done, chunk_size=chunk_size)
+    finally:
+        if writer is not None:
+            writer.close()
     out = {"accuracy": r.accuracy, "n": r.n, "ci95": r.ci95, "per_class": r.per_class, "split": split,
            "model": lm.model_id, "task": task.name, "seconds": round(r.seconds, 3),
-           "examples_per_second": round(r.examples_per_second, 2)}
+           "examples_per_second": round(r.examples_per_second, 2), "scoring": r.scoring, "unparsed": r.unparsed,
+           "resumed": min(len(done), r.n)}
     text = (f"{task.name} [{split}] {lm.model_id}: accuracy {r.accuracy:.3f} "
             f"(95% CI {r.ci95[0]:.3f}-{r.ci95[1]:.3f}, n={r.n}, {r.examples_per_second:.1f} ex/s)")
+    if r.unparsed:
+        text += f"\n  {r.unparsed} answer(s) matched no label (counted wrong)"
     if r.per_class:
         text += "\n" + "\n".join(f"  {k:20} recall {v['recall']:.3f}  precision {v['precision']:.3f}  "
                                  f"support {v['support']}" for k, v in r.per_class.items())
     _print(out, as_json, text)
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def optimize(
+    ctx: typer.Context,
     method: str = typer.Option(..., "--method", help="a registered method (see `promptlift methods`)"),
     model: str = typer.Option("smollm2-135m", "--model", "-m"),
     data: str = typer.Option(..., "--data", "-d"),
@@ -152,31 +257,35 @@ def optimize(
     budget: Optional[str] = typer.Option(None, help="limits, e.g. calls=200,tokens=1e6,forward=500"),
     resume: bool = typer.Option(False, help="continue the run in --out from its checkpoint"),
     overwrite: bool = typer.Option(False, help="replace a run already in --out"),
-    tokens: Optional[int] = typer.Option(None, help="soft methods: number of virtual tokens"),
-    epochs: Optional[int] = typer.Option(None, help="gradient methods: epochs"),
-    batch_size: Optional[int] = typer.Option(None, help="gradient methods: batch size"),
-    lr: Optional[float] = typer.Option(None, help="gradient methods: learning rate"),
-    init: Optional[str] = typer.Option(None, help="soft methods: random | text | labels"),
-    encoder: Optional[str] = typer.Option(None, help="p-tuning: mlp | lstm"),
-    shots: Optional[int] = typer.Option(None, help="few-shot / calibrated: demonstrations"),
     option: List[str] = typer.Option([], "--option", "-o", help="any method option as KEY=VALUE (repeatable)"),
     base_url: Optional[str] = typer.Option(None),
     api_key: Optional[str] = typer.Option(None),
+    api: str = typer.Option("chat", help=API_HELP),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    dtype: str = typer.Option("auto", help=DTYPE_HELP),
     as_json: bool = typer.Option(False, "--json"),
 ):
-    """Optimize a prompt with METHOD; writes config, history, artifact and result.json to --out."""
+    """Optimize a prompt with METHOD; writes config, history, artifact and result.json to --out.
+
+    Every option of the method's Config is accepted as `--name VALUE` (or `-o name=VALUE`);
+    `promptlift methods NAME` lists them with their types, defaults and help.
+    """
     from .api import optimize as run_optimize
     from .registry import get_method
 
-    get_method(method)  # unknown method: fail before loading anything
+    cls = get_method(method)  # unknown method: fail before loading anything
     opts = _parse_options(option)
-    for k, v in {"tokens": tokens, "epochs": epochs, "batch_size": batch_size, "lr": lr, "init": init,
-                 "encoder": encoder, "shots": shots}.items():
-        if v is not None:
-            opts[k] = v
-    get_method(method).make_config(**opts)  # unknown or mistyped options: fail before loading the model
+    opts.update(method_options(cls, list(ctx.args)))
+    cls.make_config(**opts)  # unknown or mistyped options: fail before loading the model
+    check_options(seed=seed, api=api)
+    from .lm.budget import Budget
+
+    Budget.parse(budget)  # a malformed budget: fail before loading the model
+    from .runs import probe_run_dir
+
+    probe_run_dir(out)  # a directory that is not a run, or a run another process writes: fail now
     task = load_task(data)
-    lm = load_lm(model, base_url, api_key)
+    lm = load_lm(model, base_url, api_key, device=device, dtype=dtype, api=api)
     run = run_optimize(method, lm, task, out=out, seed=seed, budget=budget, resume=resume, overwrite=overwrite,
                        progress=not as_json, **opts)
     s = run.summary()
@@ -184,6 +293,10 @@ def optimize(
     test = (f"test {run.test.accuracy:.3f} (95% CI {run.test.ci95[0]:.3f}-{run.test.ci95[1]:.3f})"
             if run.test else "test -")
     _print(s, as_json, f"{method} on {task.name} with {lm.model_id}: {dev}, {test}; {run.seconds:.1f}s -> {out}")
+    if run.stopped == "budget":
+        from .errors import BudgetExceeded
+
+        raise BudgetExceeded(f"budget {budget} used up; the best prompt found so far is saved in {out}")
 
 
 @app.command()
@@ -202,13 +315,16 @@ def generate(text: str = typer.Argument(..., help="the user message"),
              model: str = typer.Option("smollm2-135m", "--model", "-m"),
              prompt: Optional[Path] = typer.Option(None, help="a prompt artifact or run directory to apply"),
              max_tokens: int = typer.Option(64), temperature: float = typer.Option(0.0),
+             device: str = typer.Option("auto", help=DEVICE_HELP),
+             dtype: str = typer.Option("auto", help=DTYPE_HELP),
              as_json: bool = typer.Option(False, "--json")):
     """Generate an answer to TEXT, optionally through a learned prompt (text or soft)."""
     from .artifacts import TextPrompt, load
     from .engine.evaluate import generate_with_prompt
 
-    lm = load_lm(model)
-    p = load(prompt) if prompt else TextPrompt()
+    check_options(max_tokens=max_tokens, temperature=temperature)
+    p = load(prompt) if prompt else TextPrompt()  # a bad artifact fails before the model loads
+    lm = load_lm(model, device=device, dtype=dtype)
     outs = generate_with_prompt(lm, p, [text], max_tokens=max_tokens, temperature=temperature)
     _print({"output": outs[0]}, as_json, outs[0])
 
@@ -255,17 +371,32 @@ def demo(as_json: bool = typer.Option(False, "--json"),
     run_demo(out, as_json=as_json)
 
 
+def _report_error(message: str, kind: str, code: int, as_json: bool) -> int:
+    """One line on stderr: text, or with --json `{"error", "type", "exit_code"}`; returns `code`."""
+    message = " ".join(str(message).split())  # one line, whatever the message held
+    if as_json:
+        typer.echo(json.dumps({"error": message, "type": kind, "exit_code": code}, ensure_ascii=False), err=True)
+    else:
+        typer.echo(f"promptlift: error: {message}", err=True)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: user errors become one line on stderr and exit code 2."""
+    """Entry point: a user error becomes one line on stderr (JSON with --json) and its exit code.
+
+    Exit codes: 0 success; 2 bad input or configuration (and usage errors); 3 budget
+    spent; 4 a remote endpoint still failing after retries; 130 interrupted.
+    """
     from typer.main import get_command
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = list(argv) if argv is not None else sys.argv[1:]
+    as_json = "--json" in args
     cmd = get_command(app)
     try:
-        cmd.main(args=argv if argv is not None else sys.argv[1:], prog_name="promptlift", standalone_mode=False)
+        code = cmd.main(args=args, prog_name="promptlift", standalone_mode=False)
     except PromptliftError as e:
-        typer.echo(f"promptlift: error: {e}", err=True)
-        return 2
+        return _report_error(str(e), type(e).__name__, int(e.exit_code), as_json)
     except KeyboardInterrupt:
         typer.echo("promptlift: interrupted", err=True)
         return 130
@@ -273,14 +404,17 @@ def main(argv: list[str] | None = None) -> int:
         code = getattr(e, "exit_code", None)
         if code is not None:
             if hasattr(e, "format_message"):
-                typer.echo(f"promptlift: error: {e.format_message()}", err=True)
+                return _report_error(e.format_message(), type(e).__name__, int(code), as_json)
             return int(code)
         raise
-    return 0
+    return code if isinstance(code, int) and not isinstance(code, bool) else 0
 
 
 def _entry() -> None:
     sys.exit(main())
+
+
+from .serve.cli import serve as _serve; app.command("serve")(_serve)  # noqa: E402,E702
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 Every error a user can cause (bad file, unknown name, budget spent, a prompt too
 long for the model) is a `PromptliftError`. The CLI prints its message as one
-line on stderr and exits with code 2; the Python API lets it propagate.
+line on stderr (one JSON line with --json) and exits with the error's
+`exit_code`: 2 for bad input, 3 when the budget is spent, 4 when a remote
+endpoint keeps failing; the Python API lets it propagate.
 """
 
 from __future__ import annotations
@@ -33,6 +35,14 @@ class ArtifactError(PromptliftError):
 class BudgetExceeded(PromptliftError):
     """The run's budget (calls, tokens or passes) is spent."""
 
+    exit_code = 3
+
 
 class UnsupportedError(PromptliftError):
     """The backend cannot do what was asked (e.g. scoring on a chat-only API)."""
+
+
+class UpstreamError(ModelError):
+    """A remote model endpoint still fails after the retries (network, 5xx, rate limit)."""
+
+    exit_code = 4

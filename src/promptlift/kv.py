@@ -58,8 +58,25 @@ class KV:
             self.mask.index_select(0, rows),
         )
 
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "KV":
+        """Keys/values on `device` and in `dtype` (the mask only moves); self when nothing changes.
+
+        Differentiable: gradients flow back to the original tensors.
+        """
+        if not self.keys:
+            return self if device is None else KV(self.keys, self.values, self.mask.to(device))
+        k0 = self.keys[0]
+        same_dev = device is None or k0.device == torch.device(device)
+        same_dtype = dtype is None or k0.dtype == dtype
+        if same_dev and same_dtype and self.mask.device == k0.device:
+            return self
+        return KV([k.to(device, dtype) for k in self.keys], [v.to(device, dtype) for v in self.values],
+                  self.mask.to(device if device is not None else k0.device))
+
     def cat(self, other: "KV") -> "KV":
-        """Concatenate along the sequence: self's positions, then other's."""
+        """Concatenate along the sequence: self's positions, then other's (moved to self's device and dtype)."""
+        if self.keys and other.keys:
+            other = other.to(self.keys[0].device, self.keys[0].dtype)
         b = max(self.batch_size, other.batch_size)
         a = self.expand(b) if self.batch_size == 1 and b > 1 else self
         o = other.expand(b) if other.batch_size == 1 and b > 1 else other

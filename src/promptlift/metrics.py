@@ -32,15 +32,18 @@ def normalize(s: str) -> str:
 
 
 def exact_match(pred: str, gold: str) -> float:
+    """1.0 if prediction and reference are equal after `normalize`, else 0.0."""
     return float(normalize(pred) == normalize(gold))
 
 
 def contains(pred: str, gold: str) -> float:
+    """1.0 if the normalized reference occurs in the normalized prediction (never for an empty reference)."""
     g = normalize(gold)
     return float(bool(g) and g in normalize(pred))
 
 
 def token_f1(pred: str, gold: str) -> float:
+    """SQuAD-style token F1 between prediction and reference after `normalize`."""
     p, g = normalize(pred).split(), normalize(gold).split()
     if not p or not g:
         return float(p == g)
@@ -56,6 +59,28 @@ GENERATION_METRICS: dict[str, Callable[[str, str], float]] = {
     "contains": contains,
     "f1": token_f1,
 }
+
+
+CLASSIFICATION_METRICS = ("accuracy",)
+
+
+def check_metric(metric: object, kind: str) -> None:
+    """Raise ConfigError unless `metric` can score a task of `kind` ("classification" | "generation").
+
+    Classification is scored by rank classification, so its only metric is "accuracy";
+    generation takes a name in `GENERATION_METRICS` or a function (pred, gold) -> score.
+    """
+    if kind == "classification":
+        if metric not in CLASSIFICATION_METRICS:
+            raise ConfigError(f"a classification task is scored by accuracy; metric {metric!r} is not for "
+                              f"classification (generation metrics: {', '.join(GENERATION_METRICS)})")
+        return
+    if callable(metric) or metric in GENERATION_METRICS:
+        return
+    if metric in CLASSIFICATION_METRICS:
+        raise ConfigError(f"metric {metric!r} is for classification; a generation task takes one of: "
+                          f"{', '.join(GENERATION_METRICS)} or a function")
+    raise ConfigError(f"unknown metric {metric!r}; expected one of: {', '.join(GENERATION_METRICS)} or a function")
 
 
 def get_metric(metric: str | Callable[[str, str], float]) -> Callable[[str, str], float]:
@@ -85,7 +110,7 @@ def summarize(scores: Sequence[float], golds: Sequence[str] | None = None,
     out = {"accuracy": mean, "n": n, "ci95": [ci[0], ci[1]]}
     if golds is not None and preds is not None:
         per: dict[str, dict] = {}
-        for lab in sorted(set(golds) | set(preds)):
+        for lab in sorted((set(golds) | set(preds)) - {None}):  # None: an answer that matched no label
             tp = sum(1 for g, p in zip(golds, preds) if g == lab and p == lab)
             support = sum(1 for g in golds if g == lab)
             predicted = sum(1 for p in preds if p == lab)

@@ -3,6 +3,9 @@
     @register("few-shot")
     class FewShot(Method): ...
 
+Every module under `promptlift.methods` is imported on first lookup, so a new
+method is its module (and its test): no list to edit.
+
 `get_method("few-shot")` returns the class; `list_methods()` lists names.
 """
 
@@ -16,40 +19,30 @@ from .errors import ConfigError
 T = TypeVar("T")
 _METHODS: dict[str, type] = {}
 
-# Modules that register methods on import. Adding a method means adding its
-# module here (one line) and the file itself.
-_METHOD_MODULES = (
-    "promptlift.methods.baseline.zero_shot",
-    "promptlift.methods.baseline.few_shot",
-    "promptlift.methods.baseline.calibrated",
-    "promptlift.methods.baseline.zero_shot_cot",
-    "promptlift.methods.soft.prompt_tuning",
-    "promptlift.methods.soft.p_tuning",
-    "promptlift.methods.soft.prefix_tuning",
-    "promptlift.methods.soft.p_tuning_v2",
-)
 
-
-def register(name: str) -> Callable[[type[T]], type[T]]:
-    """Class decorator: register a method class under `name`."""
+def register(name: str, *aliases: str) -> Callable[[type[T]], type[T]]:
+    """Class decorator: register a method class under `name` (and any `aliases`)."""
 
     def deco(cls: type[T]) -> type[T]:
-        if name in _METHODS and _METHODS[name] is not cls:
-            raise ValueError(f"method {name!r} registered twice")
+        for n in (name, *aliases):
+            if n in _METHODS and _METHODS[n] is not cls:
+                raise ValueError(f"method {n!r} registered twice")
+            _METHODS[n] = cls
         cls.name = name  # type: ignore[attr-defined]
-        _METHODS[name] = cls
+        cls.aliases = tuple(aliases)  # type: ignore[attr-defined]
         return cls
 
     return deco
 
 
 def _load_all() -> None:
-    for mod in _METHOD_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:  # a module not written yet must not break the others
-            if e.name != mod:
-                raise
+    """Import every module under `promptlift.methods`: each registers its methods where it is defined."""
+    import pkgutil
+
+    import promptlift.methods as pkg
+
+    for info in pkgutil.walk_packages(pkg.__path__, prefix="promptlift.methods."):
+        importlib.import_module(info.name)
 
 
 def get_method(name: str) -> type:
@@ -61,6 +54,6 @@ def get_method(name: str) -> type:
 
 
 def list_methods() -> dict[str, type]:
-    """All registered methods, by name."""
+    """All registered methods, by their main name (aliases left out)."""
     _load_all()
-    return dict(sorted(_METHODS.items()))
+    return dict(sorted((n, c) for n, c in _METHODS.items() if n == c.name))

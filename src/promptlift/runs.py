@@ -1,21 +1,50 @@
 """Run directories: config, history, artifact, results. Every optimize() writes one.
 
-    RUNDIR/config.json         what was asked (method, options, model, task, seed)
-    RUNDIR/history.jsonl       one line per step: score, loss, calls, seconds
-    RUNDIR/prompt.json         the final artifact (+ prompt.safetensors for soft prompts)
-    RUNDIR/result.json         dev and test scores, cost, seconds
+    RUNDIR/.promptlift-run      marker (JSON): this directory is a promptlift run
+    RUNDIR/.promptlift-run.lock held (flock) by the process writing the run
+    RUNDIR/config.json          what was asked (method, options, model, task, seed)
+    RUNDIR/history.jsonl        one line per step: score, loss, calls, seconds
+    RUNDIR/prompt.json          the final artifact (+ prompt.safetensors for soft prompts)
+    RUNDIR/result.json          dev and test scores, cost, seconds
     RUNDIR/predictions_{dev,test}.jsonl
-    RUNDIR/checkpoint/         method state for --resume (gradient methods)
+    RUNDIR/spend.json           budget spent so far (so --resume keeps counting)
+    RUNDIR/checkpoint/          method state for --resume (the whole folder is promptlift's)
+
+Safety rules:
+  * a directory that is not empty and has no marker is never used (nor cleared):
+    promptlift does not write among, or delete, a user's own files;
+  * `clear` (--overwrite) deletes only the names listed above;
+  * one writer at a time: a second process opening the same run fails at once
+    (`ConfigError`); within one process a newer `RunDir` on the same path takes
+    the lock over from an older one (e.g. one kept alive by a traceback);
+  * JSON files are replaced atomically; JSONL lines are appended, flushed and
+    fsynced, and a torn last line (a killed writer) is skipped when read.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
-from .errors import DataError
+from .errors import ConfigError, DataError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; runs are not protected against a second writer
+    fcntl = None  # type: ignore[assignment]
+
+MARKER = ".promptlift-run"
+LOCK = ".promptlift-run.lock"
+_TMP_PREFIX = ".promptlift-tmp-"
+# Every name promptlift writes into a run directory (besides MARKER and LOCK); `clear` deletes these only.
+OWNED_FILES = ("config.json", "history.jsonl", "result.json", "prompt.json", "prompt.safetensors", "spend.json")
+OWNED_GLOBS = ("predictions_*.jsonl", _TMP_PREFIX + "*")
+CHECKPOINT = "checkpoint"
 
 
 def _json_default(o: Any):
@@ -26,58 +55,382 @@ def _json_default(o: Any):
     return str(o)
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (a killed run never leaves half a file)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n", encoding="utf-8")
-    tmp.replace(path)
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _umask() -> int:
+    try:  # Linux: read it without the race of os.umask(set) + os.umask(restore)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
+
+
+def default_permissions(path: str | Path) -> None:
+    """Give a file from `mkstemp` (0600) or a folder from `mkdtemp` (0700) the usual umask-based mode."""
+    p = Path(path)
+    os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~_umask())
+
+
+def _mkstemp_like(path: Path) -> tuple[int, str]:
+    """A unique temporary file beside `path`, with the permissions a plain `open` would give it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TMP_PREFIX + path.name + ".", suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~_umask())
+    return fd, tmp
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write JSON atomically: a unique temporary file in the same folder, fsynced, then `os.replace`d.
+
+    A killed process leaves either the old file or the new one, never half of one.
+    """
+    path = Path(path)
+    text = json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n"
+    fd, tmp = _mkstemp_like(path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The complete lines of a JSONL file (a torn or malformed line and all after it are left out)."""
+    return _read_jsonl(Path(path))[0]
+
+
+def _read_jsonl(path: Path) -> tuple[list[dict], int]:
+    """(rows, byte length of the good part): reading stops at the first incomplete or malformed line."""
+    if not path.exists():
+        return [], 0
+    data = path.read_bytes()
+    rows, good = [], 0
+    for line in data.splitlines(keepends=True):
+        if not line.endswith(b"\n"):
+            break  # torn write: the writer was killed in the middle of this line
+        try:
+            row = json.loads(line)
+        except ValueError:
+            break
+        if not isinstance(row, dict):
+            break
+        rows.append(row)
+        good += len(line)
+    return rows, good
+
+
+def _append_lines(path: Path, rows: Iterable[dict]) -> None:
+    text = "".join(json.dumps(r, ensure_ascii=False, default=_json_default) + "\n" for r in rows)
+    if not text:
+        return
+    with path.open("a", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def truncate_history(run_dir: str | Path, keep: Callable[[dict], bool]) -> int:
+    """Keep only the history rows for which `keep(row)` is true (atomic rewrite); return how many were dropped.
+
+    For `--resume`: drop the rows logged after the checkpoint was written, e.g.
+    `truncate_history(run_dir, lambda r: r.get("step", 0) <= last_step)`, so the
+    resumed run does not log them twice. A torn last line is dropped too.
+    """
+    path = Path(run_dir) / "history.jsonl"
+    if not path.exists():
+        return 0
+    rows, good = _read_jsonl(path)
+    kept = [r for r in rows if keep(r)]
+    dropped = len(rows) - len(kept) + (1 if good < path.stat().st_size else 0)
+    if dropped:
+        fd, tmp = _mkstemp_like(path)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write("".join(json.dumps(r, ensure_ascii=False, default=_json_default) + "\n" for r in kept))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return dropped
+
+
+class PredictionWriter:
+    """Appends prediction records to `predictions_<split>.jsonl` as they are computed (see `RunDir.open_predictions`)."""
+
+    def __init__(self, path: Path, resume: bool):
+        self.path = path
+        if resume:
+            _, good = _read_jsonl(path)
+            if path.exists() and good < path.stat().st_size:
+                os.truncate(path, good)  # cut a torn last line so new lines start cleanly
+            self._f = path.open("a", encoding="utf-8")
+        else:
+            self._f = path.open("w", encoding="utf-8")
+
+    def append(self, record: dict) -> None:
+        """Write one record (flushed and fsynced)."""
+        self.extend([record])
+
+    def extend(self, records: Iterable[dict]) -> None:
+        """Write several records, e.g. one batch, with one fsync."""
+        text = "".join(json.dumps(r, ensure_ascii=False, default=_json_default) + "\n" for r in records)
+        if text:
+            self._f.write(text)
+            self._f.flush()
+            os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        """Close the file (idempotent)."""
+        if not self._f.closed:
+            self._f.close()
+
+    def __enter__(self) -> "PredictionWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# Locks this process holds, by resolved path: a newer RunDir on the same path takes the lock over.
+_HELD: dict[str, "RunDir"] = {}
+
+
+def _is_legacy_run(path: Path, entries: list[str]) -> bool:
+    """A run directory written before markers existed: only promptlift's names and a run config.json."""
+    import fnmatch
+
+    for e in entries:
+        if e in OWNED_FILES or e == CHECKPOINT or any(fnmatch.fnmatch(e, g) for g in OWNED_GLOBS):
+            continue
+        return False
+    try:
+        cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(cfg, dict) and {"method", "model", "task"} <= set(cfg)
+
+
+def _refuse_foreign(path: Path) -> None:
+    if (path / MARKER).exists():
+        return
+    entries = [e for e in os.listdir(path) if e != LOCK]
+    if entries and not _is_legacy_run(path, entries):
+        raise ConfigError(f"{path}: directory is not empty and is not a promptlift run directory "
+                          f"(no {MARKER} file); choose a new or empty --out")
+
+
+def _busy(path: Path, fd: int) -> ConfigError:
+    holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+    who = f" (pid {holder})" if holder.isdigit() else ""
+    return ConfigError(f"{path}: another promptlift process{who} is writing this run directory; "
+                       "wait for it to finish or choose another --out")
+
+
+def probe_run_dir(path: str | Path) -> None:
+    """Raise the `ConfigError` that `RunDir(path)` would raise (foreign directory, another writer),
+    without creating or locking anything: lets a command fail before it loads a model."""
+    path = Path(path)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise ConfigError(f"{path}: exists and is not a directory; choose another --out")
+    _refuse_foreign(path)
+    if fcntl is None or not (path / LOCK).exists() or str(path.resolve()) in _HELD:
+        return
+    fd = os.open(path / LOCK, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            raise _busy(path, fd) from None
+    finally:
+        os.close(fd)
 
 
 class RunDir:
-    """A run's directory; created on first use."""
+    """A run's directory: created, marked and locked on construction.
+
+    Raises `ConfigError` when `path` is a non-empty directory that is not a
+    promptlift run (no marker), or when another process is writing the run.
+    Call `close()` when the run is finished to release the lock (it is also
+    released when the process exits).
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"{self.path}: exists and is not a directory; choose another --out")
         self.path.mkdir(parents=True, exist_ok=True)
         self.t0 = time.perf_counter()
+        self._lock_fd: int | None = None
+        marker = self.path / MARKER
+        _refuse_foreign(self.path)
+        self._lock()
+        if not marker.exists():
+            from . import __version__
 
+            write_json(marker, {"format": "promptlift-run", "version": 1, "promptlift": __version__,
+                                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+    # --- lock -------------------------------------------------------------------------------
+    def _lock(self) -> None:
+        if fcntl is None:
+            return
+        key = str(self.path.resolve())
+        older = _HELD.get(key)
+        if older is not None:
+            older.close()
+        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                err = _busy(self.path, fd)
+            finally:
+                os.close(fd)
+            raise err from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+        _HELD[key] = self
+
+    def close(self) -> None:
+        """Release the lock (idempotent); the directory and its files stay."""
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)  # closing the descriptor releases the flock
+            key = str(self.path.resolve())
+            if _HELD.get(key) is self:
+                del _HELD[key]
+
+    def __enter__(self) -> "RunDir":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # --- content ----------------------------------------------------------------------------
     def clear(self) -> None:
-        """Remove a previous run's files (overwrite)."""
-        import shutil
+        """Remove a previous run's files (--overwrite): only the names promptlift writes, never other files.
 
-        for name in ("config.json", "history.jsonl", "result.json", "prompt.json", "prompt.safetensors",
-                     "predictions_dev.jsonl", "predictions_test.jsonl"):
+        Refuses (`ConfigError`) a non-empty directory without the run marker.
+        """
+        entries = [e for e in os.listdir(self.path) if e not in (LOCK, MARKER)]
+        if entries and not (self.path / MARKER).exists():
+            raise ConfigError(f"{self.path}: not a promptlift run directory (no {MARKER} file); "
+                              "refusing to delete anything in it")
+        for name in OWNED_FILES:
             (self.path / name).unlink(missing_ok=True)
+        for pattern in OWNED_GLOBS:
+            for p in self.path.glob(pattern):
+                if p.is_file():
+                    p.unlink(missing_ok=True)
         shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
 
     def write_config(self, config: dict) -> None:
+        """Write config.json (atomically)."""
         write_json(self.path / "config.json", config)
 
     def read_config(self) -> dict | None:
+        """config.json, or None when the run has none yet."""
         p = self.path / "config.json"
-        return json.loads(p.read_text()) if p.exists() else None
+        if not p.exists():
+            return None
+        try:
+            return json.loads(p.read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise DataError(f"{p}: malformed JSON ({e})") from None
 
     def log(self, row: dict) -> None:
-        """Append one history line (flushed at once)."""
+        """Append one history line (flushed and fsynced at once)."""
         row = {"time": round(time.perf_counter() - self.t0, 3), **row}
-        with (self.path / "history.jsonl").open("a", encoding="utf-8") as f:
-            f.write(json.dumps(row, default=_json_default) + "\n")
+        _append_lines(self.path / "history.jsonl", [row])
+
+    def history(self) -> list[dict]:
+        """The history rows written so far (a torn last line is left out)."""
+        return read_jsonl(self.path / "history.jsonl")
+
+    def truncate_history(self, keep: Callable[[dict], bool]) -> int:
+        """Keep only rows with `keep(row)` true; return how many were dropped. See `truncate_history`."""
+        return truncate_history(self.path, keep)
+
+    def predictions_path(self, split: str) -> Path:
+        """Where the predictions of `split` go."""
+        return self.path / f"predictions_{split}.jsonl"
+
+    def open_predictions(self, split: str, *, resume: bool = False) -> PredictionWriter:
+        """A writer that appends each prediction as it is computed.
+
+        resume=False starts the file afresh; resume=True keeps the complete lines
+        already there (see `done_predictions`) and appends after them.
+        """
+        return PredictionWriter(self.predictions_path(split), resume)
+
+    def done_predictions(self, split: str) -> list[dict]:
+        """The predictions of `split` already written, in the order written (a torn last line is left out)."""
+        return read_jsonl(self.predictions_path(split))
 
     def write_predictions(self, split: str, records: list[dict]) -> None:
-        with (self.path / f"predictions_{split}.jsonl").open("w", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(r, ensure_ascii=False, default=_json_default) + "\n")
+        """Write all predictions of `split` at once (atomically)."""
+        path = self.predictions_path(split)
+        fd, tmp = _mkstemp_like(path)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                for r in records:
+                    f.write(json.dumps(r, ensure_ascii=False, default=_json_default) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
     def write_result(self, result: dict) -> None:
+        """Write result.json (atomically)."""
         write_json(self.path / "result.json", result)
 
     @property
     def checkpoint_dir(self) -> Path:
-        return self.path / "checkpoint"
+        """Where methods keep their --resume state."""
+        return self.path / CHECKPOINT
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """True when `path` carries the run marker."""
+    return (Path(path) / MARKER).is_file()
 
 
 def read_result(path: str | Path) -> dict:
+    """A finished run's result.json."""
     p = Path(path) / "result.json"
     if not p.exists():
         raise DataError(f"{path}: not a run directory (no result.json)")
-    return json.loads(p.read_text())
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise DataError(f"{p}: malformed JSON ({e})") from None

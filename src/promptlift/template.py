@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from .render import Rendered, render
 from .task import Example
 
 _SENT = "\u241fPROMPTLIFT_INPUT\u241f"
@@ -62,42 +63,38 @@ class Layout:
         return [] if self.chat else ["\n"]
 
 
-def _demo_answer(ex: Example, label_words) -> str:
-    return label_words[ex.output] if label_words and ex.output in label_words else ex.output
-
-
-def render_chat_text(lm, instruction: str, demos: Sequence[Example], x: str, label_words=None) -> str:
-    """The full chat-template text of one prompt, up to the opening of the answer."""
-    msgs = messages(instruction, demos, x, label_words)
+def to_text(lm, rendered: Rendered) -> str:
+    """The text a local model reads for a rendered prompt: its chat template, or the plain format."""
+    if not lm.has_chat_template:
+        return rendered.plain_text()
+    msgs = rendered.messages()
+    if rendered.continues_answer:
+        return lm.tokenizer.apply_chat_template(msgs, tokenize=False, continue_final_message=True)
     return lm.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
 
 
-def render_plain_text(instruction: str, demos: Sequence[Example], x: str, label_words=None) -> str:
-    parts = [f"{instruction}\n\n"] if instruction else []
-    for d in demos:
-        parts.append(f"Input: {d.input}\nOutput: {_demo_answer(d, label_words)}\n\n")
-    parts.append(f"Input: {x}\nOutput:")
-    return "".join(parts)
+def to_ids(lm, rendered: Rendered) -> list[int]:
+    """Token ids of `to_text` (BOS added for plain models whose tokenizer uses one)."""
+    return lm.encode(to_text(lm, rendered), bos=not lm.has_chat_template)
 
 
-def messages(instruction: str, demos: Sequence[Example], x: str, label_words=None) -> list[dict]:
-    """The same prompt as chat messages (for black-box endpoints)."""
-    msgs = []
-    lead = f"{instruction}\n\n" if instruction else ""
-    for i, d in enumerate(demos):
-        msgs.append({"role": "user", "content": (lead if i == 0 else "") + d.input})
-        msgs.append({"role": "assistant", "content": _demo_answer(d, label_words)})
-    msgs.append({"role": "user", "content": ("" if demos else lead) + x})
-    return msgs
+def answer_sep(lm, rendered: Rendered | None = None) -> str:
+    """What separates the answer from the text before it: nothing right after a chat
+    template's assistant opening, a space after "Output:" or after an answer prefix."""
+    return " " if (not lm.has_chat_template or (rendered is not None and rendered.continues_answer)) else ""
 
 
 def build_layout(lm, instruction: str, demos: Sequence[Example] = (), label_words=None) -> Layout:
-    """Split the rendered prompt of `lm` into header / body / suffix token segments."""
+    """Split the rendered prompt of `lm` into header / body / suffix token segments.
+
+    The text comes from `render` (the same rendering the black-box path and the
+    proxy use), with a sentinel in place of the input.
+    """
+    r = render(instruction, demos, _SENT, label_words)
+    full = to_text(lm, r)
+    before, after = full.split(_SENT)
     if lm.has_chat_template:
-        full = render_chat_text(lm, instruction, demos, _SENT, label_words)
-        before, after = full.split(_SENT)
-        bare = lm.tokenizer.apply_chat_template([{"role": "user", "content": _SENT}], tokenize=False,
-                                                add_generation_prompt=True)
+        bare = to_text(lm, render("", (), _SENT))
         header_text = bare.split(_SENT)[0]
         if not before.startswith(header_text):
             header_text = ""
@@ -108,8 +105,6 @@ def build_layout(lm, instruction: str, demos: Sequence[Example] = (), label_word
         suffix = lm.encode(after)
         eot = [i for i in lm.encode(after.split("\n")[0]) if i in lm.eos_ids][:1] or sorted(lm.eos_ids)[:1]
         return Layout(header, body, suffix, True, eot, lm, instruction, lead)
-    full = render_plain_text(instruction, demos, _SENT, label_words)
-    before, after = full.split(_SENT)
     # "Input: " belongs to the example segment, so the body ends at a block boundary
     cut = before.rfind("Input: ")
     body_text, lead = _split_trailing_space(before[:cut])

@@ -26,7 +26,8 @@ def _sample(logits: torch.Tensor, cfg: GenerationConfig, gen: torch.Generator) -
         keep = sp.cumsum(-1) - sp < cfg.top_p
         sp = sp * keep
         probs = torch.zeros_like(probs).scatter(-1, si, sp)
-    return torch.multinomial(probs, 1, generator=gen).squeeze(1)
+    # the generator lives on the CPU, so sampling is seeded the same way on every device
+    return torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(1).to(logits.device)
 
 
 @torch.no_grad()

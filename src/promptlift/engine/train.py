@@ -29,12 +29,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..artifacts import Prompt
-from ..errors import BudgetExceeded, ConfigError
+from ..checkpoints import load_checkpoint, save_checkpoint
+from ..errors import ArtifactError, BudgetExceeded, ConfigError
 from ..kv import KV
-from ..soft import header_kv
+from ..runs import truncate_history
 from ..task import Task
 from .evaluate import evaluate, label_candidates
 from .scoring import score_candidates
+from .soft import header_kv
 
 
 class SoftModule(nn.Module, abc.ABC):
@@ -94,13 +96,6 @@ def _batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list
     return [batches[p] for p in perm]
 
 
-def _save(path: Path, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
-
-
 def train(module: SoftModule, lm, task: Task, layout, cfg: TrainConfig, ctx) -> TrainResult:
     """Train `module` on task.train, select the best epoch on task.dev; return its prompt."""
     if not task.train:
@@ -122,6 +117,8 @@ def train(module: SoftModule, lm, task: Task, layout, cfg: TrainConfig, ctx) -> 
     steps_per_epoch = math.ceil(len(rows) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
 
+    # trainable parameters live on the model's device in fp32 (a bf16 model casts them as it reads them)
+    module.to(device=lm.device, dtype=torch.float32)
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     warm = max(1, int(cfg.warmup * total)) if cfg.warmup > 0 else 0
@@ -139,11 +136,17 @@ def train(module: SoftModule, lm, task: Task, layout, cfg: TrainConfig, ctx) -> 
     best = {"score": -math.inf, "epoch": -1, "state": None}
     bad_epochs = 0
     if ckpt is not None and ctx.resume and ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
-        module.load_state_dict(state["module"])
+        state = load_checkpoint(ckpt, map_location=lm.device)  # weights_only: never runs code from the file
+        try:
+            module.load_state_dict(state["module"])
+        except (KeyError, RuntimeError) as e:
+            raise ArtifactError(f"{ckpt}: checkpoint does not fit this method and model "
+                                f"({str(e).splitlines()[0][:160]})") from None
         opt.load_state_dict(state["optim"])
         sched.load_state_dict(state["sched"])
         start_epoch, history, best, bad_epochs = state["epoch"] + 1, state["history"], state["best"], state["bad_epochs"]
+        # history lines logged after the checkpoint belong to the epoch being redone: drop them
+        truncate_history(ctx.run_dir, lambda r: r.get("epoch", -1) < start_epoch)
         print(f"promptlift: resuming from {ckpt} at epoch {start_epoch}", file=sys.stderr)
 
     with torch.no_grad():
@@ -176,11 +179,11 @@ def train(module: SoftModule, lm, task: Task, layout, cfg: TrainConfig, ctx) -> 
                     loss = F.cross_entropy(scores, gold[batch].to(scores.device))
                 elif classification:  # "lm": log-likelihood of the gold label words only
                     bt = [[cands[int(gold[i])]] for i in batch]
-                    n_tok = torch.tensor([len(c[0]) for c in bt], dtype=torch.float32)
+                    n_tok = torch.tensor([len(c[0]) for c in bt], dtype=torch.float32, device=lm.device)
                     loss = -(score_candidates(lm, prefix, brows, bt)[:, 0] / n_tok).mean()
                 else:
                     bt = [[targets[i]] for i in batch]
-                    n_tok = torch.tensor([len(targets[i]) for i in batch], dtype=torch.float32)
+                    n_tok = torch.tensor([len(targets[i]) for i in batch], dtype=torch.float32, device=lm.device)
                     loss = -(score_candidates(lm, prefix, brows, bt)[:, 0] / n_tok).mean()
                 if not torch.isfinite(loss):
                     stopped = "nan"
@@ -218,7 +221,7 @@ def train(module: SoftModule, lm, task: Task, layout, cfg: TrainConfig, ctx) -> 
         else:
             bad_epochs += 1
         if ckpt is not None:
-            _save(ckpt, {"module": module.state_dict(), "optim": opt.state_dict(), "sched": sched.state_dict(),
+            save_checkpoint(ckpt, {"module": module.state_dict(), "optim": opt.state_dict(), "sched": sched.state_dict(),
                          "epoch": epoch, "history": history, "best": best, "bad_epochs": bad_epochs,
                          "config": asdict(cfg)})
         if cfg.patience and bad_epochs >= cfg.patience:

@@ -62,3 +62,13 @@ class LM(abc.ABC):
     def is_white_box(self) -> bool:
         """True for local models that expose embeddings and key/value caches."""
         return False
+
+
+def model_key(lm) -> str:
+    """What an artifact records as its model: the weights' content identity when known, else the model id."""
+    return getattr(lm, "identity", None) or lm.model_id
+
+
+def same_model(recorded: str | None, lm) -> bool:
+    """True if an artifact's recorded model is `lm` (by content identity, or by its id)."""
+    return not recorded or recorded in (lm.model_id, model_key(lm))

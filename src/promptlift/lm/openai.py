@@ -26,7 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import openai as _openai
 
-from ..errors import BudgetExceeded, ModelError, UnsupportedError
+from ..errors import BudgetExceeded, ModelError, UnsupportedError, UpstreamError
 from .base import LM, GenerationConfig, PromptLike
 from .budget import Budget
 from .cache import CallCache
@@ -111,6 +111,10 @@ class OpenAIModel(LM):
       client: an `openai.OpenAI` client to use instead of building one (its own retries are turned off).
       http_client: an `httpx.Client` for the built client (proxies, tests with a mock transport).
       retry_backoff: base delay in seconds of the exponential backoff (delay = base * 2**attempt, jittered).
+      api: "chat" (messages to /chat/completions; labels ranked by first-token `top_logprobs`) or
+        "completions" (plain-text prompts to /completions; labels scored in full with `echo` + `logprobs`,
+        for base models and servers such as vLLM and llama.cpp).
+      top_logprobs: first-token alternatives asked for when ranking labels on the chat API (OpenAI: at most 20).
 
     `model_id` is "openai:{base_url}:{model}" (base_url without credentials or query).
     """
@@ -129,12 +133,20 @@ class OpenAIModel(LM):
         *,
         http_client: Any = None,
         retry_backoff: float = 0.5,
+        api: str = "chat",
+        top_logprobs: int = 20,
     ):
         if not model:
             raise ModelError("OpenAIModel: a model name is required")
         if max_concurrency < 1:
             raise ModelError(f"OpenAIModel: max_concurrency must be >= 1, got {max_concurrency}")
+        if api not in ("chat", "completions"):
+            raise ModelError(f"OpenAIModel: api must be 'chat' or 'completions', got {api!r}")
         self.model = model
+        self.api = api
+        self.top_logprobs = int(top_logprobs)
+        self._caps: dict | None = None
+        self._prefill: bool | None = None  # does the server continue a final assistant message?
         if client is not None and base_url is None:
             base_url = str(getattr(client, "base_url", "") or "") or None
         self.base_url = (base_url or os.environ.get("PROMPTLIFT_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
@@ -168,9 +180,9 @@ class OpenAIModel(LM):
             self.budget.charge(**amounts)
 
     def _charge_usage(self, response: Any) -> None:
+        """Charge the tokens of an answered call (the call itself was counted when it was answered)."""
         usage = getattr(response, "usage", None)
-        self._charge(calls=1,
-                     prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+        self._charge(prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
                      completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0))
 
     def _send(self, fn: Callable[[], Any]) -> Any:
@@ -180,31 +192,42 @@ class OpenAIModel(LM):
         so a request that passes a limit is still paid for only once.
         """
         attempt = 0
-        while True:
+        with self._budget_lock:
+            self.budget.check()
+            self.budget.reserve()  # counts calls in flight: a calls=N limit is never passed
+        answered = False
+        try:
+            while True:
+                try:
+                    with self._slots:
+                        response = fn()
+                except _openai.APIStatusError as e:
+                    status, msg = e.status_code, _server_message(e)
+                    if not _retryable_status(status) or attempt >= self.max_retries:
+                        raise _RequestFailed(status, msg, attempt + 1) from None
+                    delay = _retry_after(e)
+                except _openai.APIConnectionError as e:  # APITimeoutError is a subclass
+                    if attempt >= self.max_retries:
+                        raise _RequestFailed(None, _server_message(e), attempt + 1) from None
+                    delay = None
+                else:
+                    answered = True
+                    return response
+                backoff = self.retry_backoff * (2 ** attempt) * random.uniform(0.5, 1.5)
+                time.sleep(min(_MAX_BACKOFF_S, max(backoff, delay or 0.0)))
+                attempt += 1
+                with self._budget_lock:
+                    self.budget.retries += 1
+        finally:
             with self._budget_lock:
-                self.budget.check()
-            try:
-                with self._slots:
-                    response = fn()
-            except _openai.APIStatusError as e:
-                status, msg = e.status_code, _server_message(e)
-                if not _retryable_status(status) or attempt >= self.max_retries:
-                    raise _RequestFailed(status, msg, attempt + 1) from None
-                delay = _retry_after(e)
-            except _openai.APIConnectionError as e:  # APITimeoutError is a subclass
-                if attempt >= self.max_retries:
-                    raise _RequestFailed(None, _server_message(e), attempt + 1) from None
-                delay = None
-            else:
-                return response
-            backoff = self.retry_backoff * (2 ** attempt) * random.uniform(0.5, 1.5)
-            time.sleep(min(_MAX_BACKOFF_S, max(backoff, delay or 0.0)))
-            attempt += 1
+                self.budget.settle(answered)
 
     def _fail(self, err: _RequestFailed, what: str) -> ModelError:
+        """A one-line error: UpstreamError (exit code 4) for failures that retries could not cure."""
         status = f"HTTP {err.status}" if err.status is not None else "connection error"
         tries = f" after {err.attempts} attempts" if err.attempts > 1 else ""
-        return ModelError(f"{self.model_id}: {what} failed{tries}: {status}: {err.message}")
+        cls = UpstreamError if (err.status is None or _retryable_status(err.status)) else ModelError
+        return cls(f"{self.model_id}: {what} failed{tries}: {status}: {err.message}")
 
     def _map(self, jobs: Sequence[Callable[[], Any]]) -> list[Any]:
         """Run `jobs` on a pool of `max_concurrency` threads; results in order; first error wins."""
@@ -251,6 +274,9 @@ class OpenAIModel(LM):
             params["stop"] = req["stop"]
         if req["seed"] is not None:
             params["seed"] = req["seed"]
+        extra = self._prefill_body(req.get("messages"))
+        if extra:
+            params["extra_body"] = extra
         texts: list[str] = []
         responses: list[Any] = []
         want = req["n"]
@@ -267,6 +293,10 @@ class OpenAIModel(LM):
                     choices = sorted(resp.choices or [], key=lambda c: c.index or 0)
                     new = [c.text or "" for c in choices]
             except _RequestFailed as e:
+                if e.status == 400 and "extra_body" in params and self._prefill is None:
+                    self._prefill = False  # the server refuses continue_final_message: plain messages then
+                    params.pop("extra_body")
+                    continue
                 if (e.status == 400 and req["endpoint"] == "chat" and "max_tokens" in params
                         and "max_completion_tokens" in e.message):
                     # newer OpenAI models take max_completion_tokens instead of max_tokens
@@ -274,6 +304,8 @@ class OpenAIModel(LM):
                     continue
                 raise self._fail(e, f"{req['endpoint']} request") from None
             responses.append(resp)
+            if "extra_body" in params and self._prefill is None:
+                self._prefill = True
             if not new:
                 raise ModelError(f"{self.model_id}: the server returned no choices")
             texts.extend(new[:n])
@@ -410,6 +442,105 @@ class OpenAIModel(LM):
 
         self._map([lambda idx=idx: job(idx) for idx in todo.values()])
         return [float(o) for o in out]  # type: ignore[arg-type]
+
+    # ---- capabilities, label log-probabilities ---------------------------------------------
+
+    def _prefill_body(self, messages) -> dict | None:
+        """Extra request fields asking the server to continue a final assistant message (vLLM, SGLang)."""
+        if not messages or messages[-1].get("role") != "assistant" or self._prefill is False:
+            return None
+        return {"continue_final_message": True, "add_generation_prompt": False}
+
+    def capabilities(self) -> dict:
+        """What the endpoint supports, probed once and kept in the call cache: {"logprobs": bool, "api": ...}.
+
+        Chat API: one request with `logprobs=true, top_logprobs=5, max_tokens=1`; log-probabilities are
+        supported if the answer carries them. Completions API: one `echo` + `logprobs` request.
+        """
+        if self._caps is not None:
+            return self._caps
+        key = CallCache.key(self.model_id, {"endpoint": "probe", "api": self.api, "version": 1})
+        hit = self.cache.get(key) if self.cache.enabled else None
+        if isinstance(hit, dict):
+            self._caps = hit
+            return hit
+        ok = True
+        try:
+            if self.api == "chat":
+                tops = self._top_logprobs_one([{"role": "user", "content": "Say yes."}], 5)
+                ok = bool(tops)
+            else:
+                self._score_one("Say yes:", " yes")
+        except UnsupportedError:
+            ok = False
+        except ModelError:
+            raise
+        self._caps = {"logprobs": ok, "api": self.api}
+        self.cache.put(key, self._caps)
+        return self._caps
+
+    def _top_logprobs_one(self, messages: list[dict], k: int) -> dict[str, float]:
+        params: dict[str, Any] = dict(model=self.model, messages=messages, max_tokens=1, temperature=0.0,
+                                      logprobs=True, top_logprobs=k)
+        extra = self._prefill_body(messages)
+        if extra:
+            params["extra_body"] = extra
+        while True:
+            try:
+                resp = self._send(lambda: self._client.chat.completions.create(**params))
+                break
+            except _RequestFailed as e:
+                if e.status == 400 and "extra_body" in params and self._prefill is None:
+                    self._prefill = False
+                    params.pop("extra_body")
+                    continue
+                if e.status in _SCORE_UNSUPPORTED_STATUS:
+                    raise UnsupportedError(f"{self.model_id}: logprobs rejected: HTTP {e.status}: {e.message}") from None
+                raise self._fail(e, "logprobs request") from None
+        if "extra_body" in params and self._prefill is None:
+            self._prefill = True
+        self._charge_usage(resp)
+        choice = resp.choices[0] if resp.choices else None
+        content = getattr(getattr(choice, "logprobs", None), "content", None) or []
+        if not content:
+            return {}
+        first = content[0]
+        out: dict[str, float] = {}
+        for t in list(getattr(first, "top_logprobs", None) or []) + [first]:
+            tok, lp = getattr(t, "token", None), getattr(t, "logprob", None)
+            if tok is not None and lp is not None:
+                out[tok] = max(float(lp), out.get(tok, float("-inf")))
+        return out
+
+    def first_token_logprobs(self, prompts: Sequence[list[dict]], k: int = 20) -> list[dict[str, float]]:
+        """For each chat prompt, {token text: log-prob} of the answer's first token (its `top_logprobs`). Cached."""
+        out: list[dict | None] = [None] * len(prompts)
+        todo: dict[str, list[int]] = {}
+        keys = []
+        for i, p in enumerate(prompts):
+            k_ = CallCache.key(self.model_id, {"endpoint": "chat-logprobs", "messages": list(p), "top_logprobs": k})
+            keys.append(k_)
+            hit = self.cache.get(k_) if self.cache.enabled else None
+            if isinstance(hit, dict):
+                self._charge(cached_calls=1)
+                out[i] = {str(a): float(b) for a, b in hit.items()}
+            else:
+                todo.setdefault(k_, []).append(i)
+
+        def job(idx: list[int]) -> None:
+            top = self._top_logprobs_one([dict(m) for m in prompts[idx[0]]], k)
+            self.cache.put(keys[idx[0]], top)
+            for j in idx:
+                out[j] = dict(top)
+            if len(idx) > 1:
+                self._charge(cached_calls=len(idx) - 1)
+
+        self._map([lambda idx=idx: job(idx) for idx in todo.values()])
+        return [o or {} for o in out]
+
+    def score_many(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[list[float]]:
+        """`score` of the same continuations after each plain-text prompt: (N, C) log-probabilities."""
+        return self._map([lambda p=p: self.score(p, continuations) for p in prompts])
 
     def close(self) -> None:
         """Close the HTTP client."""

@@ -62,6 +62,9 @@ class Method:
     family: ClassVar[str] = ""
     white_box: ClassVar[bool] = False  # needs a local HFModel
     task_kinds: ClassVar[tuple[str, ...]] = ("classification", "generation")
+    # small options that exercise everything the method does, in seconds on a tiny model:
+    # the contract tests (tests/test_methods_contract.py) run every method with them
+    smoke: ClassVar[dict] = {}
 
     @dataclass
     class Config:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ...artifacts import TextPrompt
+from ...artifacts import Calibrated as CalibratedPrompt, TextPrompt
 from ...registry import register
 from ..base import Method
 from .few_shot import balanced_sample
@@ -21,6 +21,7 @@ class Calibrated(Method):
     """Zero- or few-shot prompt with contextual calibration."""
 
     family = "baseline"
+    smoke = {"shots": 1}
     task_kinds = ("classification",)
 
     @dataclass
@@ -30,4 +31,4 @@ class Calibrated(Method):
 
     def fit(self, lm, task, ctx):
         demos = balanced_sample(task, self.config.shots, ctx.rng()) if self.config.shots else []
-        return TextPrompt(instruction=self.config.instruction or task.instruction, demos=demos, calibrate=True)
+        return CalibratedPrompt(inner=TextPrompt(instruction=self.config.instruction or task.instruction, demos=demos))

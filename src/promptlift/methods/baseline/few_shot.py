@@ -10,9 +10,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from ...artifacts import TextPrompt
+from ...artifacts import Calibrated, KnnPrompt, TextPrompt
 from ...engine.evaluate import evaluate
-from ...errors import ConfigError
+from ...errors import BudgetExceeded, ConfigError
 from ...registry import register
 from ...task import Example, Task
 from ..base import Method
@@ -48,6 +48,7 @@ class FewShot(Method):
     """k demonstrations: random class-balanced (best of `trials` draws on dev), or nearest neighbours."""
 
     family = "baseline"
+    smoke = {"shots": 2, "trials": 2}
 
     @dataclass
     class Config:
@@ -56,31 +57,41 @@ class FewShot(Method):
         trials: int = field(default=1, metadata={"help": "random draws scored on dev; the best is kept"})
         instruction: str = field(default="", metadata={"help": "instruction text; empty = the task's default"})
         calibrate: bool = field(default=False, metadata={"help": "apply contextual calibration"})
+        embedder: str = field(default="auto", metadata={
+            "help": "knn: auto (the model itself on a local model, tfidf on an endpoint) | model | tfidf"})
 
         def __post_init__(self):
             if self.shots < 1:
                 raise ValueError("shots must be >= 1")
             if self.selection not in ("random", "knn"):
                 raise ValueError(f"selection must be 'random' or 'knn', got {self.selection!r}")
+            if self.embedder not in ("auto", "model", "tfidf"):
+                raise ValueError(f"embedder must be auto, model or tfidf, got {self.embedder!r}")
             if self.trials < 1:
                 raise ValueError("trials must be >= 1")
 
     def fit(self, lm, task, ctx):
         c = self.config
         instruction = c.instruction or task.instruction
+        wrap = (lambda p: Calibrated(inner=p)) if c.calibrate else (lambda p: p)
         if c.selection == "knn":
-            if not lm.is_white_box:
-                raise ConfigError("selection=knn embeds inputs with the model itself: it needs a local HFModel")
-            return TextPrompt(instruction=instruction, demos=list(task.split("train")), knn=c.shots,
-                              calibrate=c.calibrate)
+            embedder = c.embedder if c.embedder != "auto" else ("model" if lm.is_white_box else "tfidf")
+            if embedder == "model" and not lm.is_white_box:
+                raise ConfigError("embedder=model embeds inputs with the model itself: it needs a local model; "
+                                  "use embedder=tfidf on an endpoint")
+            return wrap(KnnPrompt(instruction=instruction, pool=list(task.split("train")), k=c.shots,
+                                  embedder=embedder))
         rng = ctx.rng()
         best, best_score = None, -1.0
         for t in range(c.trials):
-            prompt = TextPrompt(instruction=instruction, demos=balanced_sample(task, c.shots, rng),
-                                calibrate=c.calibrate)
+            prompt = wrap(TextPrompt(instruction=instruction, demos=balanced_sample(task, c.shots, rng)))
             if c.trials == 1:
                 return prompt
-            score = evaluate(lm, task, prompt, split="dev", progress=False).accuracy
+            try:
+                score = evaluate(lm, task, prompt, split="dev", progress=False).accuracy
+            except BudgetExceeded as e:
+                ctx.record(event="budget", step=t, message=str(e))
+                return best or prompt  # keep the best draw scored so far
             ctx.record(step=t, dev_score=score)
             if score > best_score:
                 best, best_score = prompt, score

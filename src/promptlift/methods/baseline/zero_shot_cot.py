@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ...artifacts import TextPrompt
+from ...artifacts import Reasoning, TextPrompt
 from ...registry import register
 from ..base import Method
 
@@ -27,4 +27,5 @@ class ZeroShotCoT(Method):
         trigger: str = field(default="Let's think step by step.", metadata={"help": "reasoning trigger"})
 
     def fit(self, lm, task, ctx):
-        return TextPrompt(instruction=self.config.instruction or task.instruction, reasoning=self.config.trigger)
+        return Reasoning(inner=TextPrompt(instruction=self.config.instruction or task.instruction),
+                         trigger=self.config.trigger)

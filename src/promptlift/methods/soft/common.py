@@ -13,7 +13,7 @@ import torch
 
 from ...engine.train import SoftModule, TrainConfig, train
 from ...errors import ConfigError
-from ...soft import POSITIONS
+from ...artifacts import POSITIONS
 from ...template import build_layout
 from ..base import Method
 
@@ -44,6 +44,14 @@ class SoftConfig:
             raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
         if self.position not in POSITIONS:
             raise ValueError(f"position must be one of {', '.join(POSITIONS)}, got {self.position!r}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be >= 1")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0 or not 0 <= self.warmup < 1 or self.grad_clip < 0 or self.patience < 0:
+            raise ValueError("weight_decay, grad_clip and patience must be >= 0, warmup in [0, 1)")
+        if self.loss not in ("auto", "class", "lm"):
+            raise ValueError(f"loss must be auto, class or lm, got {self.loss!r}")
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
@@ -80,6 +88,7 @@ class SoftMethod(Method):
     family = "soft"
     white_box = True
     Config = SoftConfig
+    smoke = {"epochs": 2, "tokens": 2, "batch_size": 8}
 
     def instruction(self, task) -> str:
         ins = self.config.instruction

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ...artifacts import SoftPrompt
+from ...engine.soft import soft_prefix_kv
 from ...engine.train import SoftModule
 from ...registry import register
-from ...soft import SoftPrompt
 from .common import SoftConfig, SoftMethod
 
 
@@ -52,7 +53,8 @@ class PTuningModule(SoftModule):
                                  num_layers=lm.num_layers, split=split)
 
     def prefix(self, lm, layout, header):
-        return self._shell.prefix(lm, layout, header, embeds=self.encoder(self.inputs))
+        s = self._shell
+        return soft_prefix_kv(lm, layout, self.encoder(self.inputs), s.position, s.split, header)
 
     def to_prompt(self) -> SoftPrompt:
         s = self._shell

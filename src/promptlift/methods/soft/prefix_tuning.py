@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ...artifacts import PrefixPrompt
+from ...engine.soft import prefix_prefix_kv
 from ...engine.train import SoftModule
 from ...registry import register
-from ...soft import PrefixPrompt
 from .common import SoftConfig, SoftMethod, init_kv
 
 
@@ -54,7 +55,8 @@ class PrefixModule(SoftModule):
         return self.k0 + delta[0], self.v0 + delta[1]
 
     def prefix(self, lm, layout, header):
-        return self._shell.prefix(lm, layout, header, kv=self.kv())
+        keys, values = self.kv()
+        return prefix_prefix_kv(lm, layout, keys, values, self._shell.position, header)
 
     def to_prompt(self) -> PrefixPrompt:
         k, v = self.kv()

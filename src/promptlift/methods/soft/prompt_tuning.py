@@ -16,9 +16,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ...artifacts import SoftPrompt
+from ...engine.soft import soft_prefix_kv
 from ...engine.train import SoftModule
 from ...registry import register
-from ...soft import SoftPrompt
 from .common import SoftMethod
 
 
@@ -30,7 +31,8 @@ class PromptTuningModule(SoftModule):
                                  num_layers=lm.num_layers)
 
     def prefix(self, lm, layout, header):
-        return self._shell.prefix(lm, layout, header, embeds=self.embeds)
+        s = self._shell
+        return soft_prefix_kv(lm, layout, self.embeds, s.position, s.split, header)
 
     def to_prompt(self) -> SoftPrompt:
         s = self._shell

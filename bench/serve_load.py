@@ -1,0 +1,435 @@
+"""Load test of `promptlift serve`: the latency the proxy adds, its throughput, errors. Loopback only.
+
+    .venv/bin/python bench/serve_load.py [--requests 5000] [--concurrency 1,50,200] [--local | --no-local]
+
+Part 1, proxy overhead: a fast fake OpenAI-compatible upstream (a raw asyncio
+HTTP/1.1 server in its own process, fixed answer) is loaded by N keep-alive
+clients, first straight, then through `promptlift serve --config` (the real
+command, in its own process, serving a text prompt with two demonstrations,
+one API key, JSON request logs written to a file). Added latency = proxied
+minus direct, at p50 and p99, per concurrency level. The load generator is a
+raw asyncio HTTP client in this process (cheaper than httpx, so the client
+costs less of the shared CPUs).
+
+Part 2, local upstream (`--local`, default on): smollm2-135m in-process, 16
+different soft prompts; requests/s with 1 client vs 16 concurrent clients
+(each its own soft prompt, picked by X-Promptlift-Prompt), with batching
+(max_batch 16) and without (max_batch 1).
+
+Everything is bounded: a fixed number of requests per run, a deadline per
+run, per-request timeouts; the subprocesses are stopped at the end. Results go
+to bench/SERVE_RESULTS.md (section `serve_load`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, command_line, loadavg, machine_facts, md_table, now, progress, write_section  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "SERVE_RESULTS.md"
+KEY = "sk-bench-key"
+RUN_DEADLINE_S = 180.0
+REQ_TIMEOUT_S = 30.0
+
+ANSWER = json.dumps({"id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": "fake",
+                     "choices": [{"index": 0, "finish_reason": "stop",
+                                  "message": {"role": "assistant", "content": "positive"}}],
+                     "usage": {"prompt_tokens": 42, "completion_tokens": 1, "total_tokens": 43}}).encode()
+
+
+# --- the fake upstream: raw asyncio HTTP/1.1, keep-alive, one fixed answer -----------------------------
+
+
+class _FakeProtocol(asyncio.Protocol):
+    response = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
+                + str(len(ANSWER)).encode() + b"\r\n\r\n" + ANSWER)
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.buf = b""
+
+    def data_received(self, data):
+        self.buf += data
+        while True:
+            head_end = self.buf.find(b"\r\n\r\n")
+            if head_end < 0:
+                return
+            length = 0
+            for line in self.buf[:head_end].split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value.strip())
+            end = head_end + 4 + length
+            if len(self.buf) < end:
+                return
+            self.buf = self.buf[end:]
+            self.transport.write(self.response)
+
+
+def run_fake_upstream(port: int) -> None:
+    async def main():
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(_FakeProtocol, "127.0.0.1", port, backlog=4096)
+        print("ready", flush=True)
+        async with server:
+            await asyncio.sleep(RUN_DEADLINE_S * 10)  # stops by itself even if the parent dies
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+
+
+# --- the load generator: raw asyncio HTTP/1.1 client ----------------------------------------------------
+
+
+async def _one_client(host, port, request: bytes, todo: list, lat: list, errors: list, deadline: float):
+    reader = writer = None
+    while todo[0] > 0 and time.monotonic() < deadline:
+        todo[0] -= 1
+        t0 = time.perf_counter()
+        try:
+            if writer is None:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), REQ_TIMEOUT_S)
+            writer.write(request)
+            status = await asyncio.wait_for(_read_response(reader), REQ_TIMEOUT_S)
+            if status != 200:
+                errors.append(status)
+            else:
+                lat.append(time.perf_counter() - t0)
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as e:
+            errors.append(type(e).__name__)
+            if writer is not None:
+                writer.close()
+            reader = writer = None
+    if writer is not None:
+        writer.close()
+
+
+async def _read_response(reader) -> int:
+    status = int((await reader.readline()).split()[1])
+    length, chunked = 0, False
+    while True:
+        line = await reader.readline()
+        if line in (b"\r\n", b""):
+            break
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            length = int(value.strip())
+        elif name == b"transfer-encoding" and b"chunked" in value.lower():
+            chunked = True
+    if chunked:
+        while True:
+            size = int((await reader.readline()).strip(), 16)
+            await reader.readexactly(size + 2)
+            if size == 0:
+                break
+    else:
+        await reader.readexactly(length)
+    return status
+
+
+def load(port: int, path: str, body: dict, clients: int, requests: int, headers: dict | None = None) -> dict:
+    """`requests` POSTs by `clients` concurrent keep-alive connections: latencies, errors, requests/s."""
+    data = json.dumps(body).encode()
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    request = (f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\ncontent-type: application/json\r\n"
+               f"authorization: Bearer {KEY}\r\n{extra}content-length: {len(data)}\r\n\r\n").encode() + data
+    todo, lat, errors = [requests], [], []
+
+    async def main():
+        deadline = time.monotonic() + RUN_DEADLINE_S
+        await asyncio.gather(*[_one_client("127.0.0.1", port, request, todo, lat, errors, deadline)
+                               for _ in range(clients)])
+
+    t0 = time.perf_counter()
+    asyncio.run(main())
+    wall = time.perf_counter() - t0
+    lat.sort()
+    q = (lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1000) if lat else (lambda p: float("nan"))
+    return {"clients": clients, "ok": len(lat), "errors": len(errors), "error_kinds": sorted(set(map(str, errors))),
+            "wall_s": wall, "rps": len(lat) / wall if wall else 0.0, "p50_ms": q(0.50), "p90_ms": q(0.90),
+            "p99_ms": q(0.99), "mean_ms": statistics.fmean(lat) * 1000 if lat else float("nan")}
+
+
+# --- processes --------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_http(port: int, proc: subprocess.Popen, what: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{what} did not start in {timeout:.0f} s")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def proxy_part(args, tmp: Path) -> tuple[list[list], dict]:
+    from promptlift.artifacts import TextPrompt
+    from promptlift.render import render
+    from promptlift.serve.config import hash_key
+    from promptlift.task import Example
+
+    up_port, px_port = free_port(), free_port()
+    fake = subprocess.Popen([sys.executable, __file__, "--fake-upstream", str(up_port)], stdout=subprocess.PIPE,
+                            text=True)
+    prompt = TextPrompt(instruction="Classify the sentiment of the review as positive or negative.",
+                        demos=[Example("a wonderful, moving film", "positive"),
+                               Example("dull and far too long", "negative")])
+    prompt.save(tmp / "prompt")
+    cfg = {"routes": [{"name": "sentiment", "upstream": f"http://127.0.0.1:{up_port}/v1", "upstream_model": "fake",
+                       "prompt": str(tmp / "prompt"), "sha256": prompt.hash}],
+           "keys": [{"name": "bench", "sha256": hash_key(KEY)}],
+           "limits": {"requests_per_minute": 0, "upstream_max_connections": 512}}
+    (tmp / "serve.yaml").write_text(json.dumps(cfg))  # JSON is YAML
+    log_path = tmp / "requests.log"
+    rows, raw = [], {}
+    env = dict(os.environ)
+    if args.extra_path:
+        env["PYTHONPATH"] = os.pathsep.join([str(args.extra_path), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    with open(log_path, "w") as log:
+        proxy = subprocess.Popen([sys.executable, "-m", "promptlift.cli", "serve", "--config", str(tmp / "serve.yaml"),
+                                  "--port", str(px_port)], stdout=subprocess.DEVNULL, stderr=log, cwd=REPO, env=env)
+    probe_code = "import importlib.util as u; print(*(m for m in ('httptools', 'uvloop') if u.find_spec(m)))"
+    probe = subprocess.run([sys.executable, "-c", probe_code], env=env, capture_output=True, text=True).stdout.split()
+    raw["uvicorn_extras"] = probe
+    body = {"model": "sentiment", "messages": [{"role": "user", "content": "an utterly charming little movie"}],
+            "max_tokens": 4, "temperature": 0}
+    direct_body = {**body, "model": "fake",
+                   "messages": render(prompt.instruction, prompt.demos, body["messages"]).messages()}
+    total = 0
+    try:
+        wait_http(up_port, fake, "fake upstream")
+        wait_http(px_port, proxy, "promptlift serve")
+        load(up_port, "/v1/chat/completions", direct_body, 20, 500)  # warm-up, not counted
+        load(px_port, "/v1/chat/completions", body, 20, 500)
+        for c in args.concurrency:
+            n = args.requests if c > 1 else max(500, args.requests // 5)
+            progress(f"concurrency {c}: {n} requests straight to the fake upstream ...")
+            d = load(up_port, "/v1/chat/completions", direct_body, c, n)
+            progress(f"  direct: {d['rps']:.0f} req/s, p50 {d['p50_ms']:.2f} ms, p99 {d['p99_ms']:.2f} ms, "
+                     f"errors {d['errors']}; through the proxy ...")
+            cpu0 = cpu_seconds(proxy.pid)
+            p = load(px_port, "/v1/chat/completions", body, c, n)
+            p["proxy_cpu_ms_per_request"] = (cpu_seconds(proxy.pid) - cpu0) * 1000 / max(1, p["ok"] + p["errors"])
+            progress(f"  proxied: {p['rps']:.0f} req/s, p50 {p['p50_ms']:.2f} ms, p99 {p['p99_ms']:.2f} ms, "
+                     f"proxy CPU {p['proxy_cpu_ms_per_request']:.2f} ms/request, "
+                     f"errors {p['errors']} {p['error_kinds']}")
+            total += d["ok"] + d["errors"] + p["ok"] + p["errors"]
+            raw[c] = {"direct": d, "proxied": p}
+            rows.append([c, n, f"{d['p50_ms']:.2f}", f"{p['p50_ms']:.2f}", f"**{p['p50_ms'] - d['p50_ms']:.2f}**",
+                         f"{d['p99_ms']:.2f}", f"{p['p99_ms']:.2f}", f"**{p['p99_ms'] - d['p99_ms']:.2f}**",
+                         f"{d['rps']:.0f}", f"{p['rps']:.0f}", f"{p['proxy_cpu_ms_per_request']:.2f}",
+                         f"{d['errors']} / {p['errors']}"])
+    finally:
+        stop(proxy)
+        stop(fake)
+    lines = [json.loads(x) for x in log_path.read_text().splitlines() if x.startswith("{")]
+    req_lines = [x for x in lines if x.get("event") == "request"]
+    raw["log_lines"] = len(req_lines)
+    raw["log_non_200"] = sum(1 for x in req_lines if x.get("status") != 200)
+    raw["total_requests"] = total
+    return rows, raw
+
+
+def local_part(args) -> tuple[list[list], dict]:
+    import torch
+
+    from promptlift.artifacts import SoftPrompt
+    from promptlift.lm.hf import HFModel
+    from promptlift.serve.app import build_app
+    from promptlift.serve.config import parse_config
+    from promptlift.serve.server import ServerThread
+
+    torch.set_num_threads(args.threads)
+    lm = HFModel("smollm2-135m")
+    tmp = Path(tempfile.mkdtemp(prefix="promptlift-bench-"))
+    g = torch.Generator().manual_seed(0)
+    refs = {}
+    for i in range(16):
+        ids = torch.randint(200, 20000, (8,), generator=g)
+        p = SoftPrompt(instruction="Is this review positive or negative?", embeds=lm.embed(ids).detach(),
+                       hidden_size=lm.hidden_size, num_layers=lm.num_layers, model=lm.model_id)
+        p.save(tmp / f"s{i}")
+        refs[f"s{i}"] = {"path": str(tmp / f"s{i}"), "sha256": p.hash}
+    default = refs.pop("s0")
+    reviews = ["an utterly charming little movie", "a tedious, overlong mess", "the acting is superb",
+               "i wanted my money back", "a quiet triumph", "flat characters and a silly plot",
+               "funny, warm and wise", "nothing here works", "beautifully shot", "the script is lazy",
+               "a joy from start to finish", "painfully slow", "clever and moving", "forgettable",
+               "one of the best films of the year", "an embarrassment"]
+    rows, raw = [], {}
+    for max_batch in (16, 1):
+        doc = {"routes": [{"name": "soft", "upstream": "local", "prompt": default["path"],
+                           "sha256": default["sha256"], "prompts": refs}],
+               "limits": {"requests_per_minute": 0, "max_batch": max_batch, "batch_window_ms": 10}}
+        from promptlift.serve.routes import Resources
+
+        app = build_app(parse_config(doc), resources=Resources(lms={lm.model_id: lm}), log_line=lambda d: None)
+        with ServerThread(app) as srv:
+            port = srv.port
+            for clients in (1, 16):
+                if clients == 1 and max_batch == 1:
+                    continue  # same as max_batch 16 with one client
+                n = args.local_requests
+                body = {"model": "soft", "max_tokens": 8, "temperature": 0,
+                        "messages": [{"role": "user", "content": reviews[0]}]}
+                load(port, "/v1/chat/completions", body, 1, 2)  # warm-up
+                runner = next(iter(app.state.serve.resources.runners.values()))
+                before = len(runner.batches)
+                res = _local_load(port, body, clients, n, reviews)
+                sizes = runner.batches[before:]
+                progress(f"local, max_batch {max_batch}, {clients} client(s): {res['rps']:.2f} req/s, "
+                         f"p50 {res['p50_ms']:.0f} ms, errors {res['errors']}, batches {sizes}")
+                raw[f"b{max_batch}_c{clients}"] = {**res, "mean_batch": statistics.fmean(sizes) if sizes else 0}
+                rows.append([max_batch, clients, n, f"{res['rps']:.2f}", f"{res['p50_ms']:.0f}",
+                             f"{res['p99_ms']:.0f}", f"{statistics.fmean(sizes) if sizes else 0:.1f}", res["errors"]])
+    return rows, raw
+
+
+def _local_load(port: int, body: dict, clients: int, n: int, reviews: list[str]) -> dict:
+    """`clients` concurrent clients, client i with soft prompt s{i} and its own review; n requests in all."""
+    per = max(1, n // clients)
+    results = []
+
+    async def main():
+        deadline = time.monotonic() + RUN_DEADLINE_S
+        tasks = []
+        for i in range(clients):
+            b = {**body, "messages": [{"role": "user", "content": reviews[i % len(reviews)]}]}
+            data = json.dumps(b).encode()
+            req = (f"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\ncontent-type: application/json\r\n"
+                   f"x-promptlift-prompt: s{i % 16}\r\ncontent-length: {len(data)}\r\n\r\n").encode() + data
+            lat, errors = [], []
+            results.append((lat, errors))
+            if i % 16 == 0:  # s0 is the route's default prompt, not a named one
+                req = req.replace(b"x-promptlift-prompt: s0\r\n", b"")
+            tasks.append(_one_client("127.0.0.1", port, req, [per], lat, errors, deadline))
+        await asyncio.gather(*tasks)
+
+    t0 = time.perf_counter()
+    asyncio.run(main())
+    wall = time.perf_counter() - t0
+    lat = sorted(x for r in results for x in r[0])
+    errors = sum(len(r[1]) for r in results)
+    q = (lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1000) if lat else (lambda p: float("nan"))
+    return {"ok": len(lat), "errors": errors, "wall_s": wall, "rps": len(lat) / wall, "p50_ms": q(0.5),
+            "p99_ms": q(0.99)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--requests", type=int, default=5000, help="requests per (concurrency, direct|proxied) run")
+    ap.add_argument("--concurrency", default="1,50,200", help="client counts, comma-separated")
+    ap.add_argument("--local", action=argparse.BooleanOptionalAction, default=True,
+                    help="also measure the local upstream with 16 soft prompts (loads smollm2-135m)")
+    ap.add_argument("--local-requests", type=int, default=48, help="requests per local run")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads for the local part (more than 1 is much slower on a busy 2-core machine)")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--extra-path", type=Path, default=None,
+                    help="prepend this folder to the proxy's PYTHONPATH (e.g. one holding httptools and uvloop, "
+                         "which uvicorn then uses)")
+    ap.add_argument("--fake-upstream", type=int, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.fake_upstream is not None:
+        run_fake_upstream(args.fake_upstream)
+        return
+    args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    facts = machine_facts()
+    progress(f"machine: {facts['cpu']}, {facts['usable_cpus']} usable CPUs, load {facts['loadavg_start']}")
+    with tempfile.TemporaryDirectory(prefix="promptlift-serve-bench-") as d:
+        rows, raw = proxy_part(args, Path(d))
+    local_rows, local_raw = local_part(args) if args.local else ([], {})
+    body = [f"## `promptlift serve`: proxy overhead and local batching",
+            "",
+            f"Command: `{command_line()}`  ",
+            f"Date: {now()}  ",
+            f"Machine: {facts['cpu']}, {facts['usable_cpus']} usable CPUs, {facts['memory_gib']} GiB RAM; "
+            f"Python {facts['python']}, torch {facts['torch']}. Load average at start {facts['loadavg_start']}, "
+            f"at end {loadavg()}: the machine is shared, and the fake upstream, the proxy and the load generator "
+            "share its CPUs.",
+            "",
+            "### Proxy overhead (fake upstream, loopback)",
+            "",
+            "A raw asyncio fake upstream answers a fixed chat completion. `direct`: clients to the fake upstream "
+            "with the already-rendered messages; `proxied`: clients to `promptlift serve --config` (the real "
+            "command: bearer-key check, rate limiter, text prompt with 2 demonstrations rendered by "
+            "`promptlift.render`, httpx connection pool to the upstream, Prometheus metrics, one JSON log line "
+            "per request to a file). Keep-alive connections, one request in flight per client. "
+            "Latencies in ms; added = proxied - direct. uvicorn's HTTP parser and event loop in the proxy: "
+            + (f"{' and '.join(raw['uvicorn_extras'])} (from `--extra-path`)" if raw["uvicorn_extras"]
+               else "pure-Python h11 and asyncio (what pyproject.toml installs; no httptools/uvloop)") + ".",
+            "",
+            md_table(["clients", "requests", "p50 direct", "p50 proxied", "p50 added", "p99 direct", "p99 proxied",
+                      "p99 added", "req/s direct", "req/s proxied", "proxy CPU ms / request",
+                      "errors direct / proxied"], rows),
+            "",
+            f"Requests in all: {raw['total_requests']} (plus 1000 warm-up). JSON log lines written by the proxy: "
+            f"{raw['log_lines']} (one per proxied request, warm-up included), {raw['log_non_200']} of them not 200.",
+            ]
+    if local_rows:
+        body += ["",
+                 "### Local upstream: 16 different soft prompts, batched",
+                 "",
+                 "smollm2-135m in-process (fp32, CPU, "
+                 f"{args.threads} torch threads), 16 soft prompts of 8 vectors each, greedy, max_tokens 8; "
+                 "client i uses soft prompt i (X-Promptlift-Prompt) and its own review. `max_batch 1` turns "
+                 "batching off.",
+                 "",
+                 md_table(["max_batch", "clients", "requests", "req/s", "p50 ms", "p99 ms", "mean batch size",
+                           "errors"], local_rows)]
+        b16, b1 = local_raw.get("b16_c16"), local_raw.get("b1_c16")
+        one = local_raw.get("b16_c1")
+        if b16 and b1 and one:
+            body += ["", f"16 clients with batching: {b16['rps'] / one['rps']:.2f}x the requests/s of 1 client, "
+                         f"{b16['rps'] / b1['rps']:.2f}x those of 16 clients without batching."]
+    path = write_section("serve_load", "\n".join(body), args.out, title="# promptlift serve benchmarks")
+    progress(f"wrote {path}")
+    print(json.dumps({"proxy": raw, "local": local_raw}, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

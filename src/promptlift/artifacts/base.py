@@ -1,0 +1,257 @@
+"""The base of every prompt artifact: data, metadata, the content hash, and one way to save and load.
+
+An artifact is a dataclass that holds data only. What it does at inference (how
+it is rendered, scored, decoded) lives in one applier per artifact type in
+`promptlift.engine.apply`, looked up by type; an artifact never runs a model.
+
+Serialisation is generic over the dataclass fields, so adding an artifact type
+is declaring its fields:
+
+- plain JSON values (str, int, float, bool, dict, list) are stored as they are;
+- `field(metadata={"kind": "examples"})`: a list of `Example` (stored as
+  `{"input", "output"}` objects);
+- `field(metadata={"kind": "prompt"})`: a nested artifact (wrappers such as
+  `Calibrated` hold the prompt they wrap);
+- `field(metadata={"kind": "tensor"})`: a torch tensor, stored in a
+  safetensors file beside the JSON and referred to by name.
+
+The file `prompt.json` holds `{"format", "type", ...fields, "sha256"}`; the
+hash covers the canonical JSON and the exact tensor bytes, so `load` refuses a
+file that was changed after it was saved, and a save/load round trip is bit-exact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..errors import ArtifactError
+from ..task import Example
+
+FORMAT = "promptlift.prompt/v1"
+_TYPES: dict[str, type["Prompt"]] = {}
+
+
+def register_type(cls):
+    """Class decorator: make an artifact type loadable by its `type` name."""
+    if cls.type in _TYPES and _TYPES[cls.type] is not cls:
+        raise ValueError(f"artifact type {cls.type!r} registered twice")
+    _TYPES[cls.type] = cls
+    return cls
+
+
+def artifact_types() -> dict[str, type["Prompt"]]:
+    """Every registered artifact type, by name."""
+    return dict(_TYPES)
+
+
+def content_hash(obj: Any, extra: bytes = b"") -> str:
+    """SHA-256 of canonical JSON (+ raw bytes, e.g. tensor data)."""
+    h = hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode())
+    h.update(extra)
+    return h.hexdigest()
+
+
+@dataclass
+class Prompt:
+    """Base of every artifact: what was made, for which model and task, by which method.
+
+    model: identity of the model the prompt was made on (None = any).
+    task: name of the task it was made for (None = unknown).
+    method: the method that made it.
+    meta: free-form, JSON-serialisable notes (best epoch, dev score, seed, ...).
+    """
+
+    type: ClassVar[str] = "base"
+    model: str | None = field(default=None, kw_only=True)
+    task: str | None = field(default=None, kw_only=True)
+    method: str = field(default="", kw_only=True)
+    meta: dict = field(default_factory=dict, kw_only=True)
+
+    # --- what every consumer may ask of any artifact -------------------------------------
+    @property
+    def text_only(self) -> bool:
+        """True if the prompt is text all the way down (it can go to any model or endpoint)."""
+        return not any(_kind(f) == "tensor" for f in dataclasses.fields(self)) and all(
+            p.text_only for p in self.children())
+
+    def children(self) -> list["Prompt"]:
+        """Nested artifacts (the prompt a wrapper wraps)."""
+        return [getattr(self, f.name) for f in dataclasses.fields(self) if _kind(f) == "prompt"]
+
+    @property
+    def hash(self) -> str:
+        """The content hash `save` writes (and `load` checks): canonical JSON + exact tensor bytes."""
+        d, tensors = encode(self)
+        return content_hash({"format": FORMAT, **d}, tensor_bytes(tensors))
+
+    def to_dict(self) -> dict:
+        """The JSON content of the artifact (tensors as references)."""
+        return encode(self)[0]
+
+    def tensors(self) -> dict:
+        """Every tensor of the artifact (nested ones too), by the name it is saved under."""
+        return encode(self)[1]
+
+    def save(self, path: str | Path) -> Path:
+        """Write the artifact (atomically) and return the JSON file's path.
+
+        A directory (or a path without suffix) gets `prompt.json` inside; tensors go
+        to `<name>.safetensors` beside it.
+        """
+        return save(self, path)
+
+
+def _kind(f: dataclasses.Field) -> str:
+    return f.metadata.get("kind", "json")
+
+
+def tensor_bytes(tensors: dict) -> bytes:
+    """Bytes hashed for the tensors: name, dtype, shape and raw data of each, in name order."""
+    out = []
+    for k in sorted(tensors):
+        t = tensors[k].detach().cpu().contiguous()
+        out.append(f"{k}|{t.dtype}|{list(t.shape)}|".encode())
+        out.append(t.view(-1).view(_byte_dtype()).numpy().tobytes() if t.numel() else b"")
+    return b"".join(out)
+
+
+def _byte_dtype():
+    import torch
+
+    return torch.uint8
+
+
+def encode(p: Prompt, prefix: str = "") -> tuple[dict, dict]:
+    """(JSON dict, tensors by name) of an artifact; nested artifacts are encoded in place."""
+    d: dict[str, Any] = {"type": p.type}
+    tensors: dict = {}
+    for f in dataclasses.fields(p):
+        v = getattr(p, f.name)
+        kind = _kind(f)
+        if kind == "examples":
+            d[f.name] = [{"input": e.input, "output": e.output} for e in v]
+        elif kind == "prompt":
+            sub, sub_t = encode(v, prefix + f.name + ".")
+            d[f.name] = sub
+            tensors.update(sub_t)
+        elif kind == "tensor":
+            name = prefix + f.name
+            tensors[name] = v
+            d[f.name] = {"tensor": name, "dtype": str(v.dtype).replace("torch.", ""), "shape": list(v.shape)}
+        else:
+            d[f.name] = v
+    return d, tensors
+
+
+def decode(d: Any, tensors: dict, where: str) -> Prompt:
+    """The artifact described by `d` (inverse of `encode`); errors name `where`."""
+    if not isinstance(d, dict):
+        raise ArtifactError(f"{where}: expected an artifact object, got {type(d).__name__}")
+    typ = d.get("type")
+    cls = _TYPES.get(typ)
+    if cls is None:
+        raise ArtifactError(f"{where}: unknown prompt type {typ!r}; expected one of: {', '.join(sorted(_TYPES))}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(fields) - {"type"})
+    if unknown:
+        raise ArtifactError(f"{where}: unknown field(s) {', '.join(unknown)} for a {typ!r} prompt")
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        if name not in d:
+            continue
+        v = d[name]
+        kind = _kind(f)
+        try:
+            if kind == "examples":
+                kwargs[name] = [Example(str(x["input"]), str(x["output"])) for x in v]
+            elif kind == "prompt":
+                kwargs[name] = decode(v, tensors, f"{where}: {name}")
+            elif kind == "tensor":
+                if v["tensor"] not in tensors:
+                    raise ArtifactError(f"{where}: tensor {v['tensor']!r} is missing from the tensor file")
+                kwargs[name] = tensors[v["tensor"]]
+            else:
+                kwargs[name] = v
+        except (KeyError, TypeError) as e:
+            raise ArtifactError(f"{where}: field {name!r} is malformed ({type(e).__name__}: {e})") from None
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ArtifactError(f"{where}: invalid {typ!r} prompt ({e})") from None
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save(p: Prompt, path: str | Path) -> Path:
+    """See `Prompt.save`."""
+    path = Path(path)
+    if path.is_dir() or path.suffix == "":
+        path = path / "prompt.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    d, tensors = encode(p)
+    d = {"format": FORMAT, **d}
+    tpath = path.with_suffix(".safetensors")
+    cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    digest = content_hash(d, tensor_bytes(cpu))  # the file name of the tensors is not content
+    if cpu:
+        from safetensors.torch import save as st_save
+
+        d["tensors"] = tpath.name
+        _atomic_write(tpath, st_save(cpu))
+    d["sha256"] = digest
+    _atomic_write(path, (json.dumps(d, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    return path
+
+
+def load(path: str | Path) -> Prompt:
+    """Load any artifact (a prompt.json, or a run directory holding one); verifies its hash."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "prompt.json"
+    if not path.exists():
+        raise ArtifactError(f"{path}: prompt artifact not found")
+    try:
+        d = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{path}: not a promptlift artifact (malformed JSON: {e})") from None
+    if not isinstance(d, dict) or d.get("format") != FORMAT:
+        raise ArtifactError(f"{path}: not a promptlift artifact (expected format {FORMAT!r})")
+    stored = d.pop("sha256", None)
+    tensors: dict = {}
+    extra = b""
+    if "tensors" in d:
+        tname = d.pop("tensors")
+        if not isinstance(tname, str) or "/" in tname or "\\" in tname or tname.startswith("."):
+            raise ArtifactError(f"{path}: field 'tensors' must be a file name beside the artifact, got {tname!r}")
+        tpath = path.parent / tname
+        if not tpath.exists():
+            raise ArtifactError(f"{tpath}: tensor file of the prompt artifact is missing")
+        try:
+            from safetensors.torch import load_file
+
+            tensors = load_file(str(tpath))
+        except Exception as e:  # safetensors raises its own error types on a corrupt file
+            raise ArtifactError(f"{tpath}: unreadable safetensors file ({str(e).splitlines()[0]})") from None
+        extra = tensor_bytes(tensors)
+    if stored != content_hash(d, extra):
+        raise ArtifactError(f"{path}: content hash mismatch: the prompt or its tensors changed after saving")
+    body = {k: v for k, v in d.items() if k != "format"}
+    return decode(body, tensors, str(path))

@@ -1,0 +1,203 @@
+"""What each artifact type does at inference: one applier per type, looked up by type.
+
+An applier turns (artifact, inputs) into a condition for a backend
+(`engine.backends`) and asks it for label scores or generations. The engine,
+the black-box path and the proxy all go through here, so a prompt is applied
+the same way everywhere; nothing outside this package asks which kind of
+prompt it holds.
+
+    applier_for(prompt).label_scores(prompt, backend, task, inputs)   # (N, L)
+    applier_for(prompt).generate(prompt, backend, task, inputs, cfg)  # N strings
+
+`inputs` are user texts or lists of chat messages (see `promptlift.render`).
+`answer_prefixes` (one per input) open the answer with text the model
+continues; chain of thought uses them.
+
+Adding an artifact type: declare its dataclass in `promptlift.artifacts`, and
+an `Applier` subclass decorated with `@applies(ThatType)` in the engine.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from ..artifacts import Calibrated, KnnPrompt, Prompt, Reasoning, TextPrompt
+from ..errors import ArtifactError, ConfigError
+from ..lm.base import GenerationConfig
+from ..render import normalize_messages, render
+
+_APPLIERS: dict[type, "Applier"] = {}
+
+
+def applies(prompt_type: type):
+    """Class decorator: the applier of `prompt_type` (one instance, no state)."""
+
+    def deco(cls):
+        _APPLIERS[prompt_type] = cls()
+        return cls
+
+    return deco
+
+
+def applier_for(prompt: Prompt) -> "Applier":
+    """The applier registered for the prompt's type (its class or nearest registered base)."""
+    for cls in type(prompt).__mro__:
+        if cls in _APPLIERS:
+            return _APPLIERS[cls]
+    raise ArtifactError(f"no applier is registered for prompt type {type(prompt).__name__!r}")
+
+
+def label_words(task) -> list[str]:
+    """Every label's words, in `task.labels` order (the candidates of rank classification)."""
+    return list(task.labels.values())
+
+
+def _labels_map(task):
+    return task.labels if task is not None and task.is_classification else None
+
+
+def query_text(x: Any) -> str:
+    """The text of an input to compare or embed: itself, or its last user message."""
+    if isinstance(x, str):
+        return x
+    return [c for r, c in normalize_messages(x) if r == "user"][-1]
+
+
+class Applier:
+    """Base applier. Subclasses define `condition`; wrappers override the verbs."""
+
+    def check(self, prompt: Prompt, backend, task) -> None:
+        """Refuse, before any model call, what this prompt cannot do on this backend and task."""
+        for child in prompt.children():
+            applier_for(child).check(child, backend, task)
+
+    def condition(self, prompt: Prompt, backend, task, inputs: Sequence[Any],
+                  answer_prefixes: Sequence[str] | None = None):
+        """The backend condition of `inputs` under `prompt`."""
+        raise NotImplementedError(f"{type(self).__name__} must define condition()")
+
+    def label_scores(self, prompt: Prompt, backend, task, inputs: Sequence[Any],
+                     answer_prefixes: Sequence[str] | None = None) -> torch.Tensor:
+        """(N, labels) scores of each label's words (log-probabilities, or calibrated ones)."""
+        return backend.label_scores(self.condition(prompt, backend, task, inputs, answer_prefixes), label_words(task))
+
+    def generate(self, prompt: Prompt, backend, task, inputs: Sequence[Any], cfg: GenerationConfig,
+                 answer_prefixes: Sequence[str] | None = None) -> list[str]:
+        """One answer per input."""
+        return backend.generate(self.condition(prompt, backend, task, inputs, answer_prefixes), cfg)
+
+
+def _prefixes(inputs, answer_prefixes) -> list[str]:
+    return list(answer_prefixes) if answer_prefixes is not None else [""] * len(inputs)
+
+
+@applies(TextPrompt)
+class TextApplier(Applier):
+    """Instruction and fixed demonstrations, rendered by `promptlift.render`."""
+
+    def condition(self, prompt, backend, task, inputs, answer_prefixes=None):
+        labels = _labels_map(task)
+        return backend.condition_text([render(prompt.instruction, prompt.demos, x, labels, a)
+                                       for x, a in zip(inputs, _prefixes(inputs, answer_prefixes))])
+
+
+@applies(KnnPrompt)
+class KnnApplier(Applier):
+    """Per input, its k nearest pool examples as demonstrations (least similar first, nearest last)."""
+
+    def check(self, prompt, backend, task):
+        if prompt.embedder == "model" and not backend.white_box:
+            raise ConfigError("this kNN prompt picks demonstrations with the local model's own embeddings "
+                              "(embedder=model), which an endpoint cannot compute; re-make it with "
+                              "embedder=tfidf (few-shot -o selection=knn -o embedder=tfidf)")
+        if not prompt.pool:
+            raise ConfigError("a kNN prompt needs a non-empty demonstration pool")
+
+    def select(self, prompt: KnnPrompt, backend, inputs) -> list[list]:
+        from .neighbors import nearest, tfidf_embed
+
+        queries = [query_text(x) for x in inputs]
+        pool = [p.input for p in prompt.pool]
+        if prompt.embedder == "model":
+            pe, qe = backend.embed_texts(pool), backend.embed_texts(queries)
+        else:
+            pe, qe = tfidf_embed(pool, queries)
+        return [[prompt.pool[j] for j in row] for row in nearest(qe, pe, prompt.k)]
+
+    def condition(self, prompt, backend, task, inputs, answer_prefixes=None):
+        labels = _labels_map(task)
+        chosen = self.select(prompt, backend, inputs)
+        return backend.condition_text([render(prompt.instruction, demos, x, labels, a) for x, demos, a
+                                       in zip(inputs, chosen, _prefixes(inputs, answer_prefixes))])
+
+
+def calibrate(scores: torch.Tensor, cf_scores: torch.Tensor) -> torch.Tensor:
+    """Contextual calibration: divide label probabilities by the mean content-free ones.
+
+    scores: (N, L) log-probabilities; cf_scores: (M, L). Returns log p(l|x) - log p_cf(l),
+    with p renormalised over the labels (W = diag(p_cf)^-1, b = 0 in Zhao et al. 2021).
+    """
+    p_cf = torch.softmax(cf_scores, dim=-1).mean(0)  # (L,)
+    return torch.log_softmax(scores, dim=-1) - torch.log(p_cf)
+
+
+@applies(Calibrated)
+class CalibratedApplier(Applier):
+    """Label scores of the inner prompt, calibrated by its scores on content-free inputs."""
+
+    def check(self, prompt, backend, task):
+        super().check(prompt, backend, task)
+        if task is not None and not task.is_classification:
+            raise ConfigError("calibration applies to classification tasks only")
+        if not backend.can_score_labels:
+            raise ConfigError(f"calibration needs label log-probabilities, and {backend.lm.model_id} returns none "
+                              "(no logprobs on this endpoint); evaluate without calibration")
+
+    def condition(self, prompt, backend, task, inputs, answer_prefixes=None):
+        return applier_for(prompt.inner).condition(prompt.inner, backend, task, inputs, answer_prefixes)
+
+    def label_scores(self, prompt, backend, task, inputs, answer_prefixes=None):
+        inner = applier_for(prompt.inner)
+        scores = inner.label_scores(prompt.inner, backend, task, inputs, answer_prefixes)
+        cf_prefixes = None if answer_prefixes is None else [answer_prefixes[0]] * len(prompt.content_free)
+        cf = inner.label_scores(prompt.inner, backend, task, list(prompt.content_free), cf_prefixes)
+        return calibrate(scores, cf)
+
+    def generate(self, prompt, backend, task, inputs, cfg, answer_prefixes=None):
+        return applier_for(prompt.inner).generate(prompt.inner, backend, task, inputs, cfg, answer_prefixes)
+
+
+def clean_answer(text: str) -> str:
+    """The short answer read after the answer trigger: first line, without a final period."""
+    return text.strip().split("\n")[0].strip().rstrip(".").strip()
+
+
+@applies(Reasoning)
+class ReasoningApplier(Applier):
+    """Two stages on the inner prompt: reasoning after the trigger, then the answer after the answer trigger."""
+
+    def reasons(self, prompt: Reasoning, backend, task, inputs, cfg: GenerationConfig) -> list[str]:
+        stage1 = GenerationConfig(max_tokens=prompt.reasoning_tokens, temperature=cfg.temperature, seed=cfg.seed)
+        return applier_for(prompt.inner).generate(prompt.inner, backend, task, inputs, stage1,
+                                                  [prompt.trigger] * len(inputs))
+
+    def second_stage(self, prompt: Reasoning, reasons: Sequence[str]) -> list[str]:
+        return [f"{prompt.trigger} {r.strip()}\n{prompt.answer_trigger}" for r in reasons]
+
+    def condition(self, prompt, backend, task, inputs, answer_prefixes=None):
+        return applier_for(prompt.inner).condition(prompt.inner, backend, task, inputs, answer_prefixes)
+
+    def label_scores(self, prompt, backend, task, inputs, answer_prefixes=None):
+        reasons = self.reasons(prompt, backend, task, inputs, GenerationConfig())
+        return applier_for(prompt.inner).label_scores(prompt.inner, backend, task, inputs,
+                                                      self.second_stage(prompt, reasons))
+
+    def generate(self, prompt, backend, task, inputs, cfg, answer_prefixes=None):
+        reasons = self.reasons(prompt, backend, task, inputs, cfg)
+        stage2 = GenerationConfig(max_tokens=cfg.max_tokens, stop=["\n"], temperature=cfg.temperature, seed=cfg.seed)
+        answers = applier_for(prompt.inner).generate(prompt.inner, backend, task, inputs, stage2,
+                                                     self.second_stage(prompt, reasons))
+        return [clean_answer(a) for a in answers]
+

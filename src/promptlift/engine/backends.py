@@ -1,0 +1,218 @@
+"""Where a rendered prompt is run: a local white-box model, or an OpenAI-compatible endpoint.
+
+Appliers (`engine.apply`) turn an artifact and inputs into a *condition* for a
+backend; a backend offers the same three verbs on its conditions:
+
+- `label_scores(cond, words) -> (N, L)`: total log-probability of each label's words;
+- `generate(cond, cfg) -> N strings`;
+- `can_score_labels`: whether `label_scores` is available (always on a local
+  model; on an endpoint when it returns log-probabilities).
+
+`WhiteBox` runs the model in-process: the longest token prefix shared by every
+row is encoded once and its key/value cache reused, rows run in length-sorted
+batches, and logits are computed only where something is scored. `Endpoint`
+sends messages (chat API) or plain text (completions API) to the server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import UnsupportedError
+from ..kv import KV
+from ..lm.base import GenerationConfig
+from ..render import Rendered
+from ..template import answer_sep, to_ids
+from .decode import decode
+from .scoring import score_candidates
+
+
+@dataclass
+class Cond:
+    """A white-box condition: a shared cached prefix and each example's tokens after it.
+
+    prefix: key/value cache of the shared part (batch 1), or None.
+    rows: per-example token ids after the prefix (each at least one token).
+    sep: text between the prompt and an answer (" " after "Output:" or an answer prefix).
+    stop: stop strings for generation.
+    """
+
+    prefix: KV | None
+    rows: list[list[int]]
+    sep: str = ""
+    stop: list[str] = field(default_factory=list)
+    prefix_ids: list[int] | None = None  # the prefix's token ids, when it is made of tokens only
+
+
+def _common_prefix_len(rows: Sequence[Sequence[int]]) -> int:
+    if not rows:
+        return 0
+    first, n = rows[0], min(len(r) for r in rows)
+    for r in rows[1:]:
+        i = 0
+        while i < n and r[i] == first[i]:
+            i += 1
+        n = i
+    return n
+
+
+class WhiteBox:
+    """A local `HFModel` run through promptlift's own scorer and decoding loop."""
+
+    white_box = True
+    can_score_labels = True
+
+    def __init__(self, lm, batch_size: int = 16, progress: bool = False):
+        self.lm = lm
+        self.batch_size = max(1, int(batch_size))
+        self.progress = progress
+
+    @torch.no_grad()
+    def condition_text(self, rendered: Sequence[Rendered]) -> Cond:
+        """Token rows of the full rendered texts; their longest common prefix is cached once."""
+        full = [to_ids(self.lm, r) for r in rendered]
+        n = _common_prefix_len(full)
+        n = min(n, min((len(f) for f in full), default=1) - 1)  # every row keeps at least one token
+        prefix = None
+        if n > 0:
+            _, prefix = self.lm.forward(ids=torch.tensor([full[0][:n]], device=self.lm.device))
+        stop = [] if self.lm.has_chat_template else ["\n"]
+        sep = answer_sep(self.lm, rendered[0]) if rendered else ""
+        return Cond(prefix, [f[n:] for f in full], sep, stop, full[0][:n] if full else [])
+
+    def _order(self, rows):
+        order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))  # longest first: peak memory up front
+        return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+
+    @torch.no_grad()
+    def label_scores(self, cond: Cond, words: Sequence[str]) -> torch.Tensor:
+        """(N, L) total log-probabilities of each label's words after each row."""
+        cands = [self.lm.encode(cond.sep + w) for w in words]
+        out = torch.empty(len(cond.rows), len(cands))
+        bar = tqdm(total=len(cond.rows), desc="eval", unit="ex", disable=not self.progress, leave=False)
+        for idx in self._order(cond.rows):
+            s = score_candidates(self.lm, cond.prefix, [cond.rows[i] for i in idx], [cands] * len(idx))
+            out[torch.tensor(idx)] = s.float().cpu()
+            bar.update(len(idx))
+        bar.close()
+        return out
+
+    @torch.no_grad()
+    def generate(self, cond: Cond, cfg: GenerationConfig) -> list[str]:
+        """One completion per row (the first of `cfg.n`)."""
+        cfg = GenerationConfig(n=cfg.n, temperature=cfg.temperature, max_tokens=cfg.max_tokens,
+                               stop=list(dict.fromkeys([*cfg.stop, *cond.stop])), top_p=cfg.top_p, seed=cfg.seed)
+        out = [""] * len(cond.rows)
+        bar = tqdm(total=len(cond.rows), desc="generate", unit="ex", disable=not self.progress, leave=False)
+        for idx in self._order(cond.rows):
+            for i, o in zip(idx, decode(self.lm, cond.prefix, [cond.rows[i] for i in idx], cfg)):
+                out[i] = o[0]
+            bar.update(len(idx))
+        bar.close()
+        return out
+
+    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """(N, hidden) L2-normalised embeddings by the model itself (for nearest-neighbour demos)."""
+        from .neighbors import embed_texts
+
+        return embed_texts(self.lm, texts)
+
+
+@dataclass
+class EndpointCond:
+    """An endpoint condition: the rendered prompts themselves."""
+
+    rendered: list[Rendered]
+    sep: str
+    stop: list[str]
+
+
+class Endpoint:
+    """An OpenAI-compatible endpoint (`OpenAIModel`), chat or completions API.
+
+    Chat API: messages go to /chat/completions; labels are ranked by the
+    log-probability of their first token among the answer's `top_logprobs`
+    (probed once per endpoint). Completions API: the plain-text rendering goes to
+    /completions; labels are scored in full with `echo` + `logprobs`, exactly as
+    the local engine scores them. Without log-probabilities, classification
+    falls back to generation matched to the label words (see `evaluate`).
+    """
+
+    white_box = False
+
+    def __init__(self, lm, batch_size: int = 16, progress: bool = False):
+        self.lm = lm
+        self.progress = progress
+
+    @property
+    def chat(self) -> bool:
+        return getattr(self.lm, "api", "chat") == "chat"
+
+    @property
+    def can_score_labels(self) -> bool:
+        return bool(self.lm.capabilities().get("logprobs"))
+
+    def condition_text(self, rendered: Sequence[Rendered]) -> EndpointCond:
+        rendered = list(rendered)
+        cont = bool(rendered and rendered[0].continues_answer)
+        return EndpointCond(rendered, " " if (cont or not self.chat) else "", [] if self.chat else ["\n"])
+
+    def _prompts(self, cond: EndpointCond) -> list:
+        return [r.messages() if self.chat else r.plain_text() for r in cond.rendered]
+
+    def label_scores(self, cond: EndpointCond, words: Sequence[str]) -> torch.Tensor:
+        """(N, L) label log-probabilities from the endpoint (see the class docstring)."""
+        if not self.can_score_labels:
+            raise UnsupportedError(f"{self.lm.model_id}: the endpoint returns no log-probabilities")
+        targets = [cond.sep + w for w in words]
+        prompts = self._prompts(cond)
+        if not self.chat:
+            rows = self.lm.score_many(prompts, targets)
+            return torch.tensor(rows, dtype=torch.float32)
+        tops = self.lm.first_token_logprobs(prompts, getattr(self.lm, "top_logprobs", 20))
+        return torch.tensor([first_token_scores(top, targets, self.lm.model_id) for top in tops])
+
+    def generate(self, cond: EndpointCond, cfg: GenerationConfig) -> list[str]:
+        cfg = GenerationConfig(n=cfg.n, temperature=cfg.temperature, max_tokens=cfg.max_tokens,
+                               stop=list(dict.fromkeys([*cfg.stop, *cond.stop])), top_p=cfg.top_p, seed=cfg.seed)
+        outs = self.lm.generate(self._prompts(cond), cfg)
+        return [(o[0] if o else "").strip() for o in outs]
+
+    def embed_texts(self, texts):
+        raise UnsupportedError(f"{self.lm.model_id}: an endpoint cannot embed inputs with the model itself")
+
+
+def first_token_scores(top: dict[str, float], targets: Sequence[str], where: str = "") -> list[float]:
+    """Each target's score from the answer's first-token `top_logprobs` ({token text: log-prob}).
+
+    A target scores the log-probability of the longest listed token it starts with;
+    a target that starts with none of them scores below every listed token (its
+    true log-probability is at most the smallest one listed). Two targets that
+    only match the same token cannot be told apart: that is an error.
+    """
+    floor = (min(top.values()) if top else 0.0) - 1.0
+    out, owner = [], {}
+    for t in targets:
+        best = max((tok for tok in top if tok and t.startswith(tok)), key=len, default=None)
+        if best is None:
+            stripped = [tok for tok in top if tok.strip() and t.strip().startswith(tok.strip())]
+            best = max(stripped, key=len, default=None)
+        if best is not None:
+            partial = best.strip() != t.strip()
+            if best in owner and (partial or owner[best][1]):
+                raise UnsupportedError(
+                    f"{where}: labels {owner[best][0]!r} and {t.strip()!r} both begin with the token {best!r}, and a "
+                    "chat endpoint's top_logprobs score only the first token; use label words with distinct first "
+                    "words, or the completions API (api=completions) that scores whole label words")
+            owner[best] = (t.strip(), partial)
+        out.append(top[best] if best is not None else floor)
+    return out
+
+
+def backend_for(lm, batch_size: int = 16, progress: bool = False):
+    """The backend that runs prompts on `lm`."""
+    return WhiteBox(lm, batch_size, progress) if getattr(lm, "is_white_box", False) else Endpoint(lm, batch_size, progress)

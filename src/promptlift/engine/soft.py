@@ -1,0 +1,132 @@
+"""How soft and prefix artifacts enter the forward pass (local models only).
+
+`soft_prefix_kv` and `prefix_prefix_kv` build the key/value cache of a
+prompt's constant part with soft vectors or per-layer key/values in it; the
+trainer calls them with live parameters, the appliers with an artifact's
+tensors, so training and inference place them identically.
+
+    SoftPrompt,  after_header:  [header][soft[:s]][instruction][soft[s:]] | [input ...]
+    SoftPrompt,  prepend:       [soft[:s]][header][instruction][soft[s:]] | [input ...]
+    PrefixPrompt, after_header: [header][learned k/v][instruction]        | [input ...]
+    PrefixPrompt, prepend:      [learned k/v][header][instruction]        | [input ...]
+
+Everything left of `|` is cached once (batch 1); each input's tokens follow.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from ..artifacts import PrefixPrompt, SoftPrompt
+from ..errors import ArtifactError, ConfigError
+from ..kv import KV
+from ..lm.base import same_model
+from ..render import render
+from ..template import answer_sep, build_layout, to_ids
+from .apply import Applier, _labels_map, _prefixes, applies
+from .backends import Cond
+
+
+def header_kv(lm, layout) -> KV | None:
+    """Cache of the constant chat header (computed once per run)."""
+    if not layout.header:
+        return None
+    _, kv = lm.forward(ids=torch.tensor([layout.header], device=lm.device))
+    return kv
+
+
+def soft_prefix_kv(lm, layout, embeds: torch.Tensor, position: str = "after_header", split: int = -1,
+                   header: KV | None = None) -> KV:
+    """Cache of the constant part with soft vectors `embeds` (k, hidden) in it; batch 1.
+
+    `header` may pass a precomputed header cache (after_header only). Differentiable in `embeds`.
+    """
+    soft = embeds.to(lm.device, lm.embedding_matrix().dtype)
+    body_e = lm.embed(torch.tensor(layout.body, dtype=torch.long, device=lm.device))  # (len(body), hidden)
+    k = soft.shape[0]
+    s = k if split < 0 else min(split, k)
+    if position == "prepend":
+        head = lm.embed(torch.tensor(layout.header, dtype=torch.long, device=lm.device))
+        seq, past = [soft[:s], head, body_e, soft[s:]], None
+    else:
+        seq = [soft[:s], body_e, soft[s:]]
+        past = header if header is not None else header_kv(lm, layout)
+    x = torch.cat(seq, dim=0).unsqueeze(0)  # (1, T, hidden)
+    _, kv = lm.forward(embeds=x, past=past)
+    return kv
+
+
+def prefix_prefix_kv(lm, layout, keys: torch.Tensor, values: torch.Tensor, position: str = "after_header",
+                     header: KV | None = None) -> KV:
+    """Cache of the constant part with learned keys/values (layers, kv_heads, k, head_dim) in it; batch 1."""
+    k = keys.shape[2]
+    learned = KV([x.unsqueeze(0) for x in keys.unbind(0)], [x.unsqueeze(0) for x in values.unbind(0)],
+                 torch.ones(1, k, dtype=torch.long, device=keys.device))
+    if position == "prepend":
+        past, ids = learned, layout.header + layout.body
+    else:
+        h = header if header is not None else header_kv(lm, layout)
+        past, ids = (learned if h is None else h.cat(learned)), layout.body
+    if not ids:
+        return past
+    _, out = lm.forward(ids=torch.tensor([ids], device=lm.device), past=past)
+    return out
+
+
+def check_tensor_prompt(prompt, lm) -> None:
+    """Refuse a soft/prefix prompt made for another model (id, hidden size or layers)."""
+    if not same_model(prompt.model, lm):
+        raise ArtifactError(f"soft prompt was trained for model {prompt.model!r}, not {lm.model_id!r}")
+    if prompt.hidden_size and prompt.hidden_size != lm.hidden_size:
+        raise ArtifactError(f"soft prompt has hidden size {prompt.hidden_size}, the model {lm.hidden_size}")
+    if prompt.num_layers and prompt.num_layers != lm.num_layers:
+        raise ArtifactError(f"soft prompt has {prompt.num_layers} layers, the model {lm.num_layers}")
+
+
+class TensorApplier(Applier):
+    """Shared by soft and prefix prompts: rows are the rendered text after [header][instruction]."""
+
+    def check(self, prompt, backend, task):
+        if not backend.white_box:
+            raise ConfigError(f"a {prompt.type} prompt is trained vectors for one local model; a text endpoint "
+                              f"({backend.lm.model_id}) cannot take them: evaluate it on the local model, or serve "
+                              "it through `promptlift serve --upstream local`")
+        check_tensor_prompt(prompt, backend.lm)
+
+    def prefix(self, prompt, lm, layout) -> KV:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def condition(self, prompt, backend, task, inputs, answer_prefixes=None):
+        lm = backend.lm
+        labels = _labels_map(task)
+        layout = build_layout(lm, prompt.instruction, [], labels)
+        start = layout.header + layout.body
+        rows = []
+        rendered = [render(prompt.instruction, [], x, labels, a)
+                    for x, a in zip(inputs, _prefixes(inputs, answer_prefixes))]
+        for i, r in enumerate(rendered):
+            ids = to_ids(lm, r)
+            if ids[: len(start)] != start or len(ids) <= len(start):
+                raise ConfigError(f"input {i}: a {prompt.type} prompt sits after the chat header it was trained "
+                                  "with; a request with its own system message changes that header")
+            rows.append(ids[len(start):])
+        return Cond(self.prefix(prompt, lm, layout), rows, answer_sep(lm, rendered[0]) if rendered else "",
+                    [] if lm.has_chat_template else ["\n"])
+
+
+@applies(SoftPrompt)
+class SoftApplier(TensorApplier):
+    def prefix(self, prompt, lm, layout):
+        return soft_prefix_kv(lm, layout, prompt.embeds, prompt.position, prompt.split)
+
+
+@applies(PrefixPrompt)
+class PrefixApplier(TensorApplier):
+    def prefix(self, prompt, lm, layout):
+        return prefix_prefix_kv(lm, layout, prompt.keys.to(lm.device), prompt.values.to(lm.device), prompt.position)
+
+
+__all__ = ["header_kv", "soft_prefix_kv", "prefix_prefix_kv", "check_tensor_prompt", "SoftApplier", "PrefixApplier"]

@@ -1,0 +1,111 @@
+"""Demonstration bootstrapping, after Khattab et al. 2024, "DSPy: Compiling Declarative Language Model Calls
+into Self-Improving Pipelines" (ICLR 2024; BootstrapFewShot with random search).
+
+Several demonstration sets are drawn and the best on dev is kept (selection by
+successive halving by default; the zero-shot prompt competes too, so demonstrations
+are only kept when they help). Where the demonstrations come from (`source`):
+
+- `random`: class-balanced random training examples;
+- `correct`: training examples the target model itself answers correctly with the
+  starting prompt ("bootstrapped": the model is shown what it already gets right);
+
+with `reasoning=true` (chain of thought) the prompt is a `Reasoning` prompt and each
+demonstration carries the target's own reasoning for it, kept only where that
+reasoning led to the right answer; `knn=true` adds a nearest-neighbour candidate
+(per-input demonstrations from the same pool, TF-IDF, works on any endpoint).
+Needs no optimizer model.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from ...artifacts import KnnPrompt, Reasoning, TextPrompt
+from ...engine.apply import applier_for
+from ...engine.backends import backend_for
+from ...engine.search import Candidate, SearchState
+from ...lm.base import GenerationConfig
+from ...registry import register
+from ...task import Example
+from ..baseline.few_shot import balanced_sample
+from .common import LLMConfig, LLMMethod, answer, instruction_of
+
+SOURCES = ("random", "correct")
+
+
+def draw(state: SearchState, pool: list[Example], k: int, rng: random.Random) -> list[Example]:
+    """k demonstrations from `pool`, as class-balanced as it allows."""
+    return balanced_sample(state.task.with_splits(train=pool), min(k, len(pool)), rng)
+
+
+def reasoned(state: SearchState, prompt: Reasoning, demos: list[Example]) -> list[Example]:
+    """`demos` with the target's own reasoning before each answer (one target call each)."""
+    inputs = [d.input for d in demos]
+
+    def run():
+        return applier_for(prompt).reasons(prompt, backend_for(state.target), state.task, inputs, GenerationConfig())
+
+    reasons = state.target_call(run, len(demos))
+    return [Example(d.input, f"{prompt.trigger} {r.strip()}\n{prompt.answer_trigger} {answer(state.task, d.output)}.")
+            for d, r in zip(demos, reasons)]
+
+
+@register("bootstrap-fewshot")
+class BootstrapFewShot(LLMMethod):
+    """Demonstration sets (random, or ones the target gets right; with its own reasoning under CoT), best on dev."""
+
+    smoke = {"shots": 2, "trials": 2, "dev_examples": 8}
+
+    @dataclass
+    class Config(LLMConfig):
+        steps: int = field(default=1, metadata={"help": "search steps (one draws every candidate set)"})
+        selection: str = field(default="halving", metadata={"help": "candidate selection: full | ucb | halving"})
+        shots: int = field(default=4, metadata={"help": "demonstrations per prompt"})
+        trials: int = field(default=6, metadata={"help": "demonstration sets drawn and compared on dev"})
+        source: str = field(default="correct", metadata={
+            "help": "random (any training examples) | correct (ones the target answers correctly)"})
+        reasoning: bool = field(default=False, metadata={
+            "help": "chain of thought: demonstrations carry the target's own reasoning"})
+        knn: bool = field(default=False, metadata={"help": "also try nearest-neighbour demonstrations (TF-IDF)"})
+
+        def __post_init__(self):
+            super().__post_init__()
+            if self.shots < 1 or self.trials < 1:
+                raise ValueError("shots and trials must be >= 1")
+            if self.source not in SOURCES:
+                raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {self.source!r}")
+
+    def propose(self, state):
+        c = self.config
+        state.finish("done")  # one step draws every candidate
+        base = state.prompts[next(iter(state.prompts))]
+        pool = list(state.train)
+        if not pool:
+            state.skip("no-train-examples")
+            return []
+        if c.source == "correct":
+            right = [e for e, r in zip(pool, state.score(base, pool)) if r["score"] >= 1]
+            if len(right) < c.shots:  # the model gets too little right: fall back to any examples
+                state.skip("too-few-correct")
+            else:
+                pool = right
+        out = []
+        for _ in range(c.trials):
+            demos = draw(state, pool, c.shots, state.rng)
+            if isinstance(base, Reasoning):
+                demos = reasoned(state, base, demos)
+                prompt = Reasoning(inner=TextPrompt(instruction=instruction_of(base), demos=demos), trigger=c.trigger)
+            else:
+                prompt = TextPrompt(instruction=instruction_of(base), demos=demos)
+            out.append(Candidate(prompt, origin=f"demos:{c.source}"))
+        if c.knn and not isinstance(base, Reasoning):
+            out.append(Candidate(KnnPrompt(instruction=instruction_of(base), pool=pool, k=min(c.shots, len(pool)),
+                                           embedder="tfidf"), origin=f"knn:{c.source}"))
+        return out
+
+    def per_step(self, state):
+        c = self.config
+        n_train = len(state.train)
+        extra = (n_train if c.source == "correct" else 0) + (c.trials * c.shots if c.reasoning else 0)
+        return c.trials + int(c.knn), extra

@@ -1,0 +1,598 @@
+"""The proxy: an OpenAI-compatible FastAPI app that applies each route's learned prompt.
+
+Endpoints:
+    POST /v1/chat/completions   (stream: true -> server-sent events)
+    POST /v1/completions        (the caller's `prompt` is the input)
+    GET  /v1/models             the routes the caller's key may use
+    GET  /health                routes, artifact hashes, reload generation
+    GET  /metrics               Prometheus text format (`serve.metrics`)
+    POST /admin/reload          re-read config and artifacts (admin key); SIGHUP does the same
+
+A request names a route by `model`; the header `X-Promptlift-Prompt: NAME`
+picks another artifact of that route (its `prompts:` in serve.yaml). Answers
+carry `X-Promptlift-Prompt` and `X-Promptlift-Prompt-Sha256`. How the artifact
+changes the request is in `serve.apply` (text, HTTP), `serve.embeds` (soft,
+vLLM) and `serve.local` (any artifact, local model); errors and their bodies
+are in `serve.protocol`.
+
+Order of checks: body size from Content-Length (413), API key (401), rate
+limit (429), body size read (413), JSON (400), route (404), key allowed on the
+route (403), prompt header (400), max_tokens cap (400).
+
+`max_tokens` (or `max_completion_tokens`) above the route's cap is refused;
+a request that sets neither is sent with `max_tokens` = the cap. Other
+fields go to an HTTP upstream as the client sent them, with `model` set to the
+route's upstream model and `messages` (or `prompt`) rendered through the
+artifact; a client's `prompt_embeds` is refused (it would replace the prompt).
+The upstream's answer comes back unchanged (streams line by line). The local
+upstream answers n = 1, and streams an answer as one chunk once it is complete.
+
+One JSON log line per request on the `promptlift.serve` logger: time, route,
+endpoint, prompt name and sha256, key name, status, upstream status, latency,
+tokens, stream; message contents only with `log_content: true`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from ..errors import PromptliftError
+from ..lm.base import GenerationConfig
+from . import protocol as P
+from .apply import chat_messages, completion_prompt, embeds_prompt
+from .auth import Caller, RateLimiter, bearer_token, retry_after_header
+from .config import DEFAULT_PROMPT, PROMPT_HEADER, ServeConfig
+from .embeds import encode_embeds, soft_input_embeds
+from .metrics import Metrics
+from .routes import LiveRoute, Resources, Snapshot, build_snapshot, describe
+
+log = logging.getLogger("promptlift.serve")
+JSON = "application/json"
+_PASS_TO_EMBEDS = ("max_tokens", "temperature", "top_p", "seed", "stop", "n", "stream", "stream_options",
+                   "presence_penalty", "frequency_penalty", "user", "logprobs")
+
+
+@dataclass
+class _Record:
+    """What the log line and the metrics say about one request."""
+
+    endpoint: str
+    t0: float = field(default_factory=time.perf_counter)
+    route: str = ""
+    prompt: str | None = None
+    sha256: str | None = None
+    key: str | None = None
+    status: int = 200
+    upstream_status: int | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    stream: bool = False
+    error: str | None = None
+    upstream_error: str | None = None
+    content: dict | None = None
+
+
+class ServerState:
+    """The live snapshot, what outlives reloads, the limiter and the metrics of one server."""
+
+    def __init__(self, snapshot: Snapshot, resources: Resources, reload_config: Callable[[], ServeConfig] | None,
+                 clock: Callable[[], float] = time.monotonic, log_line: Callable[[dict], None] | None = None):
+        self.snapshot = snapshot
+        self.resources = resources
+        self.reload_config = reload_config
+        self.limiter = RateLimiter(clock)
+        self.metrics = Metrics()
+        self.log_line = log_line or _log_json
+        self._reload_lock = asyncio.Lock()
+        self.reload_errors: list[str] = []
+
+    async def reload(self) -> Snapshot:
+        """Re-read the config and artifacts; swap them in only if all of them load and check out."""
+        async with self._reload_lock:
+            try:
+                cfg = self.reload_config() if self.reload_config else self.snapshot.config
+                gen = self.snapshot.generation + 1
+                new = await run_in_threadpool(build_snapshot, cfg, self.resources, gen)
+            except Exception as e:  # noqa: BLE001 - whatever failed, the old routes keep serving
+                if not isinstance(e, PromptliftError):
+                    e = PromptliftError(f"{type(e).__name__}: {' '.join(str(e).split())[:300]}")
+                self.metrics.reloads.labels("error").inc()
+                self.reload_errors = (self.reload_errors + [str(e)])[-20:]
+                self.log_line({"event": "reload", "ok": False, "error": str(e)})
+                raise e from None
+            self.snapshot = new
+            self.metrics.reloads.labels("ok").inc()
+            self.log_line({"event": "reload", "ok": True, "generation": new.generation,
+                           "routes": describe(new)})
+            return new
+
+
+def _log_json(d: dict) -> None:
+    if log.isEnabledFor(logging.INFO):
+        log.info(json.dumps(d, ensure_ascii=False, default=str))
+
+
+def build_app(config: ServeConfig | None = None, *, snapshot: Snapshot | None = None,
+              resources: Resources | None = None, reload_config: Callable[[], ServeConfig] | None = None,
+              clock: Callable[[], float] = time.monotonic, log_line: Callable[[dict], None] | None = None,
+              handle_sighup: bool = True) -> FastAPI:
+    """The proxy app for `config` (or an already built `snapshot`).
+
+    reload_config: gives the config to switch to on reload (default: the same config,
+      artifacts re-read and re-checked). lms / transport go through `resources`.
+    """
+    resources = resources or Resources()
+    if snapshot is None:
+        if config is None:
+            raise ValueError("build_app needs a config or a snapshot")
+        snapshot = build_snapshot(config, resources)
+    state = ServerState(snapshot, resources, reload_config, clock, log_line)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        loop = asyncio.get_running_loop()
+        hooked = False
+        if handle_sighup and hasattr(signal, "SIGHUP"):
+            try:  # only possible in the main thread (the CLI); servers in a thread use /admin/reload
+                loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload_quietly(state)))
+                hooked = True
+            except (RuntimeError, ValueError, NotImplementedError):
+                pass
+        try:
+            yield
+        finally:
+            if hooked:
+                loop.remove_signal_handler(signal.SIGHUP)
+            await resources.aclose()
+
+    app = FastAPI(title="promptlift serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.serve = state
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await _handle(state, request, "chat")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await _handle(state, request, "completions")
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        snap = state.snapshot
+        try:
+            caller = _authenticate(snap, request)
+        except P.ServeError as e:
+            return _error_response(e)
+        data = [{"id": name, "object": "model", "created": int(snap.loaded_at), "owned_by": "promptlift"}
+                for name in snap.routes if caller.may_use(name)]
+        return Response(json.dumps({"object": "list", "data": data}), media_type=JSON)
+
+    @app.get("/health")
+    async def health():
+        snap = state.snapshot
+        return Response(json.dumps({"status": "ok", "generation": snap.generation, "loaded_at": snap.loaded_at,
+                                    "routes": describe(snap), "reload_errors": state.reload_errors[-3:]}),
+                        media_type=JSON)
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(state.metrics.render(), media_type=state.metrics.content_type)
+
+    @app.post("/admin/reload")
+    async def admin_reload(request: Request):
+        snap = state.snapshot
+        try:
+            caller = _authenticate(snap, request, required=True)
+            if not caller.admin:
+                raise P.ServeError(403, "this key may not reload the server (admin: true in serve.yaml)",
+                                   "permission_error", "not_admin")
+            new = await state.reload()
+        except P.ServeError as e:
+            return _error_response(e)
+        except PromptliftError as e:
+            return _error_response(P.ServeError(400, f"reload refused, still serving generation "
+                                                f"{state.snapshot.generation}: {e}", "invalid_request_error",
+                                                "reload_failed"))
+        return Response(json.dumps({"reloaded": True, "generation": new.generation, "routes": describe(new)}),
+                        media_type=JSON)
+
+    return app
+
+
+async def _reload_quietly(state: ServerState) -> None:
+    try:
+        await state.reload()
+    except PromptliftError:
+        pass  # logged by reload; the old routes keep serving
+
+
+# --- request handling --------------------------------------------------------------------------
+
+
+def _error_response(e: P.ServeError) -> Response:
+    return Response(e.content(), status_code=e.status, media_type=JSON, headers=e.headers)
+
+
+def _authenticate(snap: Snapshot, request: Request, required: bool = False) -> Caller:
+    if not snap.keys.enabled:
+        if required:
+            raise P.ServeError(403, "no admin key is configured; reload with SIGHUP", "permission_error",
+                               "not_admin")
+        client = request.client.host if request.client else "unknown"
+        return Caller(f"addr:{client}", None)
+    token = bearer_token(request.headers.get("authorization"))
+    if token is None:
+        raise P.ServeError(401, "missing API key: send Authorization: Bearer KEY", "authentication_error",
+                           "invalid_api_key")
+    key = snap.keys.find(token)
+    if key is None:
+        raise P.ServeError(401, "invalid API key", "authentication_error", "invalid_api_key")
+    return Caller(key.name, key)
+
+
+def _too_large(limit: int) -> P.ServeError:
+    return P.ServeError(413, f"request body is larger than {limit} bytes", "invalid_request_error",
+                        "request_too_large")
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    chunks, n = [], 0
+    async for chunk in request.stream():
+        n += len(chunk)
+        if n > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _bad(msg: str, code: str | None = None, param: str | None = None) -> P.ServeError:
+    return P.ServeError(400, msg, "invalid_request_error", code)
+
+
+def _cap_max_tokens(payload: dict, cap: int) -> int:
+    asked = None
+    for k in ("max_tokens", "max_completion_tokens"):
+        v = payload.get(k)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise _bad(f"{k} must be a positive integer, got {v!r}", "invalid_value")
+        if v > cap:
+            raise _bad(f"{k} is {v}, above this route's cap of {cap}", "max_tokens_too_large")
+        asked = v if asked is None else min(asked, v)
+    if asked is None:
+        payload["max_tokens"] = cap
+        return cap
+    return asked
+
+
+def _gen_config(payload: dict, max_tokens: int) -> GenerationConfig:
+    """Sampling options of a request for the local model (n = 1 only)."""
+    n = payload.get("n", 1)
+    if n not in (1, None):
+        raise _bad("the local upstream answers n = 1 only", "unsupported_value")
+    t = payload.get("temperature", 0.0)
+    top_p = payload.get("top_p", 1.0)
+    seed = payload.get("seed")
+    stop = payload.get("stop") or []
+    if isinstance(stop, str):
+        stop = [stop]
+    for name, v in (("temperature", t), ("top_p", top_p)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
+            raise _bad(f"{name} must be a number >= 0, got {v!r}", "invalid_value")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise _bad(f"seed must be an integer, got {seed!r}", "invalid_value")
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+        raise _bad("stop must be a string or a list of strings", "invalid_value")
+    return GenerationConfig(max_tokens=max_tokens, temperature=float(t or 0.0),
+                            top_p=float(1.0 if top_p is None else top_p), seed=seed, stop=list(stop))
+
+
+def _conversation(endpoint: str, payload: dict) -> list:
+    """The inputs of a request: [messages] for chat, the prompt string(s) for completions."""
+    if endpoint == "chat":
+        msgs = payload.get("messages")
+        if not isinstance(msgs, list) or not msgs:
+            raise _bad("messages must be a non-empty list", "invalid_value")
+        return [msgs]
+    p = payload.get("prompt")
+    if isinstance(p, str):
+        return [p]
+    if isinstance(p, list) and p and all(isinstance(x, str) for x in p):
+        return list(p)
+    raise _bad("prompt must be a string or a list of strings (token ids cannot go through a learned prompt)",
+               "invalid_value")
+
+
+async def _handle(state: ServerState, request: Request, endpoint: str) -> Response:
+    snap = state.snapshot  # this request keeps these routes even if a reload swaps them meanwhile
+    rec = _Record(endpoint)
+    streaming = False
+    try:
+        limits = snap.config.limits
+        cl = request.headers.get("content-length")
+        if cl is not None and cl.isdigit() and int(cl) > limits.max_body_bytes:
+            raise _too_large(limits.max_body_bytes)
+        caller = _authenticate(snap, request)
+        rec.key = caller.name
+        rpm = caller.key.requests_per_minute if caller.key and caller.key.requests_per_minute is not None \
+            else limits.requests_per_minute
+        wait = state.limiter.check(caller.name, rpm)
+        if wait is not None:
+            raise P.ServeError(429, f"rate limit of {rpm} requests per minute reached for {caller.name}; "
+                               f"retry in {retry_after_header(wait)} s", "rate_limit_error", "rate_limit_exceeded",
+                               {"retry-after": retry_after_header(wait)})
+        body = await _read_body(request, limits.max_body_bytes)
+        try:
+            payload = json.loads(body)
+        except ValueError as e:
+            raise _bad(f"request body is not valid JSON ({e})", "invalid_json") from None
+        if not isinstance(payload, dict):
+            raise _bad("request body must be a JSON object", "invalid_json")
+        if "prompt_embeds" in payload:  # it would replace the learned prompt on vLLM
+            raise _bad("prompt_embeds cannot be sent through the proxy: it applies the route's own prompt",
+                       "unsupported_parameter")
+        model = payload.get("model")
+        if not isinstance(model, str) or not model:
+            raise _bad("model is required: the name of a route", "invalid_value")
+        live = snap.routes.get(model)
+        if live is None:
+            raise P.ServeError(404, f"the model {model!r} does not exist; served: {', '.join(sorted(snap.routes))}",
+                               "invalid_request_error", "model_not_found")
+        rec.route = model
+        if not caller.may_use(model):
+            raise P.ServeError(403, f"this key may not use {model!r}", "permission_error", "route_not_allowed")
+        pname = request.headers.get(PROMPT_HEADER) or DEFAULT_PROMPT
+        prompt = live.prompts.get(pname)
+        if prompt is None:
+            raise _bad(f"route {model!r} has no prompt {pname!r}; it has: {', '.join(sorted(live.prompts))}",
+                       "prompt_not_found")
+        rec.prompt, rec.sha256 = pname, live.hashes[pname]
+        max_tokens = _cap_max_tokens(payload, live.max_tokens)
+        rec.stream = bool(payload.get("stream"))
+        if snap.config.log_content:
+            rec.content = {"request": payload.get("messages") if endpoint == "chat" else payload.get("prompt")}
+        headers = {"x-promptlift-route": model, "x-promptlift-prompt": pname,
+                   "x-promptlift-prompt-sha256": rec.sha256}
+        if live.local is not None:
+            resp = await _local(live, prompt, endpoint, payload, max_tokens, rec)
+        elif live.embeds_lm is not None and embeds_prompt(prompt) is not None and not prompt.text_only:
+            resp = await _vllm_embeds(state, live, prompt, endpoint, payload, rec)
+        else:
+            resp = await _http(state, live, prompt, endpoint, payload, rec)
+        resp.headers.update(headers)
+        streaming = isinstance(resp, StreamingResponse)
+        return resp
+    except P.ServeError as e:
+        rec.status, rec.error = e.status, e.code
+        if e.code in ("upstream_timeout", "upstream_unavailable", "upstream_error", "upstream_rate_limited"):
+            rec.upstream_error = {"upstream_timeout": "timeout", "upstream_unavailable": "unavailable",
+                                  "upstream_error": "status_5xx", "upstream_rate_limited": "status_429"}[e.code]
+        elif e.code == "upstream_rejected":
+            rec.upstream_error, rec.upstream_status = "status_4xx", e.status
+        return _error_response(e)
+    finally:
+        if not streaming:
+            _finish(state, rec)
+
+
+def _finish(state: ServerState, rec: _Record) -> None:
+    seconds = time.perf_counter() - rec.t0
+    state.metrics.observe(rec.route or "-", rec.endpoint, rec.status, seconds, rec.prompt_tokens,
+                          rec.completion_tokens, rec.upstream_error)
+    line = {"ts": round(time.time(), 3), "event": "request", "route": rec.route or None, "endpoint": rec.endpoint,
+            "prompt": rec.prompt, "sha256": rec.sha256, "key": rec.key, "status": rec.status,
+            "upstream_status": rec.upstream_status, "latency_ms": round(seconds * 1000, 2),
+            "prompt_tokens": rec.prompt_tokens, "completion_tokens": rec.completion_tokens, "stream": rec.stream}
+    if rec.error:
+        line["error"] = rec.error
+    if rec.content is not None:
+        line["content"] = rec.content
+    state.log_line(line)
+
+
+def _usage(rec: _Record, d: Any) -> None:
+    u = d.get("usage") if isinstance(d, dict) else None
+    if isinstance(u, dict):
+        rec.prompt_tokens += int(u.get("prompt_tokens") or 0)
+        rec.completion_tokens += int(u.get("completion_tokens") or 0)
+
+
+# --- HTTP upstream, text artifacts --------------------------------------------------------------
+
+
+async def _http(state: ServerState, live: LiveRoute, prompt, endpoint: str, payload: dict, rec: _Record):
+    inputs = _conversation(endpoint, payload)
+    out = dict(payload)
+    out["model"] = live.upstream_model
+    try:
+        if endpoint == "chat":
+            out["messages"] = chat_messages(prompt, inputs[0], live.task)
+            path = "/chat/completions"
+        else:
+            texts = [completion_prompt(prompt, x, live.task) for x in inputs]
+            out["prompt"] = texts[0] if isinstance(payload.get("prompt"), str) else texts
+            path = "/completions"
+    except PromptliftError as e:
+        raise _bad(str(e), "invalid_value") from None
+    if rec.stream:
+        return await _stream_through(state, live, path, out, rec)
+    status, content = await live.http.post(path, out)
+    rec.upstream_status = status
+    try:
+        d = json.loads(content)
+    except ValueError:
+        raise P.ServeError(502, f"upstream {live.http.public} answered malformed JSON", "upstream_error",
+                           "upstream_error") from None
+    _usage(rec, d)
+    if rec.content is not None:
+        rec.content["answer"] = [c.get("message", {}).get("content") if endpoint == "chat" else c.get("text")
+                                 for c in d.get("choices", [])]
+    return Response(content, status_code=status, media_type=JSON)
+
+
+async def _stream_through(state: ServerState, live: LiveRoute, path: str, out: dict, rec: _Record):
+    resp = await live.http.stream(path, out)
+    rec.upstream_status = resp.status_code
+
+    async def body():
+        try:
+            async for line in resp.aiter_lines():
+                if '"usage"' in line and line.startswith("data:"):
+                    try:
+                        _usage(rec, json.loads(line[5:]))
+                    except ValueError:
+                        pass
+                yield (line + "\n").encode()
+        except Exception as e:  # the upstream broke off mid-stream: the status is sent, tell the client in the stream
+            yield _stream_failed(live, rec, e)
+        finally:
+            await resp.aclose()
+            _finish(state, rec)
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
+
+
+def _stream_failed(live: LiveRoute, rec: _Record, e: Exception) -> bytes:
+    """The last event of a stream the upstream broke off (timeout: 504, else 502, in the log and metrics)."""
+    timeout = isinstance(e, httpx.TimeoutException)
+    rec.status = 504 if timeout else 502
+    rec.error = "upstream_timeout" if timeout else "upstream_unavailable"
+    rec.upstream_error = "timeout" if timeout else "unavailable"
+    return P.sse({"error": {"message": f"upstream {live.http.public} broke off the stream ({type(e).__name__})",
+                            "type": "upstream_error", "code": rec.error, "param": None}})
+
+
+# --- vLLM prompt_embeds, soft prompts -----------------------------------------------------------
+
+
+async def _vllm_embeds(state: ServerState, live: LiveRoute, prompt, endpoint: str, payload: dict, rec: _Record):
+    inputs = _conversation(endpoint, payload)
+    if len(inputs) != 1:
+        raise _bad("a soft prompt on vLLM takes one prompt per request", "invalid_value")
+    soft = embeds_prompt(prompt)
+    try:
+        t = await run_in_threadpool(soft_input_embeds, live.embeds_lm, soft, inputs[0], live.task)
+    except PromptliftError as e:
+        raise _bad(str(e), "invalid_value") from None
+    out = {k: payload[k] for k in _PASS_TO_EMBEDS if k in payload}
+    if "max_tokens" not in out and "max_completion_tokens" in payload:
+        out["max_tokens"] = payload["max_completion_tokens"]
+    out["model"] = live.upstream_model
+    out["prompt_embeds"] = encode_embeds(t)
+    if endpoint == "completions":
+        if rec.stream:
+            return await _stream_through(state, live, "/completions", out, rec)
+        status, content = await live.http.post("/completions", out)
+        rec.upstream_status = status
+        _usage(rec, _loads(content, live))
+        return Response(content, status_code=status, media_type=JSON)
+    if rec.stream:
+        return await _stream_chat_from_completions(state, live, out, payload.get("model"), rec)
+    status, content = await live.http.post("/completions", out)
+    rec.upstream_status = status
+    d = _loads(content, live)
+    _usage(rec, d)
+    ch = (d.get("choices") or [{}])[0]
+    u = d.get("usage") or {}
+    chat = P.chat_completion(payload["model"], ch.get("text", ""), ch.get("finish_reason") or "stop",
+                             int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0))
+    return Response(json.dumps(chat, ensure_ascii=False), media_type=JSON)
+
+
+def _loads(content: bytes, live: LiveRoute) -> dict:
+    try:
+        d = json.loads(content)
+        if isinstance(d, dict):
+            return d
+    except ValueError:
+        pass
+    raise P.ServeError(502, f"upstream {live.http.public} answered malformed JSON", "upstream_error", "upstream_error")
+
+
+async def _stream_chat_from_completions(state: ServerState, live: LiveRoute, out: dict, model: str, rec: _Record):
+    """Completions SSE from vLLM, re-emitted as chat.completion.chunk events."""
+    resp = await live.http.stream("/completions", out)
+    rec.upstream_status = resp.status_code
+    id, created = P.new_id("chatcmpl"), int(time.time())
+
+    async def body():
+        try:
+            yield P.sse(P.chat_chunk(id, model, created, {"role": "assistant", "content": ""}))
+            async for line in resp.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                try:
+                    d = json.loads(data)
+                except ValueError:
+                    continue
+                _usage(rec, d)
+                for ch in d.get("choices") or []:
+                    if ch.get("text"):
+                        yield P.sse(P.chat_chunk(id, model, created, {"content": ch["text"]}))
+                    if ch.get("finish_reason"):
+                        yield P.sse(P.chat_chunk(id, model, created, {}, ch["finish_reason"]))
+                if d.get("usage") and not d.get("choices"):
+                    yield P.sse({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                                 "choices": [], "usage": d["usage"]})
+            yield P.SSE_DONE
+        except Exception as e:
+            yield _stream_failed(live, rec, e)
+        finally:
+            await resp.aclose()
+            _finish(state, rec)
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
+
+
+# --- local upstream ----------------------------------------------------------------------------
+
+
+async def _local(live: LiveRoute, prompt, endpoint: str, payload: dict, max_tokens: int, rec: _Record):
+    inputs = _conversation(endpoint, payload)
+    cfg = _gen_config(payload, max_tokens)
+    try:
+        answers = await asyncio.gather(*[live.local.generate(prompt, x, cfg, live.task) for x in inputs])
+    except PromptliftError as e:
+        raise _bad(str(e), "invalid_value") from None
+    except Exception as e:  # noqa: BLE001 - a model failure is this request's 500, the server goes on
+        rec.upstream_error = "local"
+        raise P.ServeError(500, f"the local model failed: {type(e).__name__}: {' '.join(str(e).split())[:300]}",
+                           "server_error", "local_model_error") from None
+    rec.prompt_tokens = sum(a.prompt_tokens for a in answers)
+    rec.completion_tokens = sum(a.completion_tokens for a in answers)
+    if rec.content is not None:
+        rec.content["answer"] = [a.text for a in answers]
+    model = payload["model"]
+    include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
+    if endpoint == "chat":
+        a = answers[0]
+        if rec.stream:
+            events = P.chat_stream(model, a.text, a.finish, a.prompt_tokens, a.completion_tokens, include_usage)
+            return Response(b"".join(events), media_type="text/event-stream")
+        return Response(json.dumps(P.chat_completion(model, a.text, a.finish, a.prompt_tokens, a.completion_tokens),
+                                   ensure_ascii=False), media_type=JSON)
+    texts, finishes = [a.text for a in answers], [a.finish for a in answers]
+    if rec.stream:
+        events = P.text_stream(model, texts, finishes, rec.prompt_tokens, rec.completion_tokens, include_usage)
+        return Response(b"".join(events), media_type="text/event-stream")
+    return Response(json.dumps(P.text_completion(model, texts, finishes, rec.prompt_tokens, rec.completion_tokens),
+                               ensure_ascii=False), media_type=JSON)
+
+
+__all__ = ["build_app", "ServerState"]

@@ -1,0 +1,51 @@
+"""Prometheus metrics of the proxy (text format at GET /metrics), one registry per server.
+
+    promptlift_requests_total{route, endpoint, status}      requests answered
+    promptlift_request_duration_seconds{route, endpoint}     latency histogram (to the last byte)
+    promptlift_upstream_errors_total{route, kind}            kind: timeout | unavailable | status_5xx |
+                                                             status_429 | status_4xx | local
+    promptlift_tokens_total{route, kind}                     prompt | completion (as the upstream reports them)
+    promptlift_reloads_total{result}                         ok | error
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+class Metrics:
+    """The collectors, in their own registry (several servers in one process do not clash)."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self):
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("promptlift_requests", "Requests answered, by route, endpoint and HTTP status",
+                                ["route", "endpoint", "status"], registry=r)
+        self.latency = Histogram("promptlift_request_duration_seconds", "Request latency to the last byte",
+                                 ["route", "endpoint"], buckets=BUCKETS, registry=r)
+        self.upstream_errors = Counter("promptlift_upstream_errors", "Upstream failures, by route and kind",
+                                       ["route", "kind"], registry=r)
+        self.tokens = Counter("promptlift_tokens", "Tokens reported by the upstream, by route and kind",
+                              ["route", "kind"], registry=r)
+        self.reloads = Counter("promptlift_reloads", "Reloads of routes and artifacts", ["result"], registry=r)
+
+    def observe(self, route: str, endpoint: str, status: int, seconds: float, prompt_tokens: int = 0,
+                completion_tokens: int = 0, upstream_error: str | None = None) -> None:
+        self.requests.labels(route, endpoint, str(status)).inc()
+        self.latency.labels(route, endpoint).observe(seconds)
+        if prompt_tokens:
+            self.tokens.labels(route, "prompt").inc(prompt_tokens)
+        if completion_tokens:
+            self.tokens.labels(route, "completion").inc(completion_tokens)
+        if upstream_error:
+            self.upstream_errors.labels(route, upstream_error).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+__all__ = ["Metrics"]

@@ -1,0 +1,127 @@
+"""OpenAI wire shapes the proxy produces itself: error bodies, completions, SSE chunks. Pure.
+
+Every error the proxy answers has the OpenAI body
+`{"error": {"message": ..., "type": ..., "code": ..., "param": null}}`:
+
+    400 invalid_request_error   bad JSON or fields, max_tokens above the cap, unknown prompt header
+    401 authentication_error    missing or unknown API key               (code invalid_api_key)
+    403 permission_error        the key may not use this route / reload  (code route_not_allowed, not_admin)
+    404 invalid_request_error   unknown model (route)                    (code model_not_found)
+    413 invalid_request_error   request body above limits.max_body_bytes (code request_too_large)
+    429 rate_limit_error        the key's requests per minute, with Retry-After (code rate_limit_exceeded)
+    502 upstream_error          upstream refused the connection or kept failing (5xx) (code upstream_unavailable,
+                                upstream_error)
+    504 upstream_error          upstream did not answer in time          (code upstream_timeout)
+
+An upstream's own 4xx (a bad parameter it refuses) is passed through with its status and body.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ServeError(Exception):
+    """An error answered to the client with an OpenAI-style body."""
+
+    status: int
+    message: str
+    type: str = "invalid_request_error"
+    code: str | None = None
+    headers: dict = field(default_factory=dict)
+    body: bytes | None = None  # an upstream's own error body, passed through as is
+
+    def __str__(self) -> str:
+        return self.message
+
+    def content(self) -> bytes:
+        return self.body if self.body is not None else error_body(self.message, self.type, self.code)
+
+
+def error_body(message: str, type: str, code: str | None = None, param: str | None = None) -> bytes:
+    return json.dumps({"error": {"message": message, "type": type, "code": code, "param": param}}).encode()
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def chat_completion(model: str, text: str, finish: str, prompt_tokens: int, completion_tokens: int,
+                    id: str | None = None) -> dict:
+    """A non-streaming chat.completion object with one choice."""
+    return {"id": id or new_id("chatcmpl"), "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                         "finish_reason": finish}],
+            "usage": usage(prompt_tokens, completion_tokens)}
+
+
+def text_completion(model: str, texts: list[str], finishes: list[str], prompt_tokens: int, completion_tokens: int,
+                    id: str | None = None) -> dict:
+    """A non-streaming text_completion object, one choice per prompt."""
+    return {"id": id or new_id("cmpl"), "object": "text_completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": i, "text": t, "logprobs": None, "finish_reason": f}
+                        for i, (t, f) in enumerate(zip(texts, finishes))],
+            "usage": usage(prompt_tokens, completion_tokens)}
+
+
+def sse(obj: dict | str) -> bytes:
+    """One server-sent event line pair."""
+    data = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)
+    return f"data: {data}\n\n".encode()
+
+
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+def chat_chunk(id: str, model: str, created: int, delta: dict, finish: str | None = None,
+               usage_: dict | None = None) -> dict:
+    d = {"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+         "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+    if usage_ is not None:
+        d["usage"] = usage_
+    return d
+
+
+def text_chunk(id: str, model: str, created: int, text: str, finish: str | None = None, index: int = 0) -> dict:
+    return {"id": id, "object": "text_completion", "created": created, "model": model,
+            "choices": [{"index": index, "text": text, "logprobs": None, "finish_reason": finish}]}
+
+
+def chat_stream(model: str, text: str, finish: str, prompt_tokens: int, completion_tokens: int,
+                include_usage: bool) -> list[bytes]:
+    """A whole answer as chat SSE events: role, content, finish, [usage], [DONE]."""
+    id, created = new_id("chatcmpl"), int(time.time())
+    out = [sse(chat_chunk(id, model, created, {"role": "assistant", "content": ""})),
+           sse(chat_chunk(id, model, created, {"content": text})),
+           sse(chat_chunk(id, model, created, {}, finish))]
+    if include_usage:
+        out.append(sse({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                        "choices": [], "usage": usage(prompt_tokens, completion_tokens)}))
+    return out + [SSE_DONE]
+
+
+def text_stream(model: str, texts: list[str], finishes: list[str], prompt_tokens: int, completion_tokens: int,
+                include_usage: bool) -> list[bytes]:
+    """Whole answers as completions SSE events."""
+    id, created = new_id("cmpl"), int(time.time())
+    out = []
+    for i, (t, f) in enumerate(zip(texts, finishes)):
+        out.append(sse(text_chunk(id, model, created, t, None, i)))
+        out.append(sse(text_chunk(id, model, created, "", f, i)))
+    if include_usage:
+        out.append(sse({"id": id, "object": "text_completion", "created": created, "model": model, "choices": [],
+                        "usage": usage(prompt_tokens, completion_tokens)}))
+    return out + [SSE_DONE]
+
+
+__all__ = ["ServeError", "error_body", "chat_completion", "text_completion", "chat_chunk", "text_chunk",
+           "chat_stream", "text_stream", "sse", "SSE_DONE", "usage", "new_id"]

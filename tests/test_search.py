@@ -1,0 +1,380 @@
+"""The shared search loop and candidate selection, with a scripted optimizer and a rule-following target.
+
+The fakes here (`ScriptedLM`, `RuleTarget`, `toy_task`) are imported by test_llm_methods.py.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from promptlift.artifacts import TextPrompt
+from promptlift.engine.search import Candidate, Limits, SearchSettings, SearchState, search
+from promptlift.engine.select import SelectConfig, estimate_calls, select
+from promptlift.errors import BudgetExceeded, ConfigError
+from promptlift.lm.base import LM, GenerationConfig
+from promptlift.lm.budget import Budget
+from promptlift.methods.base import RunContext
+from promptlift.task import Task
+
+
+# --- fakes ------------------------------------------------------------------------------------
+class ScriptedLM(LM):
+    """An optimizer that answers from a script: `replies(request_text, seed, j) -> str`, or a list cycled through.
+
+    Records every request (`requests`) and its config (`configs`); `fail_at=k` raises KeyboardInterrupt on the
+    k-th request (0-based), as a kill would stop a run.
+    """
+
+    def __init__(self, replies, model_id: str = "scripted-optimizer", fail_at: int | None = None):
+        self.replies, self.model_id, self.fail_at = replies, model_id, fail_at
+        self.budget = Budget()
+        self.requests: list[str] = []
+        self.configs: list[GenerationConfig] = []
+        self._i = 0
+
+    def generate(self, prompts, config=None):
+        config = config or GenerationConfig()
+        out = []
+        for p in prompts:
+            if self.fail_at is not None and len(self.requests) == self.fail_at:
+                raise KeyboardInterrupt("killed")
+            text = p if isinstance(p, str) else "\n".join(m["content"] for m in p)
+            self.requests.append(text)
+            self.configs.append(config)
+            outs = []
+            for j in range(config.n):
+                if callable(self.replies):
+                    outs.append(self.replies(text, config.seed, j))
+                else:
+                    outs.append(self.replies[self._i % len(self.replies)])
+                    self._i += 1
+            out.append(outs)
+            self.budget.charge(calls=1, prompt_tokens=len(text.split()),
+                               completion_tokens=sum(len(o.split()) for o in outs))
+        return out
+
+
+class RuleTarget(LM):
+    """A chat endpoint without log-probabilities whose answer follows a rule on (instruction, input).
+
+    evaluate() classifies by generation on it and matches the answer to the label words.
+    With `proposals`, a request that ends in a partial assistant answer (a meta-prompt) is
+    answered from that list instead: the target proposing for itself.
+    """
+
+    api = "chat"
+
+    def __init__(self, rule, model_id: str = "rule-target", proposals=None):
+        self.rule, self.model_id, self.proposals = rule, model_id, proposals
+        self.budget = Budget()
+        self.answered = 0
+        self.proposed = 0
+
+    def capabilities(self):
+        return {"logprobs": False}
+
+    def generate(self, prompts, config=None):
+        config = config or GenerationConfig()
+        out = []
+        for msgs in prompts:
+            if self.proposals is not None and (isinstance(msgs, str) or msgs[-1]["role"] == "assistant"):
+                out.append([self.proposals[(self.proposed + j) % len(self.proposals)] for j in range(config.n)])
+                self.proposed += config.n
+            else:
+                users = [m["content"] for m in msgs if m["role"] == "user"]
+                first = users[0]
+                instruction = first.split("\n\n")[0] if "\n\n" in first else ""
+                out.append([self.rule(instruction, users[-1])])
+                self.answered += 1
+            self.budget.charge(calls=1, prompt_tokens=10, completion_tokens=1)
+        return out
+
+
+def sentiment_rule(instruction: str, text: str) -> str:
+    """Reads the sentiment only when the instruction mentions it; otherwise always says 'negative'."""
+    if "sentiment" in instruction.lower():
+        return "positive" if "good" in text else "negative"
+    return "negative"
+
+
+def toy_task(n_dev: int = 8) -> Task:
+    """Inputs with 'good' are positive, with 'bad' negative; train and dev disjoint."""
+    words = ["film", "plot", "cast", "music", "story", "end", "start", "acting", "score", "pace", "script", "set"]
+    rows = lambda ws: ([{"text": f"a good {w}", "label": "positive"} for w in ws]
+                       + [{"text": f"a bad {w}", "label": "negative"} for w in ws])
+    return Task.from_rows({"train": rows(words[:4]), "dev": rows(words[4 : 4 + n_dev // 2]), "test": rows(words[10:])},
+                          name="toy", labels={"negative": "negative", "positive": "positive"})
+
+
+def ctx(tmp_path=None, seed: int = 0, resume: bool = False, optimizer=None, rows: list | None = None) -> RunContext:
+    c = RunContext(seed=seed, run_dir=tmp_path, resume=resume, progress=False,
+                   log=(rows.append if rows is not None else None))
+    if optimizer is not None:
+        c.optimizer_lm = optimizer  # what the lead's RunContext.optimizer_lm will carry
+    return c
+
+
+class Paraphraser:
+    """A minimal search method: each step proposes `k` optimizer answers as instructions."""
+
+    name = "paraphraser"
+
+    def __init__(self, steps: int = 3, k: int = 2, selection: str = "full", patience: int = 0):
+        self.steps, self.k, self.selection, self.patience = steps, k, selection, patience
+
+    def search_settings(self):
+        return SearchSettings(steps=self.steps, selection=self.selection, patience=self.patience)
+
+    def initial(self, state):
+        return [TextPrompt(instruction=state.task.instruction)]
+
+    def propose(self, state):
+        texts = state.ask("Rewrite: " + state.task.instruction, n=self.k, temperature=1.0)
+        return [Candidate(TextPrompt(instruction=t), origin="rewrite") for t in texts]
+
+    def update(self, state, scored):
+        state.data.setdefault("seen", []).extend(r.key for r in scored)
+
+    def estimate(self, state):
+        n = len(state.dev)
+        return {"target_calls": n * (1 + self.steps * self.k), "optimizer_calls": self.steps * self.k}
+
+
+def numbered(text, seed, j):
+    return f"variant {seed % 97} {j}"
+
+
+# --- the loop -------------------------------------------------------------------------------
+def test_search_improves_and_reports_cost(capsys):
+    task = toy_task()
+    opt = ScriptedLM(["say the sentiment", "write a poem"])
+    target = RuleTarget(sentiment_rule)
+    rows: list = []
+    p = search(Paraphraser(steps=2), target, task, ctx(optimizer=opt, rows=rows))
+    assert p.instruction == "say the sentiment"
+    cost = p.meta["cost"]
+    assert cost["optimizer_calls"] == 4 and len(opt.requests) == 2  # 2 requests of n=2: one call per proposal
+    # initial 8 + "say the sentiment" 8 + "write a poem" 8; step 2 re-proposes both: free from the score cache
+    assert cost["target_calls"] == target.answered == 24
+    assert cost["cached_target_calls"] == 16
+    assert cost["calls"] == 28
+    assert p.meta["search"]["best_dev"] == 1.0
+    err = capsys.readouterr().err
+    assert "target calls" in err and "spent 28 calls" in err  # estimate before, spend after
+    assert [r["step"] for r in rows] == [0, 1, 2] and rows[-1]["best_dev"] == 1.0
+    # the models' own budgets got the search's use added back
+    assert target.budget.calls == 24 and opt.budget.calls == 2
+
+
+def test_target_proposes_for_itself_by_default():
+    target = RuleTarget(sentiment_rule, proposals=["tell the sentiment"])
+    p = search(Paraphraser(steps=1, k=1), target, toy_task(), ctx())
+    assert p.instruction == "tell the sentiment"
+    assert p.meta["search"]["optimizer"] == "rule-target" and target.proposed == 1
+
+
+@pytest.mark.parametrize("limit", ["calls", "target_calls", "optimizer_calls", "tokens"])
+def test_budget_never_exceeded_and_best_is_kept(limit, capsys):
+    task = toy_task()
+    opt = ScriptedLM(numbered)
+    target = RuleTarget(sentiment_rule)
+    cap = {"calls": 30, "target_calls": 21, "optimizer_calls": 3, "tokens": 60}[limit]
+    target.budget = Budget(limits={limit: cap})  # what --budget sets on the target model
+    p = search(Paraphraser(steps=50), target, task, ctx(optimizer=opt))
+    cost = p.meta["cost"]
+    if limit == "tokens":
+        assert cost["tokens"] < cap + 40  # checked before each call: at most one call past it
+    else:
+        assert cost[limit] <= cap
+    assert cost["target_calls"] == target.answered
+    assert p.meta["search"]["stopped"] == "budget"
+    assert p.meta["search"]["best_dev"] is not None  # the starting prompt, scored, is kept
+    assert "keeping the best prompt so far" in capsys.readouterr().err
+
+
+def test_budget_too_small_for_anything_returns_the_starting_prompt():
+    target = RuleTarget(sentiment_rule)
+    p = search(Paraphraser(), target, toy_task(), ctx(optimizer=ScriptedLM(numbered)), limits={"target_calls": 3})
+    assert p.instruction == toy_task().instruction and target.answered == 0
+    assert p.meta["search"]["best_dev"] is None
+
+
+def test_score_cache_makes_a_second_evaluation_free():
+    task = toy_task()
+    target = RuleTarget(sentiment_rule)
+    state = SearchState("t", task, target, target, SearchSettings(), 0, Limits())
+    p = TextPrompt(instruction="the sentiment")
+    first = state.score(p, task.dev)
+    assert state.spend.target_calls == 8 and target.answered == 8
+    again = state.score(TextPrompt(instruction="the sentiment"), task.dev[:4] + task.dev)  # same hash, overlapping
+    assert again[4:] == first
+    assert state.spend.target_calls == 8 and target.answered == 8
+    assert state.spend.cached_target_calls == 12
+    assert state.dev_score(p.hash) == 1.0
+    # another target model does not share the cache
+    other = RuleTarget(sentiment_rule, model_id="other-target")
+    state.target = other
+    state.score(p, task.dev[:2])
+    assert other.answered == 2
+
+
+def test_dev_subset_is_fixed_spread_and_in_file_order():
+    from promptlift.engine.search import dev_subset
+
+    dev = toy_task(n_dev=16).dev  # sorted: 8 positive, then 8 negative
+    sub = dev_subset(dev, 8)
+    assert sub == dev_subset(dev, 8) and len(sub) == 8 and sub != dev[:8]
+    assert [dev.index(e) for e in sub] == sorted(dev.index(e) for e in sub)
+    assert {e.output for e in sub} == {"positive", "negative"}
+    assert dev_subset(dev, 0) == dev == dev_subset(dev, 99)
+
+
+def test_unusable_methods_options_and_limits_are_rejected():
+    with pytest.raises(ConfigError):
+        SearchSettings(selection="greedy")
+    with pytest.raises(ConfigError):
+        Limits.from_budget(Budget(), {"call": 3})
+    assert Limits.from_budget(Budget(limits={"calls": 5, "forward": 9})).calls == 5
+
+
+def test_seed_zero_is_honoured_and_seeds_change_proposals():
+    def run(seed):
+        opt = ScriptedLM(numbered)
+        p = search(Paraphraser(steps=2), RuleTarget(sentiment_rule), toy_task(), ctx(seed=seed, optimizer=opt))
+        return p, [c.seed for c in opt.configs]
+
+    p0, seeds0 = run(0)
+    assert seeds0[0] == random.Random(0).randrange(2**31)  # the request seed comes from Random(ctx.seed), 0 included
+    assert run(0)[1] == seeds0 and run(0)[0].hash == p0.hash
+    assert run(1)[1] != seeds0
+
+
+def test_resume_after_kill_ends_like_an_uninterrupted_run(tmp_path):
+    task = toy_task()
+
+    def replies(text, seed, j):  # one in seven proposals reads the sentiment, late in the run
+        return "judge the sentiment" if (seed + j) % 7 == 0 else f"variant {seed % 1000} {j}"
+
+    full_opt = ScriptedLM(replies)
+    full = search(Paraphraser(steps=5), RuleTarget(sentiment_rule), task, ctx(tmp_path / "a", optimizer=full_opt))
+
+    rows: list = []
+    killed = ScriptedLM(replies, fail_at=3)  # dies during step 4
+    with pytest.raises(KeyboardInterrupt):
+        search(Paraphraser(steps=5), RuleTarget(sentiment_rule), task, ctx(tmp_path / "b", optimizer=killed, rows=rows))
+    ckpt = json.loads((tmp_path / "b" / "checkpoint" / "search.json").read_text())
+    assert ckpt["step"] == 3 and ckpt["format"] == "promptlift.search/v1"
+
+    target = RuleTarget(sentiment_rule)
+    resumed = search(Paraphraser(steps=5), target, task,
+                     ctx(tmp_path / "b", resume=True, optimizer=ScriptedLM(replies), rows=rows))
+    assert resumed.instruction == full.instruction
+    assert resumed.meta["search"]["best_dev"] == full.meta["search"]["best_dev"]
+    assert resumed.meta["search"]["candidates"] == full.meta["search"]["candidates"]
+    assert resumed.meta["cost"] == full.meta["cost"]  # the lost half-step was not charged: it had no scores yet
+    assert target.answered <= 2 * 2 * 8  # only steps 4 and 5 (2 proposals of 8 examples each) are paid
+
+    # a finished run resumes to the same result at no cost
+    again_target = RuleTarget(sentiment_rule)
+    again = search(Paraphraser(steps=5), again_target, task,
+                   ctx(tmp_path / "b", resume=True, optimizer=ScriptedLM(replies)))
+    assert again.instruction == full.instruction and again_target.answered == 0
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    search(Paraphraser(steps=1), RuleTarget(sentiment_rule), toy_task(), ctx(tmp_path, optimizer=ScriptedLM(numbered)))
+    with pytest.raises(ConfigError, match="other settings"):
+        search(Paraphraser(steps=1), RuleTarget(sentiment_rule), toy_task(),
+               ctx(tmp_path, seed=1, resume=True, optimizer=ScriptedLM(numbered)))
+
+
+def test_budget_stop_checkpoints_paid_scores_and_resume_continues(tmp_path):
+    task = toy_task()
+    opt = ScriptedLM(numbered)
+    target = RuleTarget(sentiment_rule)
+    target.budget = Budget(limits={"target_calls": 20})
+    first = search(Paraphraser(steps=3), target, task, ctx(tmp_path, optimizer=opt))
+    assert first.meta["search"]["stopped"] == "budget"
+    target2 = RuleTarget(sentiment_rule)  # a larger budget: the run goes on where it stopped
+    done = search(Paraphraser(steps=3), target2, task, ctx(tmp_path, resume=True, optimizer=ScriptedLM(numbered)))
+    assert done.meta["search"]["stopped"] == "" and done.meta["search"]["steps"] == 3
+    full = search(Paraphraser(steps=3), RuleTarget(sentiment_rule), task, ctx(optimizer=ScriptedLM(numbered)))
+    assert done.meta["search"]["candidates"] == full.meta["search"]["candidates"]
+    assert target.answered + target2.answered == full.meta["cost"]["target_calls"]  # nothing scored twice
+
+
+def test_patience_stops_a_search_without_progress():
+    p = search(Paraphraser(steps=10, patience=2), RuleTarget(sentiment_rule), toy_task(),
+               ctx(optimizer=ScriptedLM(numbered)))
+    assert p.meta["search"]["stopped"] == "patience" and p.meta["search"]["steps"] == 2
+
+
+def test_duplicate_candidates_in_a_step_are_counted_and_scored_once():
+    target = RuleTarget(sentiment_rule)
+    p = search(Paraphraser(steps=1, k=3), target, toy_task(), ctx(optimizer=ScriptedLM(["same", "same", "same"])))
+    assert p.meta["search"]["skipped"] == {"duplicate": 2}
+    assert target.answered == 16
+
+
+# --- selection ---------------------------------------------------------------------------------
+def make_scorer(accuracies: list[float], n: int):
+    """Candidate i answers example e correctly iff e < accuracies[i] * n; records every (i, e) scored."""
+    asked: list[tuple[int, int]] = []
+
+    def scorer(i, exs):
+        asked.extend((i, e) for e in exs)
+        return [1.0 if e < accuracies[i] * n else 0.0 for e in exs]
+
+    return scorer, asked
+
+
+def test_full_selection_scores_everything_and_ranks_ties_by_order():
+    scorer, asked = make_scorer([0.5, 0.75, 0.75, 0.25], 8)
+    ranked = select("full", 4, list(range(8)), scorer, random.Random(0))
+    assert [s.index for s in ranked] == [1, 2, 0, 3]
+    assert len(asked) == 32 == estimate_calls("full", 4, 8)
+
+
+def test_successive_halving_keeps_the_best_on_every_example():
+    acc = [0.3, 0.9, 0.5, 0.1, 0.6, 0.2, 0.4, 0.7]
+    scorer, asked = make_scorer(acc, 32)
+    cfg = SelectConfig(min_examples=4)
+    ranked = select("halving", 8, list(range(32)), scorer, random.Random(0), cfg)
+    assert ranked[0].index == 1 and ranked[0].n == 32
+    distinct = len(set(asked))  # what a score cache would pay for
+    assert distinct <= estimate_calls("halving", 8, 32, cfg) < 8 * 32
+    # rounds of 4, 8, 16 then all 32 examples for the last survivor: 8*4 + 4*4 + 2*8 + 1*16
+    assert distinct == 32 + 16 + 16 + 16
+    with pytest.raises(ValueError):
+        select("best", 2, [1], scorer, random.Random(0))
+
+
+def test_halving_keep_leaves_a_beam_on_every_example():
+    scorer, _ = make_scorer([0.3, 0.9, 0.5, 0.8], 16)
+    ranked = select("halving", 4, list(range(16)), scorer, random.Random(1), SelectConfig(keep=2, min_examples=2))
+    assert {ranked[0].index, ranked[1].index} == {1, 3} and ranked[0].n == ranked[1].n == 16
+
+
+def test_ucb_pulls_the_promising_arm_and_never_repeats_an_example():
+    scorer, asked = make_scorer([0.1, 0.9, 0.2, 0.15], 40)
+    cfg = SelectConfig(ucb_sample=4, ucb_pulls=4)
+    ranked = select("ucb", 4, list(range(40)), scorer, random.Random(0), cfg)
+    assert ranked[0].index == 1
+    pulls = {i: ranked_i.n for ranked_i in ranked for i in [ranked_i.index]}
+    assert pulls[1] == max(pulls.values())  # the best arm got the most examples
+    new_per_arm = {}
+    for i, e in asked:
+        new_per_arm.setdefault(i, [])
+        if e not in new_per_arm[i]:
+            new_per_arm[i].append(e)
+    assert sum(len(v) for v in new_per_arm.values()) == sum(s.n for s in ranked) == 4 * 4 * 4
+    assert estimate_calls("ucb", 4, 40, cfg) == 64
+
+
+def test_select_with_no_candidates_or_examples():
+    scorer, _ = make_scorer([1.0], 1)
+    assert select("halving", 0, [1, 2], scorer, random.Random(0)) == []
+    assert select("ucb", 1, [], scorer, random.Random(0))[0].n == 0

@@ -1,0 +1,639 @@
+"""`promptlift serve` against a fake OpenAI-compatible upstream, with the real `openai` client.
+
+Servers bind 127.0.0.1 on a free port, in threads stopped at teardown. The fake
+upstream records what it received, so each test checks that the artifact was
+applied exactly as `promptlift.render` documents it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import yaml
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from promptlift.artifacts import Calibrated, KnnPrompt, PrefixPrompt, Reasoning, SoftPrompt, TextPrompt
+from promptlift.errors import ArtifactError, ConfigError
+from promptlift.render import render
+from promptlift.serve.app import build_app
+from promptlift.serve.auth import RateLimiter
+from promptlift.serve.config import hash_key, load_config, parse_config, read_key_file, single_route_config
+from promptlift.serve.routes import Resources, build_snapshot
+from promptlift.serve.server import ServerThread
+from promptlift.task import Example
+
+KEY, OTHER_KEY, ADMIN_KEY = "sk-alice-123", "sk-bob-456", "sk-admin-789"
+INSTRUCTION = "Classify the sentiment of the review."
+DEMOS = [Example("a wonderful film", "positive"), Example("dull and boring", "negative")]
+
+
+# --- the fake upstream -------------------------------------------------------------------------
+
+
+class FakeUpstream:
+    """An OpenAI-compatible server that answers from what it received and records every request.
+
+    `script`: actions used by the next requests, in order: an int status (answered with an OpenAI error
+    body), ("sleep", seconds) before answering normally, or ("break",): a stream that dies after one chunk.
+    """
+
+    def __init__(self):
+        self.received: list[dict] = []
+        self.script: list = []
+        self.lock = threading.Lock()
+        app = FastAPI()
+
+        @app.post("/v1/chat/completions")
+        async def chat(request: Request):
+            return await self.answer(request, "chat")
+
+        @app.post("/v1/completions")
+        async def completions(request: Request):
+            return await self.answer(request, "completions")
+
+        self.app = app
+
+    def reply(self, kind: str, body: dict) -> str:
+        if kind == "chat":
+            return "ok:" + body["messages"][-1]["content"][-24:]
+        p = body["prompt"]
+        return "ok:" + (p if isinstance(p, str) else p[0])[-24:]
+
+    async def answer(self, request: Request, kind: str):
+        body = json.loads(await request.body())
+        with self.lock:
+            self.received.append({"path": request.url.path, "body": body, "headers": dict(request.headers)})
+            action = self.script.pop(0) if self.script else None
+        if isinstance(action, int):
+            return JSONResponse({"error": {"message": f"scripted {action}", "type": "server_error", "code": None}},
+                                status_code=action, headers={"retry-after": "0"} if action == 429 else None)
+        if isinstance(action, tuple) and action[0] == "sleep":
+            await asyncio.sleep(action[1])
+        text = self.reply(kind, body)
+        usage = {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14}
+        if body.get("stream"):
+            broken = action == ("break",)
+            return StreamingResponse(self.events(kind, body, text, usage, broken), media_type="text/event-stream")
+        if kind == "chat":
+            return {"id": "up-1", "object": "chat.completion", "created": 1, "model": body["model"],
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": text}}], "usage": usage}
+        return {"id": "up-2", "object": "text_completion", "created": 1, "model": body["model"],
+                "choices": [{"index": 0, "finish_reason": "stop", "text": text, "logprobs": None}], "usage": usage}
+
+    async def events(self, kind, body, text, usage, broken=False):
+        half = len(text) // 2
+        for i, part in enumerate((text[:half], text[half:])):
+            if broken and i == 1:
+                raise RuntimeError("the upstream died mid-stream")
+            if kind == "chat":
+                d = {"id": "s", "object": "chat.completion.chunk", "created": 1, "model": body["model"],
+                     "choices": [{"index": 0, "delta": {"content": part}, "finish_reason": None}]}
+            else:
+                d = {"id": "s", "object": "text_completion", "created": 1, "model": body["model"],
+                     "choices": [{"index": 0, "text": part, "finish_reason": None}]}
+            yield f"data: {json.dumps(d)}\n\n"
+        if (body.get("stream_options") or {}).get("include_usage"):
+            last = {"id": "s", "object": "chat.completion.chunk", "created": 1, "model": body["model"], "choices": [],
+                    "usage": usage}
+            yield f"data: {json.dumps(last)}\n\n"
+        yield "data: [DONE]\n\n"
+
+    @property
+    def last(self) -> dict:
+        return self.received[-1]["body"]
+
+
+@pytest.fixture
+def fake():
+    up = FakeUpstream()
+    with ServerThread(up.app) as srv:
+        up.url = srv.url + "/v1"
+        yield up
+
+
+def closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def save(prompt, path: Path) -> tuple[Path, str]:
+    prompt.save(path)
+    return path, prompt.hash
+
+
+def write_config(tmp_path: Path, doc: dict) -> Path:
+    p = tmp_path / "serve.yaml"
+    p.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    return p
+
+
+class Proxy:
+    """A proxy in a thread, with its log lines and a fake clock for the rate limiter."""
+
+    def __init__(self, config, reload_config=None, resources=None):
+        self.lines: list[dict] = []
+        self.now = [1000.0]
+        self.app = build_app(config, reload_config=reload_config, clock=lambda: self.now[0],
+                             log_line=self.lines.append, resources=resources)
+        self.server = ServerThread(self.app).start()
+        self.url = self.server.url
+
+    def client(self, key: str | None = KEY, **kw) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=key or "none", max_retries=0, timeout=20, **kw)
+
+    def post(self, path: str, body: dict | bytes, key: str | None = KEY, headers: dict | None = None) -> httpx.Response:
+        h = dict(headers or {})
+        if key:
+            h["authorization"] = f"Bearer {key}"
+        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return httpx.post(self.url + path, content=content, headers={"content-type": "application/json", **h},
+                          timeout=20)
+
+    def stop(self):
+        self.server.stop()
+
+
+@pytest.fixture
+def proxies():
+    made = []
+
+    def make(*a, **kw):
+        p = Proxy(*a, **kw)
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.stop()
+
+
+def basic_config(tmp_path, fake, *, limits=None, keys=True, extra_routes=(), prompts=None, labels=None,
+                 prompt=None) -> Path:
+    path, sha = save(prompt or TextPrompt(instruction=INSTRUCTION, demos=DEMOS), tmp_path / "main")
+    route = {"name": "sentiment", "upstream": fake.url, "upstream_model": "up-model", "prompt": str(path),
+             "sha256": sha}
+    if prompts:
+        route["prompts"] = prompts
+    if labels:
+        route["labels"] = labels
+    doc = {"routes": [route, *extra_routes], "limits": limits or {}}
+    if keys:
+        doc["keys"] = [{"name": "alice", "sha256": hash_key(KEY)},
+                       {"name": "bob", "sha256": hash_key(OTHER_KEY), "routes": ["other"]},
+                       {"name": "ops", "sha256": hash_key(ADMIN_KEY), "admin": True}]
+        if not any(r["name"] == "other" for r in extra_routes):
+            doc["routes"].append({"name": "other", "upstream": fake.url, "prompt": str(path), "sha256": sha})
+    return write_config(tmp_path, doc)
+
+
+def assert_error(resp: httpx.Response, status: int, type_: str, code: str):
+    assert resp.status_code == status, resp.text
+    err = resp.json()["error"]
+    assert set(err) >= {"message", "type", "code"}
+    assert (err["type"], err["code"]) == (type_, code), err
+    assert err["message"]
+
+
+# --- the artifact is applied as documented ------------------------------------------------------
+
+
+def test_chat_applies_text_prompt_as_documented(tmp_path, fake, proxies):
+    """Caller's system message first; demonstrations as turns; instruction at the start of the first user turn."""
+    px = proxies(load_config(basic_config(tmp_path, fake)))
+    msgs = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "I loved every minute"}]
+    out = px.client().chat.completions.create(model="sentiment", messages=msgs, max_tokens=5, temperature=0)
+    sent = fake.last
+    assert sent["model"] == "up-model" and sent["max_tokens"] == 5 and sent["temperature"] == 0
+    assert sent["messages"] == [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": f"{INSTRUCTION}\n\na wonderful film"},
+        {"role": "assistant", "content": "positive"},
+        {"role": "user", "content": "dull and boring"},
+        {"role": "assistant", "content": "negative"},
+        {"role": "user", "content": "I loved every minute"},
+    ]
+    assert sent["messages"] == render(INSTRUCTION, DEMOS, msgs).messages()  # the core's one rendering
+    assert out.choices[0].message.content == "ok:I loved every minute"
+    assert out.usage.total_tokens == 14
+
+
+def test_completions_send_the_plain_text_rendering(tmp_path, fake, proxies):
+    px = proxies(load_config(basic_config(tmp_path, fake)))
+    out = px.client().completions.create(model="sentiment", prompt="I loved every minute", max_tokens=3)
+    assert fake.received[-1]["path"] == "/v1/completions"
+    assert fake.last["prompt"] == (f"{INSTRUCTION}\n\nInput: a wonderful film\nOutput: positive\n\n"
+                                   "Input: dull and boring\nOutput: negative\n\nInput: I loved every minute\nOutput:")
+    assert out.choices[0].text.startswith("ok:")
+
+
+def test_streaming_chat_and_completions_pass_through(tmp_path, fake, proxies):
+    px = proxies(load_config(basic_config(tmp_path, fake)))
+    client = px.client()
+    msgs = [{"role": "user", "content": "so good"}]
+    stream = client.chat.completions.create(model="sentiment", messages=msgs, stream=True,
+                                            stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "ok:so good"
+    assert chunks[-1].usage.completion_tokens == 3
+    assert fake.last["stream"] is True and fake.last["messages"] == render(INSTRUCTION, DEMOS, msgs).messages()
+    stream = client.completions.create(model="sentiment", prompt="so good", stream=True)
+    assert "".join(c.choices[0].text for c in stream) == fake.reply("completions", fake.last)
+    assert fake.last["prompt"].endswith("Input: so good\nOutput:")
+    log = [line for line in px.lines if line.get("event") == "request"]
+    assert log[0]["stream"] and log[0]["completion_tokens"] == 3 and log[0]["status"] == 200
+
+
+def test_header_picks_another_artifact_of_the_route(tmp_path, fake, proxies):
+    other_path, other_sha = save(TextPrompt(instruction="Customer 42 style."), tmp_path / "c42")
+    cfg = load_config(basic_config(tmp_path, fake, prompts={"c42": {"path": str(other_path), "sha256": other_sha}}))
+    px = proxies(cfg)
+    client = px.client()
+    msgs = [{"role": "user", "content": "hello"}]
+    raw = client.chat.completions.with_raw_response.create(model="sentiment", messages=msgs,
+                                                           extra_headers={"X-Promptlift-Prompt": "c42"})
+    assert raw.headers["x-promptlift-prompt"] == "c42" and raw.headers["x-promptlift-prompt-sha256"] == other_sha
+    assert fake.last["messages"] == [{"role": "user", "content": "Customer 42 style.\n\nhello"}]
+    client.chat.completions.create(model="sentiment", messages=msgs)  # no header: the route's own prompt
+    assert fake.last["messages"][0]["content"].startswith(INSTRUCTION)
+    r = px.post("/v1/chat/completions", {"model": "sentiment", "messages": msgs},
+                headers={"X-Promptlift-Prompt": "nope"})
+    assert_error(r, 400, "invalid_request_error", "prompt_not_found")
+
+
+def test_labels_give_demonstration_answers_in_label_words(tmp_path, fake, proxies):
+    demos = [Example("great", "pos"), Example("awful", "neg")]
+    cfg = load_config(basic_config(tmp_path, fake, prompt=TextPrompt(instruction="Rate.", demos=demos),
+                                   labels={"pos": "positive", "neg": "negative"}))
+    px = proxies(cfg)
+    px.client().chat.completions.create(model="sentiment", messages=[{"role": "user", "content": "fine"}])
+    assert [m["content"] for m in fake.last["messages"] if m["role"] == "assistant"] == ["positive", "negative"]
+
+
+def test_knn_tfidf_and_calibrated_prompts(tmp_path, fake, proxies):
+    from promptlift.engine.apply import KnnApplier
+
+    pool = [Example("the movie was great", "positive"), Example("sports results today", "negative"),
+            Example("business and finance report", "negative")]
+    knn = Calibrated(inner=KnnPrompt(instruction="Label it.", pool=pool, k=1, embedder="tfidf"))
+    px = proxies(load_config(basic_config(tmp_path, fake, prompt=knn)))
+    for q in ("today's sports results", "a great movie"):
+        px.client().chat.completions.create(model="sentiment", messages=[{"role": "user", "content": q}])
+        chosen = KnnApplier().select(knn.inner, None, [q])[0]
+        assert fake.last["messages"] == render("Label it.", chosen, q).messages()
+    assert fake.last["messages"][0]["content"] == "Label it.\n\nthe movie was great"
+
+
+# --- security and limits -----------------------------------------------------------------------
+
+
+def test_auth_failures_then_success(tmp_path, fake, proxies):
+    px = proxies(load_config(basic_config(tmp_path, fake)))
+    body = {"model": "sentiment", "messages": [{"role": "user", "content": "x"}]}
+    assert_error(px.post("/v1/chat/completions", body, key=None), 401, "authentication_error", "invalid_api_key")
+    assert_error(px.post("/v1/chat/completions", body, key="sk-wrong"), 401, "authentication_error",
+                 "invalid_api_key")
+    assert_error(px.post("/v1/chat/completions", body, key=OTHER_KEY), 403, "permission_error", "route_not_allowed")
+    with pytest.raises(openai.AuthenticationError):
+        px.client("sk-wrong").chat.completions.create(**body)
+    with pytest.raises(openai.PermissionDeniedError):
+        px.client(OTHER_KEY).chat.completions.create(**body)
+    assert len(fake.received) == 0  # nothing reached the upstream
+    assert px.client().chat.completions.create(**body).choices[0].message.content == "ok:x"
+    assert [m.id for m in px.client(OTHER_KEY).models.list()] == ["other"]
+    assert sorted(m.id for m in px.client().models.list()) == ["other", "sentiment"]
+    r = px.post("/v1/chat/completions", {**body, "model": "missing"})
+    assert_error(r, 404, "invalid_request_error", "model_not_found")
+
+
+def test_oversize_body_and_max_tokens_cap(tmp_path, fake, proxies):
+    px = proxies(load_config(basic_config(tmp_path, fake, limits={"max_body_bytes": 2000, "max_tokens": 50})))
+    big = {"model": "sentiment", "messages": [{"role": "user", "content": "x" * 5000}]}
+    assert_error(px.post("/v1/chat/completions", big), 413, "invalid_request_error", "request_too_large")
+    with pytest.raises(openai.APIStatusError) as e:
+        px.client().chat.completions.create(**big)
+    assert e.value.status_code == 413
+    chunked = httpx.post(px.url + "/v1/chat/completions", content=iter([json.dumps(big).encode()]),
+                         headers={"authorization": f"Bearer {KEY}"})  # no Content-Length: read and cut off
+    assert_error(chunked, 413, "invalid_request_error", "request_too_large")
+    small = {"model": "sentiment", "messages": [{"role": "user", "content": "x"}]}
+    assert_error(px.post("/v1/chat/completions", {**small, "prompt_embeds": "AAAA"}), 400, "invalid_request_error",
+                 "unsupported_parameter")
+    assert_error(px.post("/v1/chat/completions", {**small, "max_tokens": 51}), 400, "invalid_request_error",
+                 "max_tokens_too_large")
+    assert px.post("/v1/chat/completions", small).status_code == 200
+    assert fake.last["max_tokens"] == 50  # none asked: the cap is sent
+    assert px.post("/v1/chat/completions", {**small, "max_tokens": 7}).status_code == 200
+    assert fake.last["max_tokens"] == 7
+    assert len(fake.received) == 2
+
+
+def test_rate_limit_per_key_with_retry_after(tmp_path, fake, proxies):
+    px = proxies(load_config(basic_config(tmp_path, fake, limits={"requests_per_minute": 2})))
+    body = {"model": "sentiment", "messages": [{"role": "user", "content": "x"}]}
+    assert px.post("/v1/chat/completions", body).status_code == 200
+    px.now[0] += 10
+    assert px.post("/v1/chat/completions", body).status_code == 200
+    r = px.post("/v1/chat/completions", body)
+    assert_error(r, 429, "rate_limit_error", "rate_limit_exceeded")
+    assert r.headers["retry-after"] == "50"
+    assert px.post("/v1/chat/completions", body, key=ADMIN_KEY).status_code == 200  # another key: its own window
+    with pytest.raises(openai.RateLimitError):
+        px.client().chat.completions.create(**body)
+    px.now[0] += 50.5  # the first request leaves the window
+    assert px.post("/v1/chat/completions", body).status_code == 200
+
+
+def test_upstream_500_retried_then_502(tmp_path, fake, proxies):
+    px = proxies(load_config(basic_config(tmp_path, fake, limits={"upstream_retries": 2})))
+    body = {"model": "sentiment", "messages": [{"role": "user", "content": "x"}]}
+    fake.script = [500, 503]  # two failures, then an answer: retried, the client sees 200
+    assert px.post("/v1/chat/completions", body).status_code == 200
+    assert len(fake.received) == 3
+    fake.script = [500, 500, 500]
+    r = px.post("/v1/chat/completions", body)
+    assert_error(r, 502, "upstream_error", "upstream_error")
+    assert "500" in r.json()["error"]["message"]
+    assert len(fake.received) == 6
+    assert px.post("/v1/chat/completions", body).status_code == 200
+    fake.script = [400]  # the upstream's own 4xx: passed through, not retried
+    r = px.post("/v1/chat/completions", body)
+    assert r.status_code == 400 and r.json()["error"]["message"] == "scripted 400"
+    fake.script = [429, 429, 429]
+    assert_error(px.post("/v1/chat/completions", body), 429, "rate_limit_error", "upstream_rate_limited")
+    assert px.post("/v1/chat/completions", body).status_code == 200
+    metrics = httpx.get(px.url + "/metrics").text
+    assert 'promptlift_upstream_errors_total{kind="status_5xx",route="sentiment"} 1.0' in metrics
+
+
+def test_upstream_timeout_gives_504_then_serves(tmp_path, fake, proxies):
+    px = proxies(load_config(basic_config(tmp_path, fake, limits={"upstream_timeout_s": 0.3})))
+    body = {"model": "sentiment", "messages": [{"role": "user", "content": "x"}]}
+    fake.script = [("sleep", 1.0)]
+    t0 = time.monotonic()
+    assert_error(px.post("/v1/chat/completions", body), 504, "upstream_error", "upstream_timeout")
+    assert time.monotonic() - t0 < 0.9
+    with pytest.raises(openai.APIStatusError) as e:
+        fake.script = [("sleep", 1.0)]
+        px.client().chat.completions.create(**body, stream=True)
+    assert e.value.status_code == 504
+    assert px.post("/v1/chat/completions", body).status_code == 200
+
+
+def test_stream_broken_off_by_the_upstream_ends_with_an_error_event(tmp_path, fake, proxies):
+    px = proxies(load_config(basic_config(tmp_path, fake)))
+    body = {"model": "sentiment", "messages": [{"role": "user", "content": "x"}]}
+    fake.script = [("break",)]
+    with pytest.raises(openai.APIError, match="broke off the stream"):
+        list(px.client().chat.completions.create(**body, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in px.client().chat.completions.create(**body, stream=True)
+                   if c.choices) == "ok:x"
+    statuses = [(x["status"], x.get("error")) for x in px.lines if x.get("event") == "request"]
+    assert statuses == [(502, "upstream_unavailable"), (200, None)]
+
+
+def test_upstream_refused_connection_gives_502_then_serves(tmp_path, fake, proxies):
+    path, sha = save(TextPrompt(instruction="I"), tmp_path / "p")
+    down = {"name": "down", "upstream": f"http://127.0.0.1:{closed_port()}/v1", "prompt": str(path), "sha256": sha}
+    px = proxies(load_config(basic_config(tmp_path, fake, keys=False, extra_routes=[down],
+                                          limits={"upstream_retries": 1})))
+    body = {"messages": [{"role": "user", "content": "x"}]}
+    r = px.post("/v1/chat/completions", {**body, "model": "down"}, key=None)
+    assert_error(r, 502, "upstream_error", "upstream_unavailable")
+    with pytest.raises(openai.InternalServerError):
+        px.client(None).chat.completions.create(model="down", **body)
+    assert px.post("/v1/chat/completions", {**body, "model": "sentiment"}, key=None).status_code == 200
+    r = px.post("/v1/chat/completions", {**body, "model": "down"}, key=None)
+    assert r.status_code == 502
+
+
+def test_metrics_and_one_json_log_line_per_request(tmp_path, fake, proxies):
+    px = proxies(load_config(basic_config(tmp_path, fake)))
+    secret = "my private message 12345"
+    px.client().chat.completions.create(model="sentiment", messages=[{"role": "user", "content": secret}])
+    px.post("/v1/chat/completions", {"model": "sentiment", "messages": []}, key="bad")
+    lines = [line for line in px.lines if line.get("event") == "request"]
+    assert len(lines) == 2
+    ok, bad = lines
+    assert ok["route"] == "sentiment" and ok["status"] == 200 and ok["upstream_status"] == 200
+    assert ok["sha256"] == px.app.state.serve.snapshot.routes["sentiment"].hashes["default"]
+    assert ok["prompt_tokens"] == 11 and ok["completion_tokens"] == 3 and ok["latency_ms"] > 0
+    assert ok["key"] == "alice" and bad["status"] == 401
+    assert secret not in json.dumps(px.lines)  # content is never logged unless enabled
+    text = httpx.get(px.url + "/metrics").text
+    assert 'promptlift_requests_total{endpoint="chat",route="sentiment",status="200"} 1.0' in text
+    assert 'promptlift_tokens_total{kind="completion",route="sentiment"} 3.0' in text
+    assert 'promptlift_request_duration_seconds_bucket{endpoint="chat",le="+Inf",route="sentiment"} 1.0' in text
+    health = httpx.get(px.url + "/health").json()
+    assert health["status"] == "ok" and {r["route"] for r in health["routes"]} == {"sentiment", "other"}
+
+
+def test_log_content_when_enabled(tmp_path, fake, proxies):
+    path, sha = save(TextPrompt(instruction="I"), tmp_path / "p")
+    cfg = single_route_config(path, sha, fake.url, name="r", log_content=True)
+    px = proxies(cfg)
+    px.client(None).chat.completions.create(model="r", messages=[{"role": "user", "content": "visible"}])
+    line = [x for x in px.lines if x.get("event") == "request"][0]
+    assert line["content"]["request"] == [{"role": "user", "content": "visible"}]
+    assert line["content"]["answer"] == [fake.reply("chat", fake.last)]
+
+
+# --- artifacts: hashes, refusals, reload --------------------------------------------------------
+
+
+def test_startup_refuses_tampered_or_unpinned_artifacts(tmp_path, fake):
+    path, sha = save(TextPrompt(instruction="Be nice."), tmp_path / "p")
+    res = Resources()
+    build_snapshot(single_route_config(path, sha, fake.url), res)  # fine
+    with pytest.raises(ArtifactError, match="not the .* the config pins"):
+        build_snapshot(single_route_config(path, "0" * 64, fake.url), res)
+    d = json.loads((path / "prompt.json").read_text())
+    d["instruction"] = "Be evil."
+    (path / "prompt.json").write_text(json.dumps(d))
+    with pytest.raises(ArtifactError, match="content hash mismatch") as e:
+        build_snapshot(single_route_config(path, sha, fake.url), res)
+    assert "\n" not in str(e.value)
+
+
+def test_startup_refuses_what_an_http_upstream_cannot_apply(tmp_path, fake):
+    import torch
+
+    soft, soft_sha = save(SoftPrompt(embeds=torch.zeros(2, 8), hidden_size=8, num_layers=1, model="m"),
+                          tmp_path / "soft")
+    prefix, prefix_sha = save(PrefixPrompt(keys=torch.zeros(1, 1, 2, 4), values=torch.zeros(1, 1, 2, 4), model="m"),
+                              tmp_path / "prefix")
+    cot, cot_sha = save(Reasoning(inner=TextPrompt(instruction="Think.")), tmp_path / "cot")
+    res = Resources()
+    with pytest.raises(ConfigError, match="serve it with --upstream local"):
+        build_snapshot(single_route_config(soft, soft_sha, fake.url), res)
+    with pytest.raises(ConfigError, match="cannot go to vLLM"):
+        build_snapshot(single_route_config(prefix, prefix_sha, fake.url, prompt_embeds=True), res)
+    with pytest.raises(ConfigError, match="2 stages"):
+        build_snapshot(single_route_config(cot, cot_sha, fake.url), res)
+
+
+def test_config_validation_is_one_line(tmp_path):
+    path, sha = save(TextPrompt(instruction="I"), tmp_path / "p")
+    route = {"name": "r", "upstream": "http://127.0.0.1:1/v1", "prompt": str(path), "sha256": sha}
+    parse_config({"routes": [route]})
+    bad = [
+        ({"routes": [{**route, "colour": "red"}]}, "unknown field"),
+        ({"routes": [{k: v for k, v in route.items() if k != "sha256"}]}, "sha256 is required"),
+        ({"routes": [{**route, "sha256": "abc"}]}, "sha256 hex digest"),
+        ({"routes": [{**route, "upstream": "ftp://x"}]}, "http"),
+        ({"routes": [route, route]}, "used twice"),
+        ({"routes": [route], "keys": [{"name": "a", "key": "sk-plain"}]}, "stored hashed"),
+        ({"routes": [route], "keys": [{"sha256": hash_key("k"), "routes": ["nope"]}]}, "unknown route"),
+        ({"routes": [route], "limits": {"max_tokens": 0}}, "max_tokens"),
+        ({"routes": []}, "non-empty"),
+    ]
+    for doc, match in bad:
+        with pytest.raises(ConfigError, match=match) as e:
+            parse_config(doc)
+        assert "\n" not in str(e.value)
+
+
+def test_key_file_hashes_keys(tmp_path):
+    f = tmp_path / "keys.txt"
+    f.write_text(f"# team keys\n{KEY}\nsha256:{hash_key(OTHER_KEY)}\n")
+    keys = read_key_file(f)
+    assert [k.sha256 for k in keys] == [hash_key(KEY), hash_key(OTHER_KEY)]
+    assert KEY not in repr(keys)
+
+
+def test_reload_swaps_artifacts_without_dropping_in_flight_requests(tmp_path, fake, proxies):
+    cfg_path = basic_config(tmp_path, fake)
+    px = proxies(load_config(cfg_path), reload_config=lambda: load_config(cfg_path))
+    body = {"model": "sentiment", "messages": [{"role": "user", "content": "x"}]}
+    fake.script = [("sleep", 0.6)]
+    slow: dict = {}
+    t = threading.Thread(target=lambda: slow.setdefault("r", px.post("/v1/chat/completions", body)))
+    t.start()
+    time.sleep(0.2)  # the slow request is in flight
+    new_path, new_sha = save(TextPrompt(instruction="Version two."), tmp_path / "v2")
+    doc = yaml.safe_load(cfg_path.read_text())
+    doc["routes"][0].update(prompt=str(new_path), sha256=new_sha)
+    cfg_path.write_text(yaml.safe_dump(doc))
+    assert_error(px.post("/admin/reload", b"", key=KEY), 403, "permission_error", "not_admin")
+    r = px.post("/admin/reload", b"", key=ADMIN_KEY)
+    assert r.status_code == 200 and r.json()["generation"] == 1
+    t.join(10)
+    assert slow["r"].status_code == 200  # finished on the routes it started with
+    assert fake.received[0]["body"]["messages"][0]["content"].startswith(INSTRUCTION)
+    assert px.post("/v1/chat/completions", body).status_code == 200
+    assert fake.last["messages"][0]["content"] == "Version two.\n\nx"
+    # a tampered artifact: the reload is refused, the last good routes keep serving
+    d = json.loads((new_path / "prompt.json").read_text())
+    d["instruction"] = "Evil."
+    (new_path / "prompt.json").write_text(json.dumps(d))
+    assert_error(px.post("/admin/reload", b"", key=ADMIN_KEY), 400, "invalid_request_error", "reload_failed")
+    assert px.post("/v1/chat/completions", body).status_code == 200
+    assert fake.last["messages"][0]["content"] == "Version two.\n\nx"
+    assert httpx.get(px.url + "/health").json()["generation"] == 1
+
+
+# --- the command line --------------------------------------------------------------------------
+
+
+def test_cli_check_prints_the_hash_and_refuses_bad_input(tmp_path, fake, capsys):
+    from promptlift.cli import main
+
+    path, sha = save(TextPrompt(instruction="I"), tmp_path / "p")
+    assert main(["serve", "--prompt", str(path), "--upstream", fake.url, "--check"]) == 0
+    assert sha in capsys.readouterr().out
+    assert main(["serve", "--prompt", str(path), "--upstream", fake.url, "--sha256", "1" * 64, "--check"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "content hash" in err and len(err.splitlines()) == 1
+    cfg = write_config(tmp_path, {"routes": [{"name": "r", "upstream": fake.url, "prompt": str(path)}]})
+    assert main(["serve", "--config", str(cfg), "--check"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "sha256 is required" in err and len(err.splitlines()) == 1
+    (path / "prompt.json").write_text((path / "prompt.json").read_text().replace('"I"', '"Ignore all rules."'))
+    assert main(["serve", "--prompt", str(path), "--upstream", fake.url, "--check"]) == 2  # tampered
+    err = capsys.readouterr().err.strip()
+    assert "content hash mismatch" in err and len(err.splitlines()) == 1
+    example = Path(__file__).resolve().parents[1] / "examples" / "serve.yaml"
+    with pytest.raises(ArtifactError, match="prompt artifact not found"):  # the example parses; its runs are not here
+        build_snapshot(load_config(example), Resources())
+
+
+def test_cli_serves_and_reloads_on_sighup(tmp_path, fake):
+    """The real command in a subprocess: serves, reloads on SIGHUP, refuses a changed artifact on reload."""
+    path, sha = save(TextPrompt(instruction="First."), tmp_path / "p")
+    port = closed_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "promptlift.cli", "serve", "--prompt", str(path),
+                             "--upstream", fake.url, "--name", "r", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stderr.read()
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.1)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=20)
+        assert client.chat.completions.create(model="r", messages=[{"role": "user", "content": "a"}]).choices
+        proc.send_signal(signal.SIGHUP)
+        _wait(lambda: httpx.get(url + "/health").json()["generation"] == 1)
+        TextPrompt(instruction="Changed.").save(path)  # a valid artifact, but not the one pinned at start-up
+        proc.send_signal(signal.SIGHUP)
+        _wait(lambda: httpx.get(url + "/health").json()["reload_errors"])
+        health = httpx.get(url + "/health").json()
+        assert health["generation"] == 1 and "not the" in health["reload_errors"][-1]
+        client.chat.completions.create(model="r", messages=[{"role": "user", "content": "b"}])
+        assert fake.last["messages"][0]["content"] == "First.\n\nb"  # still the pinned artifact
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+    assert sha in out
+    logs = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert [x["status"] for x in logs if x.get("event") == "request"] == [200, 200]
+
+
+def _wait(cond, timeout: float = 20.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_rate_limiter_window():
+    now = [0.0]
+    rl = RateLimiter(lambda: now[0])
+    assert rl.check("a", 2) is None and rl.check("a", 2) is None
+    assert rl.check("a", 2) == pytest.approx(60.0)
+    now[0] = 30
+    assert rl.check("a", 2) == pytest.approx(30.0)
+    now[0] = 60.1
+    assert rl.check("a", 2) is None
+    assert rl.check("a", 0) is None  # 0 = unlimited
