@@ -79,6 +79,17 @@ def real_lm():
     return HFModel("smollm2-135m")
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread: tiny models' matrices are too small for more, and on a busy 2-core machine two
+    spinning threads make even the real model ~10x slower. Use with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _cache_dir(tmp_path_factory):
     # Keep the LM call cache per test session; the model weight cache stays shared (slow to rebuild).

@@ -5,18 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from promptlift.cli import main
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # one torch thread: on a busy 2-core machine two spinning threads make the real model ~10x slower
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run_json(capsys, args):

@@ -23,12 +23,7 @@ from promptlift.lm.openai import OpenAIModel
 from promptlift.task import Example
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def endpoint(srv, **kw) -> OpenAIModel:

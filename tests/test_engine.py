@@ -22,14 +22,7 @@ from promptlift.template import build_layout, to_text
 ATOL = 1e-4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: the tiny model's matrices are too small for more, and on a busy 2-core machine
-    (training running beside the tests) two spinning threads make even the real model ~10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- reference: one plain full forward pass per (row, candidate) --------------------------------

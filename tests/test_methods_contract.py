@@ -22,12 +22,7 @@ from promptlift.task import Example, Task
 METHODS = sorted(list_methods())
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def task_for(cls) -> Task:

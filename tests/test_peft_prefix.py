@@ -20,12 +20,7 @@ from promptlift.template import build_layout
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the base model is a local directory; never ask the Hub
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def task() -> Task:

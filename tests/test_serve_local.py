@@ -27,7 +27,7 @@ from promptlift.lm.base import GenerationConfig
 from promptlift.serve.app import build_app
 from promptlift.serve.config import parse_config
 from promptlift.serve.embeds import decode_embeds, soft_input_embeds
-from promptlift.serve.local import _Job, run_jobs
+from promptlift.serve.local import PrefixCache, _Job, run_jobs
 from promptlift.serve.routes import Resources, build_snapshot
 from promptlift.serve.server import ServerThread
 from promptlift.task import Example
@@ -165,6 +165,17 @@ def test_mixed_soft_prompts_in_one_batch_equal_serving_each_alone(lm):
     assert len({id(j.cond.prefix) for j in jobs}) == len(prompts)  # one condition per artifact
     assert {j.batch for j in jobs} == {len(jobs)}  # ... and one decode for all rows
     assert len({j.result.text for j in jobs}) > len(prompts) // 2
+    # with the prefix cache: the soft/prefix prompts' constant part is computed once, answers unchanged
+    cache = PrefixCache()
+    first = [_Job(p, x, cfg, None) for p in prompts for x in INPUTS[:2]]
+    run_jobs(lm, first, cache)
+    again = [_Job(p, x, cfg, None) for p in prompts for x in INPUTS[2:]]
+    run_jobs(lm, again, cache)
+    assert len(cache) == len(prompts) - 1  # not the text prompt
+    assert [j.result.text for j in first] == [j.result.text for j in jobs]
+    for a, b in zip(first[:-2], again[:-2]):
+        assert a.cond.prefix is b.cond.prefix
+    assert [j.result.text for j in again] == [alone(lm, j.prompt, j.conversation) for j in again]
 
 
 def test_concurrent_requests_with_different_soft_prompts_are_batched(tmp_path, lm, served):

@@ -9,33 +9,25 @@ lists/dicts/str/int/float/bool/None). Anything else is refused with one line.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 from .errors import ArtifactError
-from .runs import default_permissions
+from .runs import write_bytes
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write `state` to `path` atomically (unique temporary file in the same folder, fsync, `os.replace`)."""
+    """Write `state` to `path` atomically (see `runs.write_bytes`)."""
+    import io
+
     import torch
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    default_permissions(tmp)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    write_bytes(path, buf.getvalue())
     return path
 
 

@@ -214,7 +214,7 @@ def eval_cmd(
             raise ConfigError(f"{predictions} already holds predictions; pass --resume to continue that "
                               "evaluation, or --overwrite to replace it")
     task = load_task(data)
-    examples = task.split(split)
+    task.split(split)  # a missing or empty split fails before the model loads
     p = load(prompt) if prompt is not None else None  # a bad artifact fails before the model loads
     lm = load_lm(model, base_url, api_key, device=device, dtype=dtype, api=api)
     if p is None:

@@ -28,7 +28,7 @@ plain text (`Rendered.plain_text`):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from .errors import ConfigError

@@ -91,17 +91,16 @@ def _mkstemp_like(path: Path) -> tuple[int, str]:
     return fd, tmp
 
 
-def write_json(path: str | Path, obj: Any) -> None:
-    """Write JSON atomically: a unique temporary file in the same folder, fsynced, then `os.replace`d.
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Write a file atomically: a unique temporary file in the same folder, fsynced, then `os.replace`d.
 
     A killed process leaves either the old file or the new one, never half of one.
     """
     path = Path(path)
-    text = json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n"
     fd, tmp = _mkstemp_like(path)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -109,6 +108,17 @@ def write_json(path: str | Path, obj: Any) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write JSON atomically (see `write_bytes`)."""
+    write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n").encode("utf-8"))
+
+
+def _write_lines(path: Path, rows: Iterable[dict]) -> None:
+    """Rewrite a JSONL file atomically."""
+    write_bytes(path, "".join(json.dumps(r, ensure_ascii=False, default=_json_default) + "\n"
+                              for r in rows).encode("utf-8"))
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -160,16 +170,7 @@ def truncate_history(run_dir: str | Path, keep: Callable[[dict], bool]) -> int:
     kept = [r for r in rows if keep(r)]
     dropped = len(rows) - len(kept) + (1 if good < path.stat().st_size else 0)
     if dropped:
-        fd, tmp = _mkstemp_like(path)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write("".join(json.dumps(r, ensure_ascii=False, default=_json_default) + "\n" for r in kept))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        _write_lines(path, kept)
     return dropped
 
 
@@ -397,18 +398,7 @@ class RunDir:
 
     def write_predictions(self, split: str, records: list[dict]) -> None:
         """Write all predictions of `split` at once (atomically)."""
-        path = self.predictions_path(split)
-        fd, tmp = _mkstemp_like(path)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                for r in records:
-                    f.write(json.dumps(r, ensure_ascii=False, default=_json_default) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        _write_lines(self.predictions_path(split), records)
 
     def write_result(self, result: dict) -> None:
         """Write result.json (atomically)."""

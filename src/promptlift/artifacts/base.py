@@ -25,13 +25,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from ..errors import ArtifactError
+from ..runs import write_bytes
 from ..task import Example
 
 FORMAT = "promptlift.prompt/v1"
@@ -187,19 +186,6 @@ def decode(d: Any, tensors: dict, where: str) -> Prompt:
         raise ArtifactError(f"{where}: invalid {typ!r} prompt ({e})") from None
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save(p: Prompt, path: str | Path) -> Path:
     """See `Prompt.save`."""
     path = Path(path)
@@ -215,9 +201,9 @@ def save(p: Prompt, path: str | Path) -> Path:
         from safetensors.torch import save as st_save
 
         d["tensors"] = tpath.name
-        _atomic_write(tpath, st_save(cpu))
+        write_bytes(tpath, st_save(cpu))
     d["sha256"] = digest
-    _atomic_write(path, (json.dumps(d, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    write_bytes(path, (json.dumps(d, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
     return path
 
 

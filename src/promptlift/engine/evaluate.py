@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from ..artifacts import Prompt, TextPrompt
 from ..errors import ArtifactError
-from ..lm.base import GenerationConfig, model_key, same_model  # noqa: F401  (model_key: re-exported)
+from ..lm.base import GenerationConfig, same_model
 from ..metrics import get_metric, normalize, summarize
 from ..task import Example, Task
 from .apply import applier_for, calibrate, label_words

@@ -15,7 +15,6 @@ Everything left of `|` is cached once (batch 1); each input's tokens follow.
 
 from __future__ import annotations
 
-from typing import Sequence
 
 import torch
 

@@ -10,7 +10,8 @@ artifacts: each row attends to its own prefix (prefixes of different lengths are
 padded and masked), so a batch of requests carrying different soft prompts is
 one forward pass per step, with the same answers as serving each alone.
 
-Sampled requests (temperature > 0) decode alone, so their seed gives the same
+The constant prefix of a soft or prefix prompt is computed once per artifact
+and kept (`PrefixCache`). Sampled requests (temperature > 0) decode alone, so their seed gives the same
 answer as alone; prompts answered in two stages (`Reasoning`) run through
 `generate_with_prompt` one request at a time.
 """
@@ -18,9 +19,11 @@ answer as alone; prompts answered in two stages (`Reasoning`) run through
 from __future__ import annotations
 
 import asyncio
+import weakref
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -130,7 +133,62 @@ def _merged_cfg(cfg: GenerationConfig, cond: Cond) -> GenerationConfig:
     return replace(cfg, stop=list(dict.fromkeys([*cfg.stop, *cond.stop])))
 
 
-def run_jobs(lm, jobs: list[_Job]) -> None:
+class PrefixCache:
+    """Key/value caches of soft and prefix prompts' constant part, one per artifact (least recently used go).
+
+    An artifact's prefix ([header][soft vectors][instruction]) is the same for
+    every request, and computing it is most of the prompt's cost.
+    """
+
+    def __init__(self, max_entries: int = 256):
+        self.max_entries = max_entries
+        self._entries: OrderedDict[int, tuple[weakref.ref, KV]] = OrderedDict()
+
+    def get(self, prompt: Prompt, make: Callable[[], KV]) -> KV:
+        key = id(prompt)
+        hit = self._entries.get(key)
+        if hit is not None and hit[0]() is prompt:  # same object, not a new one at a reused address
+            self._entries.move_to_end(key)
+            return hit[1]
+        kv = make()
+        self._entries[key] = (weakref.ref(prompt), kv)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+        return kv
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class _CachingPrefix:
+    """Mixin for an applier with a `prefix` method (soft and prefix prompts): prefixes come from a PrefixCache."""
+
+    cache: PrefixCache
+
+    def prefix(self, prompt, lm, layout):
+        return self.cache.get(prompt, lambda: super(_CachingPrefix, self).prefix(prompt, lm, layout))
+
+
+_CACHING: dict[type, type] = {}
+
+
+def applier_with_cache(prompt: Prompt, cache: PrefixCache | None):
+    """The prompt's applier; for soft/prefix prompts one whose constant prefix is computed once per artifact.
+
+    (The core could take a prefix cache itself; see the serve report.)
+    """
+    ap = applier_for(prompt)
+    if cache is None or not callable(getattr(ap, "prefix", None)):
+        return ap
+    cls = _CACHING.get(type(ap))
+    if cls is None:
+        cls = _CACHING[type(ap)] = type(f"Caching{type(ap).__name__}", (_CachingPrefix, type(ap)), {})
+    cached = cls()
+    cached.cache = cache
+    return cached
+
+
+def run_jobs(lm, jobs: list[_Job], cache: PrefixCache | None = None) -> None:
     """Answer `jobs` (on the model's thread); each gets `result` or `error`."""
     wb = WhiteBox(lm)
     groups: dict[tuple, list[_Job]] = {}
@@ -139,7 +197,7 @@ def run_jobs(lm, jobs: list[_Job]) -> None:
     ready: list[_Job] = []
     for group in groups.values():
         try:
-            _condition(wb, group)
+            _condition(wb, group, cache)
             ready += group
         except _MultiStage:
             for j in group:
@@ -150,7 +208,7 @@ def run_jobs(lm, jobs: list[_Job]) -> None:
                 continue
             for j in group:  # find which request is at fault: each alone
                 try:
-                    _condition(wb, [j])
+                    _condition(wb, [j], cache)
                     ready.append(j)
                 except _MultiStage:
                     _alone(lm, j)
@@ -177,10 +235,10 @@ def _cfg_key(cfg: GenerationConfig) -> tuple:
     return (cfg.max_tokens, tuple(cfg.stop), cfg.temperature, cfg.top_p, cfg.seed, cfg.n)
 
 
-def _condition(wb: WhiteBox, group: list[_Job]) -> None:
+def _condition(wb: WhiteBox, group: list[_Job], cache: PrefixCache | None = None) -> None:
     j0 = group[0]
     rec = _CondRecorder(wb)
-    applier_for(j0.prompt).generate(j0.prompt, rec, j0.task, [j.conversation for j in group], j0.cfg)
+    applier_with_cache(j0.prompt, cache).generate(j0.prompt, rec, j0.task, [j.conversation for j in group], j0.cfg)
     cond, cfg = rec.recorded
     for i, j in enumerate(group):
         j.cond, j.row, j.cfg = cond, i, _merged_cfg(cfg, cond)
@@ -221,6 +279,7 @@ class LocalRunner:
         self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self.batches: list[int] = []  # sizes of the last batches run (for tests and the benchmark)
+        self.prefixes = PrefixCache()
 
     def configure(self, batch_window_ms: float, max_batch: int) -> None:
         """Set how long a request waits for others, and how many run together."""
@@ -258,7 +317,7 @@ class LocalRunner:
             batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
             self.batches = (self.batches + [len(batch)])[-1000:]
             try:
-                await loop.run_in_executor(self.executor, run_jobs, self.lm, batch)
+                await loop.run_in_executor(self.executor, run_jobs, self.lm, batch, self.prefixes)
             except BaseException as e:  # noqa: BLE001 - every waiting request must be told
                 for j in batch:
                     j.error = j.error or e
