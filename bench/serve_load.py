@@ -329,6 +329,25 @@ def local_part(args) -> tuple[list[list], dict]:
     return rows, raw
 
 
+def _reading(raw: dict, levels: list[int]) -> str:
+    """What the proxy table says, from the measured numbers."""
+    one = raw.get(1)
+    busy = [raw[c] for c in levels if c > 1 and c in raw]
+    parts = []
+    if one:
+        d, p = one["direct"], one["proxied"]
+        parts.append(f"With one client the proxy adds {p['p50_ms'] - d['p50_ms']:.2f} ms at p50 "
+                     f"(target: at most 2 ms).")
+    if busy:
+        cpu = statistics.fmean(b["proxied"]["proxy_cpu_ms_per_request"] for b in busy)
+        top = max(b["proxied"]["rps"] for b in busy)
+        parts.append(f"Under 50+ concurrent clients the proxy, one process on one event loop, is CPU-bound: "
+                     f"{cpu:.2f} ms of CPU per request (uvicorn + FastAPI + httpx + the prompt), at most "
+                     f"{top:.0f} req/s here, so the added latency is mostly queueing (clients / throughput). "
+                     "More throughput would take several proxy processes (not measured here).")
+    return " ".join(parts)
+
+
 def _local_load(port: int, body: dict, clients: int, n: int, reviews: list[str]) -> dict:
     """`clients` concurrent clients, client i with soft prompt s{i} and its own review; n requests in all."""
     per = max(1, n // clients)
@@ -409,15 +428,19 @@ def main() -> None:
             "",
             f"Requests in all: {raw['total_requests']} (plus 1000 warm-up). JSON log lines written by the proxy: "
             f"{raw['log_lines']} (one per proxied request, warm-up included), {raw['log_non_200']} of them not 200.",
+            "",
+            _reading(raw, args.concurrency),
             ]
     if local_rows:
         body += ["",
                  "### Local upstream: 16 different soft prompts, batched",
                  "",
                  "smollm2-135m in-process (fp32, CPU, "
-                 f"{args.threads} torch threads), 16 soft prompts of 8 vectors each, greedy, max_tokens 8; "
-                 "client i uses soft prompt i (X-Promptlift-Prompt) and its own review. `max_batch 1` turns "
-                 "batching off.",
+                 f"{args.threads} torch thread(s)), 16 soft prompts of 8 vectors each, greedy, max_tokens 8; "
+                 f"client i uses soft prompt i (X-Promptlift-Prompt) and its own review; {args.local_requests} "
+                 "requests per run. `max_batch 1` turns batching off. Each soft prompt's constant prefix "
+                 "(header, vectors, instruction) is computed once and kept (`serve.local.PrefixCache`); a batch "
+                 "decodes all rows together, each attending to its own prefix.",
                  "",
                  md_table(["max_batch", "clients", "requests", "req/s", "p50 ms", "p99 ms", "mean batch size",
                            "errors"], local_rows)]

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import SHARED, make_tiny_lm
 from promptlift.artifacts import Reasoning, TextPrompt
-from promptlift.engine.search import Limits, SearchSettings, SearchState, dev_subset, search
+from promptlift.engine.search import Limits, SearchSettings, SearchState, dev_subset
 from promptlift.methods.llm.common import clean, template, unusable
 from promptlift.methods.llm.grips import phrases
 from promptlift.methods.llm.opro import sorted_trajectory
@@ -89,7 +89,7 @@ def test_contract(name, capsys):
 
 @pytest.mark.parametrize("name", LLM_METHODS)
 def test_unusable_proposals_are_skipped_and_counted_never_a_crash(name):
-    garbage = ScriptedLM(["", "   ", "12 34", "Output:", "\n\n", "!!"])
+    garbage = ScriptedLM(["", "   ", "12 34", "Output:", "\n\n", "!!", "Positive."])
     p = run(name, optimizer=garbage)
     assert p.meta["search"]["best_dev"] == 0.5
     if garbage.requests:
@@ -140,11 +140,11 @@ def test_opro_trajectory_is_sorted_by_score_best_last():
 
 # --- ProTeGi ------------------------------------------------------------------------------------
 def protegi_script(text, seed, j):
-    if text.endswith("One reason why the prompt could have gotten these examples wrong:"):
+    if text.endswith("One reason why the prompt could have gotten these examples wrong is that"):
         return "GRADIENT it never asks for the sentiment"
     if "The problem with the prompt: GRADIENT" in text:
         return "Judge the sentiment of the review."
-    if text.startswith("Generate a variation"):
+    if text.startswith("Here is an instruction:"):
         return "Say the sentiment."
     return "unexpected"
 
@@ -157,7 +157,7 @@ def test_protegi_gradients_edits_paraphrases_and_beam(tmp_path):
     assert "Correct answer: positive\nModel answer: negative" in feedback  # the errors reach the gradient request
     assert feedback.count("Input:") == 2
     assert "GRADIENT it never asks for the sentiment" in edit and "Correct answer: positive" in edit
-    assert "Input: Judge the sentiment of the review." in para  # paraphrase of the edit
+    assert 'Here is an instruction: "Judge the sentiment of the review."' in para  # paraphrase of the edit
     assert p.meta["search"]["best_dev"] == 1.0
     d = checkpoint(tmp_path)
     assert len(d["data"]["beam"]) == 2  # the beam keeps two; both are error-free, so step 2 finds nothing to fix
@@ -202,7 +202,7 @@ def test_grips_edits_without_an_optimizer():
 def test_grips_paraphrase_uses_the_optimizer_for_one_phrase():
     opt = ScriptedLM(lambda text, seed, j: "judge the sentiment")
     p = run("grips", optimizer=opt, operations="par", instruction="Write a poem.", steps=1, candidates=1)
-    assert opt.requests and "Input: Write a poem." in opt.requests[0]
+    assert opt.requests and 'Here is an instruction: "Write a poem."' in opt.requests[0]
     assert p.instruction == "judge the sentiment"
 
 
@@ -252,6 +252,16 @@ def test_instruction_methods_keep_the_reasoning_wrapper(tmp_path):
     assert isinstance(p, Reasoning) and p.meta["search"]["best_dev"] == 1.0
     induced = [c["prompt"] for c in checkpoint(tmp_path)["candidates"] if c["origin"] == "induce"]
     assert induced and induced[0]["type"] == "reasoning" and induced[0]["inner"]["instruction"] == "Judge the sentiment"
+
+
+def test_instruction_methods_keep_demonstrations(tmp_path):
+    p = run("opro", tmp_path, optimizer=ScriptedLM(["judge the sentiment"]), demos=2, demo_source="correct")
+    assert p.instruction == "judge the sentiment" and len(p.demos) == 2
+    assert all(d.output == "negative" for d in p.demos)  # the start always answers negative: those are right
+    start = checkpoint(tmp_path)["candidates"][0]["prompt"]
+    assert start["demos"] == [{"input": d.input, "output": d.output} for d in p.demos]
+    with pytest.raises(Exception, match="shots, not demos"):
+        get_method("bootstrap-fewshot")(demos=2)
 
 
 def test_optimize_api_budget_and_history(tmp_path):
@@ -325,7 +335,7 @@ def test_reflect_merges_complementary_frontier_candidates():
 # --- PromptAgent (MCTS) -------------------------------------------------------------------------
 def test_promptagent_tree_expands_by_uct_and_backs_up_rewards(tmp_path):
     def script(text, seed, j):
-        if text.endswith("wrong:"):
+        if text.endswith("wrong is that"):
             return f"feedback {seed % 100} {j}"
         return ["it is about sentiment", "say something", "a poem"][seed % 3] + f" v{seed % 100}"
 
@@ -387,3 +397,44 @@ def test_real_model_grips_improves_sst2_dev_over_zero_shot():
                     progress=False)
     assert p.meta["search"]["best_dev"] > zero.accuracy
     assert time.perf_counter() - t0 < 120
+
+
+def test_search_over_http_with_injected_failures():
+    """Target and proposer behind a real OpenAI-compatible HTTP server; a 429 and a 500 are retried."""
+    from openai_server import serving
+    from promptlift.lm.cache import CallCache
+    from promptlift.lm.openai import OpenAIModel
+
+    with serving(make_tiny_lm()) as srv:
+        srv.script = [(429, {"error": {"message": "slow down"}}), (500, {"error": {"message": "boom"}})]
+        ep = OpenAIModel("tiny", base_url=srv.base_url, cache=CallCache(enabled=False), retry_backoff=0.01)
+        cls = get_method("ape")
+        p = cls(**cls.smoke).fit(ep, toy_task(), ctx())
+        requests = list(srv.requests)
+    cost = p.meta["cost"]
+    assert cost["optimizer_calls"] == 2 and cost["target_calls"] >= 8 and p.meta["search"]["best_dev"] is not None
+    proposals = [r for r in requests if r.get("messages") and r["messages"][-1]["role"] == "assistant"]
+    assert proposals and proposals[-1]["messages"][-1]["content"] == "The instruction was to"  # a prefix, not JSON
+    assert ep.budget.retries >= 2 and ep.budget.calls > 0  # the search's use was added back to the model's budget
+
+
+ANTONYMS = {"hot": "cold", "up": "down", "big": "small", "good": "bad", "fast": "slow", "old": "new", "wet": "dry",
+            "loud": "quiet", "high": "low", "rich": "poor", "hard": "soft", "light": "dark"}
+
+
+def antonym_rule(instruction: str, word: str) -> str:
+    """Gives the antonym only when asked for one; otherwise repeats the word."""
+    return ANTONYMS[word] if "antonym" in instruction.lower() else word
+
+
+@pytest.mark.parametrize("name", LLM_METHODS)
+def test_generation_tasks_are_searched_too(name):
+    from promptlift.task import Example, Task
+
+    exs = [Example(a, b) for a, b in ANTONYMS.items()]
+    task = Task(name="antonyms", kind="generation", train=exs[:6], dev=exs[6:], test=exs[6:],
+                instruction="Answer the input.")
+    p = run(name, task=task, optimizer=ScriptedLM(["write the antonym of the word", "repeat it"]))
+    assert p.meta["search"]["best_dev"] >= 0.0
+    if name in ("ape", "opro", "evoprompt", "ape-iterative"):
+        assert p.meta["search"]["best_dev"] == 1.0 and "antonym" in p.instruction.lower()

@@ -13,7 +13,7 @@ import pytest
 from promptlift.artifacts import TextPrompt
 from promptlift.engine.search import Candidate, Limits, SearchSettings, SearchState, search
 from promptlift.engine.select import SelectConfig, estimate_calls, select
-from promptlift.errors import BudgetExceeded, ConfigError
+from promptlift.errors import ConfigError
 from promptlift.lm.base import LM, GenerationConfig
 from promptlift.lm.budget import Budget
 from promptlift.methods.base import RunContext
@@ -85,9 +85,8 @@ class RuleTarget(LM):
                 self.proposed += config.n
             else:
                 users = [m["content"] for m in msgs if m["role"] == "user"]
-                first = users[0]
-                instruction = first.split("\n\n")[0] if "\n\n" in first else ""
-                out.append([self.rule(instruction, users[-1])])
+                instruction, _, first = users[0].rpartition("\n\n")  # "{instruction}\n\n{input}"
+                out.append([self.rule(instruction, first if len(users) == 1 else users[-1])])
                 self.answered += 1
             self.budget.charge(calls=1, prompt_tokens=10, completion_tokens=1)
         return out

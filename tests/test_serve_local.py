@@ -23,7 +23,7 @@ from promptlift.artifacts import Calibrated, PrefixPrompt, SoftPrompt, TextPromp
 from promptlift.engine.decode import decode
 from promptlift.engine.evaluate import generate_with_prompt
 from promptlift.errors import ConfigError
-from promptlift.lm.base import GenerationConfig
+from promptlift.lm.base import GenerationConfig, model_key
 from promptlift.serve.app import build_app
 from promptlift.serve.config import parse_config
 from promptlift.serve.embeds import decode_embeds, soft_input_embeds
@@ -36,12 +36,7 @@ INPUTS = ["the movie was great", "a terrible boring film", "sports results today
 MAX_TOKENS = 6
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -308,8 +303,9 @@ def test_serve_local_real_model_matches_the_engine_on_sst2(tmp_path, real_lm):
                       demos=[task.train[0], task.train[1]])
     g = torch.Generator().manual_seed(0)
     vectors = real_lm.embed(torch.randint(100, 5000, (4,), generator=g)).detach()
-    sp = SoftPrompt(instruction="Sentiment:", embeds=vectors,
-                    hidden_size=real_lm.hidden_size, num_layers=real_lm.num_layers, model=real_lm.model_id)
+    sp = SoftPrompt(instruction="Sentiment:", embeds=vectors, hidden_size=real_lm.hidden_size,
+                    num_layers=real_lm.num_layers, model=model_key(real_lm))  # as optimize records it
+    assert sp.model.startswith("smollm2-135m@")  # `--upstream local` loads the model by the name before "@"
     cfg = local_config(tmp_path, {"default": text, "soft": sp}, labels=dict(task.labels),
                        limits={"batch_window_ms": 20})
     s = Served(cfg, real_lm)
@@ -326,4 +322,5 @@ def test_serve_local_real_model_matches_the_engine_on_sst2(tmp_path, real_lm):
     want = (generate_with_prompt(real_lm, text, rows, max_tokens=MAX_TOKENS, task=task)
             + generate_with_prompt(real_lm, sp, rows, max_tokens=MAX_TOKENS, task=task))
     assert got == want
+    assert all(got) and len(set(got)) > 2  # real answers, not all the same
     assert max(s.runner().batches) > 1

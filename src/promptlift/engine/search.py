@@ -245,7 +245,7 @@ class SearchState:
 
     def __init__(self, method_name: str, task: Task, target, optimizer, settings: SearchSettings, seed: int,
                  limits: Limits):
-        self.method = method_name
+        self.method_name = method_name
         self.task = task
         self.target = target
         self.optimizer = optimizer
@@ -356,10 +356,6 @@ class SearchState:
         if k:
             self.skipped[reason] = self.skipped.get(reason, 0) + k
 
-    def seen(self, text_or_key: str) -> bool:
-        """True if a candidate with this hash was already proposed."""
-        return text_or_key in self.prompts
-
     def dev_scores(self, key: str) -> list[float | None]:
         """Per-dev-example scores of candidate `key` (None where not scored yet)."""
         cached = self.scores.data.get(self.target.model_id, {}).get(key, {})
@@ -387,7 +383,7 @@ class SearchState:
     # --- checkpoint ----------------------------------------------------------------------
     def to_json(self, method_config: dict, data: str, rng_state, step: int) -> dict:
         return {
-            "format": FORMAT, "method": self.method, "config": method_config, "seed": self.seed,
+            "format": FORMAT, "method": self.method_name, "config": method_config, "seed": self.seed,
             "target": self.target.model_id, "optimizer": self.optimizer.model_id, "step": step,
             "rng": _rng_to_json(rng_state), "data": json.loads(data),
             "candidates": [{"key": k, "prompt": _prompt_json(p), **self.info[k]} for k, p in self.prompts.items()],
@@ -590,7 +586,7 @@ def _resume(state: SearchState, ckpt: Path, config: dict) -> None:
         raise ArtifactError(f"{ckpt}: unreadable search checkpoint ({e})") from None
     if not isinstance(d, dict) or d.get("format") != FORMAT:
         raise ArtifactError(f"{ckpt}: not a promptlift search checkpoint")
-    mine = {"method": state.method, "config": config, "seed": state.seed, "target": state.target.model_id,
+    mine = {"method": state.method_name, "config": config, "seed": state.seed, "target": state.target.model_id,
             "optimizer": state.optimizer.model_id}
     theirs = {k: d.get(k) for k in mine}
     if theirs != mine:

@@ -16,8 +16,9 @@ vLLM) and `serve.local` (any artifact, local model); errors and their bodies
 are in `serve.protocol`.
 
 Order of checks: body size from Content-Length (413), API key (401), rate
-limit (429), body size read (413), JSON (400), route (404), key allowed on the
-route (403), prompt header (400), max_tokens cap (400).
+limit (429), body size read (413), JSON and `prompt_embeds` (400), route
+(404), key allowed on the route (403), prompt header (400), max_tokens cap
+(400). An unexpected failure is a 500 (`server_error`) for that request only.
 
 `max_tokens` (or `max_completion_tokens`) above the route's cap is refused;
 a request that sets neither is sent with `max_tokens` = the cap. Other
@@ -110,12 +111,12 @@ class ServerState:
                     e = PromptliftError(f"{type(e).__name__}: {' '.join(str(e).split())[:300]}")
                 self.metrics.reloads.labels("error").inc()
                 self.reload_errors = (self.reload_errors + [str(e)])[-20:]
-                self.log_line({"event": "reload", "ok": False, "error": str(e)})
+                self.log_line({"ts": round(time.time(), 3), "event": "reload", "ok": False, "error": str(e)})
                 raise e from None
             self.snapshot = new
             self.metrics.reloads.labels("ok").inc()
-            self.log_line({"event": "reload", "ok": True, "generation": new.generation,
-                           "routes": describe(new)})
+            self.log_line({"ts": round(time.time(), 3), "event": "reload", "ok": True,
+                           "generation": new.generation, "routes": describe(new)})
             return new
 
 
@@ -383,6 +384,11 @@ async def _handle(state: ServerState, request: Request, endpoint: str) -> Respon
         elif e.code == "upstream_rejected":
             rec.upstream_error, rec.upstream_status = "status_4xx", e.status
         return _error_response(e)
+    except Exception as e:  # noqa: BLE001 - a bug answers this request with a 500, the server goes on
+        log.exception("promptlift serve: unexpected error")
+        rec.status, rec.error = 500, "internal_error"
+        return _error_response(P.ServeError(500, f"internal error ({type(e).__name__})", "server_error",
+                                            "internal_error"))
     finally:
         if not streaming:
             _finish(state, rec)

@@ -60,6 +60,10 @@ def serve(
     admin_key_file: Optional[Path] = typer.Option(None, "--admin-key-file",
                                                   help="--prompt: keys that may POST /admin/reload"),
     log_content: bool = typer.Option(False, "--log-content", help="--prompt: log messages and answers"),
+    device: str = typer.Option("auto", "--device", help="local models: auto | cpu | cuda | cuda:N | mps"),
+    dtype: str = typer.Option("auto", "--dtype", help="local models: auto | float32 | bfloat16 | float16"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1,
+                                          help="local models: torch CPU threads (default: torch's own)"),
     check: bool = typer.Option(False, "--check", help="load and check everything, print the routes, exit"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable start-up lines"),
 ):
@@ -99,7 +103,16 @@ def serve(
 
     from .routes import Resources, build_snapshot, describe
 
-    resources = Resources()
+    def load_model(name: str):
+        import torch
+
+        from ..lm.hf import HFModel
+
+        if threads:
+            torch.set_num_threads(threads)
+        return HFModel(name, device=device, dtype=dtype)
+
+    resources = Resources(load_model=load_model)
     snapshot = build_snapshot(cfg, resources)
     routes = describe(snapshot)
     if as_json:

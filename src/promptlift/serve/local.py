@@ -11,9 +11,9 @@ padded and masked), so a batch of requests carrying different soft prompts is
 one forward pass per step, with the same answers as serving each alone.
 
 The constant prefix of a soft or prefix prompt is computed once per artifact
-and kept (`PrefixCache`). Sampled requests (temperature > 0) decode alone, so their seed gives the same
-answer as alone; prompts answered in two stages (`Reasoning`) run through
-`generate_with_prompt` one request at a time.
+and kept (`PrefixCache`). Sampled requests (temperature > 0) decode alone, so
+their seed gives the same answer as alone; prompts answered in two stages
+(`Reasoning`) run through `generate_with_prompt` one request at a time.
 """
 
 from __future__ import annotations
@@ -318,12 +318,19 @@ class LocalRunner:
             self.batches = (self.batches + [len(batch)])[-1000:]
             try:
                 await loop.run_in_executor(self.executor, run_jobs, self.lm, batch, self.prefixes)
-            except BaseException as e:  # noqa: BLE001 - every waiting request must be told
+            except BaseException as e:  # every waiting request must be told, then shutdown goes on
                 for j in batch:
-                    j.error = j.error or e
-            for j in batch:
-                if not j.future.done():
-                    j.future.set_result(None)
+                    j.error = j.error or (e if isinstance(e, Exception) else RuntimeError("the server is stopping"))
+                if not isinstance(e, Exception):
+                    self._release(batch)
+                    raise
+            self._release(batch)
+
+    @staticmethod
+    def _release(batch: list[_Job]) -> None:
+        for j in batch:
+            if not j.future.done():
+                j.future.set_result(None)
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

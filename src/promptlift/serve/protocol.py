@@ -3,7 +3,8 @@
 Every error the proxy answers has the OpenAI body
 `{"error": {"message": ..., "type": ..., "code": ..., "param": null}}`:
 
-    400 invalid_request_error   bad JSON or fields, max_tokens above the cap, unknown prompt header
+    400 invalid_request_error   bad JSON or fields, max_tokens above the cap, unknown prompt header,
+                                a request the artifact cannot take (e.g. a system message before a soft prompt)
     401 authentication_error    missing or unknown API key               (code invalid_api_key)
     403 permission_error        the key may not use this route / reload  (code route_not_allowed, not_admin)
     404 invalid_request_error   unknown model (route)                    (code model_not_found)
@@ -12,6 +13,8 @@ Every error the proxy answers has the OpenAI body
     502 upstream_error          upstream refused the connection or kept failing (5xx) (code upstream_unavailable,
                                 upstream_error)
     504 upstream_error          upstream did not answer in time          (code upstream_timeout)
+    500 server_error            the local model failed, or a bug in the proxy (code local_model_error,
+                                internal_error)
 
 An upstream's own 4xx (a bad parameter it refuses) is passed through with its status and body.
 """

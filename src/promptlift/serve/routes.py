@@ -110,8 +110,13 @@ def _load_hf(name: str):
 
 
 def _made_on(p: Prompt) -> str | None:
-    """The model an artifact (or the one it wraps) was made on."""
-    return p.model or next((m for c in p.children() if (m := _made_on(c))), None)
+    """The model to load for an artifact (or the one it wraps): what it records, without the content hash.
+
+    Artifacts record a model's identity ("smollm2-135m@sha256:..."); the model is loaded by the
+    name before "@", and the applier's check then compares the loaded model's identity with it.
+    """
+    m = p.model or next((m for c in p.children() if (m := _made_on(c))), None)
+    return m.split("@", 1)[0] if m and not m.startswith("openai:") else m
 
 
 def load_prompt(route: str, ref) -> Prompt:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from ...engine.search import Candidate
 from ...registry import register
-from .ape import APE, induce
+from .ape import APE
 from .common import instruction_of, propose, tried, with_instruction
 
 
@@ -52,6 +52,6 @@ class APEIterative(APE):
         c = self.config
         first, rest = c.subsets * c.samples_per_subset, c.top * c.variations
         steps_after = max(0, c.steps - 1)
-        return {"target_calls": len(state.dev) + self.selection_calls(state, first)
+        return {"target_calls": self.initial_calls(state) + self.selection_calls(state, first)
                 + steps_after * self.selection_calls(state, rest + c.top),
                 "optimizer_calls": first + steps_after * rest}

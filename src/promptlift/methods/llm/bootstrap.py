@@ -18,7 +18,6 @@ Needs no optimizer model.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 
 from ...artifacts import KnnPrompt, Reasoning, TextPrompt
@@ -28,15 +27,7 @@ from ...engine.search import Candidate, SearchState
 from ...lm.base import GenerationConfig
 from ...registry import register
 from ...task import Example
-from ..baseline.few_shot import balanced_sample
-from .common import LLMConfig, LLMMethod, answer, instruction_of
-
-SOURCES = ("random", "correct")
-
-
-def draw(state: SearchState, pool: list[Example], k: int, rng: random.Random) -> list[Example]:
-    """k demonstrations from `pool`, as class-balanced as it allows."""
-    return balanced_sample(state.task.with_splits(train=pool), min(k, len(pool)), rng)
+from .common import DEMO_SOURCES, LLMConfig, LLMMethod, answer, demo_pool, draw, instruction_of
 
 
 def reasoned(state: SearchState, prompt: Reasoning, demos: list[Example]) -> list[Example]:
@@ -73,23 +64,19 @@ class BootstrapFewShot(LLMMethod):
             super().__post_init__()
             if self.shots < 1 or self.trials < 1:
                 raise ValueError("shots and trials must be >= 1")
-            if self.source not in SOURCES:
-                raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {self.source!r}")
+            if self.source not in DEMO_SOURCES:
+                raise ValueError(f"source must be one of {', '.join(DEMO_SOURCES)}, got {self.source!r}")
+            if self.demos:
+                raise ValueError("bootstrap-fewshot chooses its demonstrations itself: use shots, not demos")
 
     def propose(self, state):
         c = self.config
         state.finish("done")  # one step draws every candidate
         base = state.prompts[next(iter(state.prompts))]
-        pool = list(state.train)
-        if not pool:
+        if not state.train:
             state.skip("no-train-examples")
             return []
-        if c.source == "correct":
-            right = [e for e, r in zip(pool, state.score(base, pool)) if r["score"] >= 1]
-            if len(right) < c.shots:  # the model gets too little right: fall back to any examples
-                state.skip("too-few-correct")
-            else:
-                pool = right
+        pool = demo_pool(state, base, c.source, c.shots)
         out = []
         for _ in range(c.trials):
             demos = draw(state, pool, c.shots, state.rng)

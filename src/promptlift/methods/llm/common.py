@@ -1,9 +1,10 @@
 """What the LLM-optimizer methods share: meta-prompt templates, plain-text proposals, options, prompt editing.
 
 A proposal is never parsed from JSON or tags. The meta-prompt (a text file in
-`prompts/`, see its README) ends with a fixed prefix such as "New instruction:";
-the optimizer continues it, and the first line of its answer is the proposal.
-A proposal that is empty, unusable (no letters, too short or too long) or a copy of
+`prompts/`, see its README) ends with a fixed prefix such as `New instruction: "`;
+the optimizer continues it, and its answer up to the closing quote or line break
+is the proposal. A proposal that is empty, unusable (fewer than three letters, too
+long, or just a label word: the optimizer answered the task instead) or a copy of
 one already seen is counted in `state.skipped` and dropped, never an error: a
 135M-parameter proposer writes noise often, and the search goes on with the rest.
 """
@@ -24,6 +25,7 @@ from ...engine.select import SelectConfig, estimate_calls
 from ...errors import ConfigError
 from ...task import Example, Task
 from ..base import Method
+from ..baseline.few_shot import balanced_sample
 
 FORMATS = ("auto", "text", "chat")
 # Lines a small proposer writes when it continues the meta-prompt's own layout instead of answering.
@@ -35,11 +37,20 @@ MAX_INPUT_CHARS = 300  # inputs shown to the optimizer are cut here: a small mod
 # --- templates -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Template:
-    """A meta-prompt: the request, and the fixed prefix (its last line) the optimizer continues."""
+    """A meta-prompt: the request, and the fixed prefix (its last line) the optimizer continues.
+
+    sep: the line break(s) between the request and the prefix in the file.
+    """
 
     name: str
     body: str
     prefix: str
+    sep: str = "\n\n"
+
+    @property
+    def stop(self) -> list[str]:
+        """Where an answer ends: a blank line, or the closing quote after a prefix that opens one."""
+        return ["\n\n", '"'] if self.prefix.endswith('"') else ["\n\n"]
 
     def fill(self, **fields: Any) -> str:
         """The request with every `{name}` replaced (in one pass: values are never re-read)."""
@@ -59,11 +70,12 @@ def template(name: str) -> Template:
         text = (resources.files(__package__) / "prompts" / f"{name}.txt").read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"no meta-prompt named {name!r}") from None
-    lines = text.rstrip("\n").split("\n")
-    return Template(name, "\n".join(lines[:-1]).rstrip(), lines[-1].strip())
+    body, _, prefix = text.rstrip("\n").rpartition("\n")
+    stripped = body.rstrip("\n")
+    return Template(name, stripped, prefix.strip(), "\n" * (len(body) - len(stripped) + 1))
 
 
-def request(lm, body: str, prefix: str, fmt: str = "auto"):
+def request(lm, body: str, prefix: str, fmt: str = "auto", sep: str = "\n\n"):
     """The optimizer request for `body` + `prefix`: one text, or chat messages ending in a partial answer.
 
     auto: one text for a local model and a completions endpoint (the model continues the
@@ -75,7 +87,7 @@ def request(lm, body: str, prefix: str, fmt: str = "auto"):
     if fmt == "auto":
         fmt = "text" if white_box or getattr(lm, "api", "chat") == "completions" else "chat"
     if fmt == "text":
-        return f"{body}\n\n{prefix}"
+        return f"{body}{sep}{prefix}"
     if white_box:  # a local model renders its own chat template; the prefix opens the answer
         return lm.render([{"role": "user", "content": body}]) + prefix
     return [{"role": "user", "content": body}, {"role": "assistant", "content": prefix}]
@@ -122,16 +134,18 @@ def propose(state: SearchState, name: str, fields: dict, *, n: int, temperature:
     duplicate repeats `seen` (e.g. every instruction tried so far) or an earlier sample.
     """
     t = template(name)
-    req = request(state.optimizer, t.fill(**fields), t.prefix, fmt)
-    # "\n\n" rather than "\n": a small model often opens its answer with a line break
-    raws = state.ask(req, n=n, temperature=temperature, max_tokens=max_tokens, stop=["\n\n"])
+    req = request(state.optimizer, t.fill(**fields), t.prefix, fmt, t.sep)
+    raws = state.ask(req, n=n, temperature=temperature, max_tokens=max_tokens, stop=t.stop)
     known = {normalize(s) for s in seen}
+    answers = {normalize(w) for lab, w in state.task.labels.items()} | {normalize(lab) for lab in state.task.labels}
     out = []
     for raw in raws:
         text = clean(raw, t.prefix)
         why = unusable(text, max_chars)
         if why:
             state.skip(why)
+        elif normalize(text) in answers:  # the optimizer answered the task instead of writing an instruction
+            state.skip("unusable")
         elif normalize(text) in known:
             state.skip("duplicate")
         else:
@@ -221,6 +235,27 @@ def error_pool(state: SearchState) -> list[Example]:
     return state.train or state.dev
 
 
+# --- demonstrations ------------------------------------------------------------------------------
+DEMO_SOURCES = ("random", "correct")
+
+
+def draw(state: SearchState, pool: Sequence[Example], k: int, rng: random.Random) -> list[Example]:
+    """k demonstrations from `pool`, as class-balanced as it allows."""
+    return balanced_sample(state.task.with_splits(train=list(pool)), min(k, len(pool)), rng)
+
+
+def demo_pool(state: SearchState, prompt: Prompt, source: str, k: int) -> list[Example]:
+    """Training examples to draw demonstrations from: all of them (`random`), or those `prompt` gets
+    right on the target (`correct`; one target call each, and all of them if fewer than k are right)."""
+    pool = list(state.train)
+    if source == "correct" and pool:
+        right = [e for e, r in zip(pool, state.score(prompt, pool)) if r["score"] >= 1]
+        if len(right) >= k:
+            return right
+        state.skip("too-few-correct")  # the model gets too little right: fall back to any examples
+    return pool
+
+
 # --- the base of every method here ---------------------------------------------------------
 @dataclass
 class LLMConfig:
@@ -238,6 +273,10 @@ class LLMConfig:
     reasoning: bool = field(default=False, metadata={
         "help": "chain of thought: the prompt reasons after `trigger` before answering (the instruction is optimized)"})
     trigger: str = field(default="Let's think step by step.", metadata={"help": "reasoning trigger"})
+    demos: int = field(default=0, metadata={
+        "help": "demonstrations kept in the prompt while its instruction is optimized (0 = zero-shot)"})
+    demo_source: str = field(default="random", metadata={
+        "help": "where the demos come from: random | correct (training examples the target answers correctly)"})
     min_examples: int = field(default=4, metadata={"help": "halving: examples per candidate in the first round"})
     ucb_sample: int = field(default=4, metadata={"help": "ucb: examples per bandit pull"})
     ucb_pulls: int = field(default=2, metadata={"help": "ucb: pulls per candidate on average"})
@@ -249,6 +288,10 @@ class LLMConfig:
             raise ValueError(f"selection must be full, ucb or halving, got {self.selection!r}")
         if self.proposer_format not in FORMATS:
             raise ValueError(f"proposer_format must be one of {', '.join(FORMATS)}, got {self.proposer_format!r}")
+        if self.demos < 0:
+            raise ValueError("demos must be >= 0")
+        if self.demo_source not in DEMO_SOURCES:
+            raise ValueError(f"demo_source must be one of {', '.join(DEMO_SOURCES)}, got {self.demo_source!r}")
         if self.reasoning and not self.trigger.strip():
             raise ValueError("reasoning needs a non-empty trigger")
         if self.temperature < 0:
@@ -287,9 +330,13 @@ class LLMMethod(Method):
                                                   ucb_sample=c.ucb_sample, ucb_pulls=c.ucb_pulls))
 
     def initial(self, state: SearchState) -> list[Prompt]:
-        """The starting prompt: the given (or the task's) instruction, wrapped for chain of thought if asked."""
+        """The starting prompt: the given (or the task's) instruction, with `demos` demonstrations,
+        wrapped for chain of thought if asked."""
         c = self.config
         p = TextPrompt(instruction=c.instruction or state.task.instruction)
+        if c.demos and state.train:
+            pool = demo_pool(state, p, c.demo_source, c.demos)
+            p = TextPrompt(instruction=p.instruction, demos=draw(state, pool, c.demos, state.rng))
         return [Reasoning(inner=p, trigger=c.trigger) if c.reasoning else p]
 
     def propose(self, state: SearchState) -> list:
@@ -308,8 +355,14 @@ class LLMMethod(Method):
         """{"target_calls", "optimizer_calls"} a run costs at most, from the per-step counts below."""
         proposals, extra_target = self.per_step(state)
         steps = self.config.steps
-        return {"target_calls": len(state.dev) + steps * (self.selection_calls(state, proposals) + extra_target),
+        return {"target_calls": self.initial_calls(state)
+                + steps * (self.selection_calls(state, proposals) + extra_target),
                 "optimizer_calls": steps * self.optimizer_calls_per_step()}
+
+    def initial_calls(self, state: SearchState) -> int:
+        """Target calls of the starting prompt: its dev score (and choosing its demos from correct answers)."""
+        c = self.config
+        return len(state.dev) + (len(state.train) if c.demos and c.demo_source == "correct" else 0)
 
     def per_step(self, state: SearchState) -> tuple[int, int]:
         """(candidates per step, other target calls per step)."""
