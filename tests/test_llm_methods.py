@@ -434,7 +434,8 @@ def test_generation_tasks_are_searched_too(name):
     exs = [Example(a, b) for a, b in ANTONYMS.items()]
     task = Task(name="antonyms", kind="generation", train=exs[:6], dev=exs[6:], test=exs[6:],
                 instruction="Answer the input.")
-    p = run(name, task=task, optimizer=ScriptedLM(["write the antonym of the word", "repeat it"]))
+    p = run(name, task=task, target=RuleTarget(antonym_rule),
+            optimizer=ScriptedLM(["write the antonym of the word", "repeat it"]))
     assert p.meta["search"]["best_dev"] >= 0.0
     if name in ("ape", "opro", "evoprompt", "ape-iterative"):
         assert p.meta["search"]["best_dev"] == 1.0 and "antonym" in p.instruction.lower()

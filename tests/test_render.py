@@ -130,3 +130,13 @@ def test_soft_prompt_segments_are_the_rendered_text(tiny_lm):
 def test_whitebox_tokens_equal_rendered_messages_on_the_bundled_chat_template(real_lm):
     task = Task.from_dir(SHARED / "sst2")
     _agree(real_lm, task, [ex.input for ex in task.test[:40]])
+
+
+def test_hfmodel_renders_raw_messages_by_the_same_rendering(tiny_lm, tiny_plain_lm):
+    from promptlift.render import from_messages
+    from promptlift.template import to_text
+
+    msgs = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "Let's see."}]
+    assert tiny_plain_lm.render(msgs) == "Input: 2+2?\nOutput: Let's see."
+    assert tiny_lm.render(msgs) == to_text(tiny_lm, from_messages(msgs))
+    assert tiny_lm.render(msgs).endswith("<|im_start|>assistant\nLet's see.")  # continued, not closed

@@ -112,6 +112,21 @@ def normalize_messages(conversation: str | Sequence[Any], where: str = "messages
     return out
 
 
+def from_messages(messages: Sequence[Any]) -> Rendered:
+    """Chat messages as they are (no instruction, no demonstrations); a final assistant message is an
+    answer prefix to continue. What `HFModel.generate` renders when it is handed raw messages."""
+    pairs = normalize_messages(messages)
+    n_sys = 0
+    while n_sys < len(pairs) and pairs[n_sys][0] in ("system", "developer"):
+        n_sys += 1
+    turns = pairs[n_sys:]
+    prefix = ""
+    if turns and turns[-1][0] == "assistant":
+        prefix = turns[-1][1]
+        turns = turns[:-1]
+    return Rendered(tuple(pairs[:n_sys]), "", tuple(turns), prefix)
+
+
 def render(instruction: str, demos: Sequence[Example], conversation: str | Sequence[Any],
            label_words: Mapping[str, str] | None = None, answer_prefix: str = "") -> Rendered:
     """Render a text prompt for one input (a string or a list of chat messages); see the module docstring."""
@@ -126,4 +141,4 @@ def render(instruction: str, demos: Sequence[Example], conversation: str | Seque
     return Rendered(tuple(pairs[:n_sys]), instruction, tuple(turns), answer_prefix)
 
 
-__all__ = ["Rendered", "render", "normalize_messages", "answer_words", "ROLES"]
+__all__ = ["Rendered", "render", "from_messages", "normalize_messages", "answer_words", "ROLES"]

@@ -70,6 +70,7 @@ class WhiteBox:
         self.lm = lm
         self.batch_size = max(1, int(batch_size))
         self.progress = progress
+        self._embedded: dict[tuple, torch.Tensor] = {}
 
     @torch.no_grad()
     def condition_text(self, rendered: Sequence[Rendered]) -> Cond:
@@ -116,10 +117,16 @@ class WhiteBox:
         return out
 
     def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
-        """(N, hidden) L2-normalised embeddings by the model itself (for nearest-neighbour demos)."""
+        """(N, hidden) L2-normalised embeddings by the model itself (for nearest-neighbour demos).
+
+        Kept for the backend's life: a demonstration pool is embedded once, not once per chunk.
+        """
         from .neighbors import embed_texts
 
-        return embed_texts(self.lm, texts)
+        key = tuple(texts)
+        if key not in self._embedded:
+            self._embedded[key] = embed_texts(self.lm, texts)
+        return self._embedded[key]
 
 
 @dataclass

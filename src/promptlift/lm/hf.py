@@ -256,12 +256,15 @@ class HFModel(LM):
 
     # --- text in, text out --------------------------------------------------------------
     def render(self, prompt: PromptLike) -> str:
-        """Chat messages -> text through the chat template (with the assistant turn opened)."""
+        """Chat messages -> the text the model reads, by the one rendering (`promptlift.render`): the chat
+        template with the assistant turn opened (a final assistant message is continued), or the plain
+        `Input:/Output:` format for models without a template. A string is used as it is."""
         if isinstance(prompt, str):
             return prompt
-        if self.has_chat_template:
-            return self.tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
-        return "\n\n".join(m["content"] for m in prompt) + "\n"
+        from ..render import from_messages
+        from ..template import to_text
+
+        return to_text(self, from_messages(prompt))
 
     def encode(self, text: str, *, bos: bool = False) -> list[int]:
         """Tokenize without adding special tokens (chat templates write their own)."""
