@@ -223,3 +223,23 @@ def test_calls_budget_with_concurrency_8_exits_3_and_keeps_the_best_prompt(tmp_p
     result = _json.loads((tmp_path / "run" / "result.json").read_text())
     assert result["stopped"] == "budget" and result["cost"]["calls"] <= 25
     assert (tmp_path / "run" / "prompt.json").exists() and result["test"]["n"] > 0
+
+
+def test_optimizer_model_is_a_separate_endpoint(tmp_path, capsys, monkeypatch):
+    """--optimizer-model: the target is local, the proposals come from an OpenAI-compatible endpoint."""
+    import json as _json
+
+    import promptlift
+    from promptlift.registry import get_method
+
+    monkeypatch.setenv("PROMPTLIFT_NO_CACHE", "1")
+    lm, task = make_tiny_lm(), single_token_task()
+    with serving(make_tiny_lm(seed=1)) as srv:
+        opt = endpoint(srv)
+        run = promptlift.optimize("ape", lm, task, out=tmp_path / "run", progress=False, optimizer_lm=opt,
+                                  **get_method("ape").smoke)
+    proposals = [r for r in srv.requests if not r.get("logprobs")]
+    assert proposals, "the optimizer endpoint was asked for proposals"
+    cfg = _json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["optimizer_model"] == opt.model_id and cfg["model"] == lm.model_id
+    assert run.prompt.model == lm.model_id  # the artifact belongs to the target

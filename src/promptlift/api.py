@@ -62,7 +62,7 @@ class Run:
 
 def optimize(method: str, lm, task: Task, *, out: str | Path | None = None, seed: int = 0,
              budget: str | Budget | None = None, resume: bool = False, overwrite: bool = False,
-             progress: bool = True,
+             progress: bool = True, optimizer_lm=None,
              eval_splits: tuple[str, ...] = ("dev", "test"), eval_batch_size: int = 16, **options: Any) -> Run:
     """Run method `method` on `task` with `lm`; evaluate the result on dev and test.
 
@@ -72,12 +72,14 @@ def optimize(method: str, lm, task: Task, *, out: str | Path | None = None, seed
     directory gets config, history, artifact, predictions and result.json;
     `resume=True` continues a run that was cut off; an `out` that already holds
     a run is refused unless `resume` or `overwrite` is given (no work is lost silently).
+    `optimizer_lm` proposes prompts for LLM-as-optimizer methods (default: `lm` itself).
     """
     cls = get_method(method)
     m = cls(**options)
     m.check(lm, task)
     run_budget = budget if isinstance(budget, Budget) else Budget.parse(budget)
     config = {"method": method, "options": dataclasses.asdict(m.config), "model": lm.model_id,
+              "optimizer_model": optimizer_lm.model_id if optimizer_lm is not None else None,
               "task": task.name, "data": task.source, "seed": seed, "budget": dict(run_budget.limits)}
     rd = RunDir(out) if out is not None else None
     if rd is not None:
@@ -95,7 +97,7 @@ def optimize(method: str, lm, task: Task, *, out: str | Path | None = None, seed
     if rd is not None and resume:
         _restore_spend(rd.path, run_budget)  # what the killed run had spent still counts
     ctx = RunContext(seed=seed, run_dir=rd.path if rd else None, resume=resume, progress=progress,
-                     log=_logger(rd, run_budget) if rd else None)
+                     log=_logger(rd, run_budget) if rd else None, optimizer_lm=optimizer_lm)
     ctx.seed_everything()
 
     outer = lm.budget
@@ -109,7 +111,9 @@ def optimize(method: str, lm, task: Task, *, out: str | Path | None = None, seed
             if k != "tokens":
                 setattr(outer, k, getattr(outer, k) + v)
     fit_seconds = time.perf_counter() - t0
-    stopped = "budget" if run_budget.exhausted() else ""
+    searched = prompt.meta.get("search") if isinstance(prompt.meta.get("search"), dict) else {}
+    stopped = "budget" if (run_budget.exhausted() or "budget" in (prompt.meta.get("stopped"), searched.get("stopped"))) \
+        else ""
     prompt.model = model_key(lm)
     prompt.task = task.name
     prompt.method = method

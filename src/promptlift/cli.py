@@ -261,6 +261,10 @@ def optimize(
     base_url: Optional[str] = typer.Option(None),
     api_key: Optional[str] = typer.Option(None),
     api: str = typer.Option("chat", help=API_HELP),
+    optimizer_model: Optional[str] = typer.Option(None, help="LLM-as-optimizer methods: the model that proposes "
+                                                  "prompts (same values as --model; default: the target itself)"),
+    optimizer_base_url: Optional[str] = typer.Option(None, help="endpoint of an openai:NAME --optimizer-model"),
+    optimizer_api: str = typer.Option("chat", help="API of an openai:NAME --optimizer-model"),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     dtype: str = typer.Option("auto", help=DTYPE_HELP),
     as_json: bool = typer.Option(False, "--json"),
@@ -278,6 +282,7 @@ def optimize(
     opts.update(method_options(cls, list(ctx.args)))
     cls.make_config(**opts)  # unknown or mistyped options: fail before loading the model
     check_options(seed=seed, api=api)
+    check_options(api=optimizer_api)
     from .lm.budget import Budget
 
     Budget.parse(budget)  # a malformed budget: fail before loading the model
@@ -286,8 +291,13 @@ def optimize(
     probe_run_dir(out)  # a directory that is not a run, or a run another process writes: fail now
     task = load_task(data)
     lm = load_lm(model, base_url, api_key, device=device, dtype=dtype, api=api)
+    optimizer_lm = None
+    if optimizer_model is not None:
+        optimizer_lm = (lm if optimizer_model == model and optimizer_base_url in (None, base_url) else
+                        load_lm(optimizer_model, optimizer_base_url, api_key, device=device, dtype=dtype,
+                                api=optimizer_api))
     run = run_optimize(method, lm, task, out=out, seed=seed, budget=budget, resume=resume, overwrite=overwrite,
-                       progress=not as_json, **opts)
+                       progress=not as_json, optimizer_lm=optimizer_lm, **opts)
     s = run.summary()
     dev = f"dev {run.dev.accuracy:.3f}" if run.dev else "dev -"
     test = (f"test {run.test.accuracy:.3f} (95% CI {run.test.ci95[0]:.3f}-{run.test.ci95[1]:.3f})"

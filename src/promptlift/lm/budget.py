@@ -13,7 +13,9 @@ from ..errors import BudgetExceeded, ConfigError
 COUNTERS = ("calls", "prompt_tokens", "completion_tokens", "forward", "backward", "cached_calls", "retries")
 # accepted spellings in --budget
 _ALIASES = {"tokens": "tokens", "calls": "calls", "prompt_tokens": "prompt_tokens",
-            "completion_tokens": "completion_tokens", "forward": "forward", "backward": "backward"}
+            "completion_tokens": "completion_tokens", "forward": "forward", "backward": "backward",
+            # enforced by the search loop (engine.search), which counts target and optimizer calls apart
+            "target_calls": "target_calls", "optimizer_calls": "optimizer_calls"}
 
 
 @dataclass
@@ -65,13 +67,13 @@ class Budget:
         """Raise BudgetExceeded if any limit is already passed."""
         used = self.used()
         for k, lim in self.limits.items():
-            if used[k] > lim:
+            if k in used and used[k] > lim:
                 raise BudgetExceeded(f"budget exhausted: {k} = {used[k]} > limit {lim:g}")
 
     def exhausted(self) -> str | None:
         """The first limit that is used up (used >= limit), or None."""
         used = self.used()
-        return next((k for k, lim in self.limits.items() if used[k] >= lim), None)
+        return next((k for k, lim in self.limits.items() if k in used and used[k] >= lim), None)
 
     def used(self) -> dict[str, int]:
         d = {k: getattr(self, k) for k in COUNTERS}

@@ -30,6 +30,7 @@ class RunContext:
     run_dir: where the method may write checkpoints (None = in memory only).
     resume: continue from the checkpoint in run_dir if there is one.
     log: callback(dict) appending one line to the run's history.
+    optimizer_lm: the model that proposes prompts for LLM-as-optimizer methods (None: the target itself).
     """
 
     seed: int = 0
@@ -37,6 +38,7 @@ class RunContext:
     resume: bool = False
     progress: bool = True
     log: Any = None
+    optimizer_lm: Any = None
 
     def rng(self) -> random.Random:
         return random.Random(self.seed)
