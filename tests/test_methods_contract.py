@@ -106,3 +106,12 @@ def test_config_is_typed_and_documented(name):
         assert opt["type"] in ("int", "float", "str", "bool", "list", "dict") or opt["type"].startswith(
             ("list", "dict")), f"{name}: option {opt['name']} has type {opt['type']}"
     assert cls.make_config(**cls.smoke) is not None
+
+
+def test_spend_survives_resume(tmp_path):
+    _, _, first = run("few-shot", tmp_path / "run")
+    spent = first.cost["forward"]
+    assert spent > 0 and (tmp_path / "run" / "spend.json").exists()
+    _, _, resumed = run("few-shot", tmp_path / "run", resume=True)
+    # the resumed run redoes the fit (few-shot keeps no checkpoint) and still counts what was spent before
+    assert resumed.cost["forward"] == 2 * spent

@@ -290,6 +290,8 @@ def optimize(
 
     probe_run_dir(out)  # a directory that is not a run, or a run another process writes: fail now
     task = load_task(data)
+    for split in ("train", "dev"):  # methods select on dev: a task without one fails now, not after an epoch
+        task.split(split)
     lm = load_lm(model, base_url, api_key, device=device, dtype=dtype, api=api)
     optimizer_lm = None
     if optimizer_model is not None:
@@ -370,6 +372,57 @@ def import_cmd(adapter: Path = typer.Argument(..., help="a PEFT prompt-tuning ad
     p = import_peft(adapter, lm, instruction=instruction)
     path = p.save(out)
     _print({"prompt": str(path)}, as_json, f"wrote {path}")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def distill(
+    ctx: typer.Context,
+    run_dir: Path = typer.Argument(..., help="the teacher: a run directory or prompt artifact (e.g. prefix-tuning)"),
+    out: Path = typer.Option(..., "--out", help="run directory for the distilled soft prompt"),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="inputs to distil on (train + dev; labels unused); "
+                                       "default: the teacher run's data"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="default: the model the teacher was made on"),
+    seed: int = typer.Option(0),
+    overwrite: bool = typer.Option(False, help="replace a run already in --out"),
+    option: List[str] = typer.Option([], "--option", "-o", help="KEY=VALUE: tokens, init, position, instruction, "
+                                     "epochs, batch_size, lr, warmup, grad_clip, patience, answer_tokens"),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    dtype: str = typer.Option("auto", help=DTYPE_HELP),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Distil a prompt (a prefix prompt vLLM cannot take) into an input-level soft prompt; reports the dev
+    accuracy of teacher and student. Options as `--tokens 20` or `-o tokens=20`."""
+    from types import SimpleNamespace
+
+    from .artifacts import load
+    from .methods.soft.distill import DistillConfig, distill as run_distill, make_config
+    from .runs import probe_run_dir
+
+    opts = _parse_options(option)
+    opts.update(method_options(SimpleNamespace(Config=DistillConfig, name="distill"), list(ctx.args)))
+    tokens = make_config(**opts).tokens  # unknown or mistyped options: fail before loading anything
+    check_options(seed=seed)
+    teacher = load(run_dir)
+    config = {}
+    if run_dir.is_dir() and (run_dir / "config.json").exists():
+        config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    data = data or config.get("data")
+    if not data or data == "<memory>":
+        raise ConfigError(f"{run_dir}: no data recorded for the teacher; give --data")
+    name = model or (teacher.model or "").split("@", 1)[0] or config.get("model")
+    if not name:
+        raise ConfigError(f"{run_dir}: the teacher records no model; give --model")
+    probe_run_dir(out)
+    task = load_task(data)
+    lm = load_lm(name, device=device, dtype=dtype)
+    r = run_distill(lm, task, teacher, out=out, seed=seed, progress=not as_json, overwrite=overwrite,
+                    teacher_ref=str(run_dir), **opts)
+    s = r.summary()
+    acc = lambda e: f"{e.accuracy:.3f}" if e else "-"  # noqa: E731
+    kept = f", kept {r.kept:.1%}" if r.kept is not None else ""
+    agree = f", agreement {r.agreement_dev:.3f}" if r.agreement_dev is not None else ""
+    _print(s, as_json, f"distilled {teacher.type} -> soft ({tokens} tokens) on {task.name}: dev teacher "
+                       f"{acc(r.teacher_dev)}, student {acc(r.student_dev)}{kept}{agree}; {r.seconds:.1f}s -> {out}")
 
 
 @app.command()
