@@ -70,6 +70,7 @@ def main() -> None:
     ap.add_argument("--data", default=str(DATA))
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--note", default="", help="a sentence added to the report (e.g. which code was run)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -125,6 +126,7 @@ Command: `{command_line()}`
 Date: {started} (finished {now()})  
 Machine: {facts['cpu']}, {facts['usable_cpus']} usable CPUs, torch {facts['torch']} ({facts['torch_threads']} threads), transformers {facts['transformers']}, Python {facts['python']}; load average at start {facts['loadavg_start']} (a shared machine: wall times vary with other work).  
 Data: SST-2 16-shot split (train {len(task.train)}, dev {len(task.dev)}), test = first {len(task.test)} rows of the SST-2 test set. Selection on dev only; test scored once per run.  
+Code: promptlift {promptlift.__version__} from `{Path(promptlift.__file__).parent}`.{(" " + args.note) if args.note else ""}  
 Budget per run: `--budget {args.budget}` (target + optimizer calls, counted by the search loop); method options: {opts}; seeds {', '.join(map(str, args.seeds))}; the models' call cache off.
 
 Zero-shot instruction (`{task.instruction}`): dev {zero_dev * 100:.1f} %, test {zero_test * 100:.1f} %.

@@ -18,7 +18,7 @@ different soft prompts; requests/s with 1 client vs 16 concurrent clients
 
 Everything is bounded: a fixed number of requests per run, a deadline per
 run, per-request timeouts; the subprocesses are stopped at the end. Results go
-to bench/SERVE_RESULTS.md (section `serve_load`).
+to BENCHMARKS.md (section `serve_load`, dated).
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, command_line, loadavg, machine_facts, md_table, now, progress, write_section  # noqa: E402
+from common import (BENCHMARKS_MD, REPO, command_line, loadavg, machine_facts, md_table, now, progress,  # noqa: E402
+                    write_section)
 
-RESULTS = Path(__file__).resolve().parent / "SERVE_RESULTS.md"
 KEY = "sk-bench-key"
 RUN_DEADLINE_S = 180.0
 REQ_TIMEOUT_S = 30.0
@@ -387,7 +387,7 @@ def main() -> None:
     ap.add_argument("--local-requests", type=int, default=48, help="requests per local run")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads for the local part (more than 1 is much slower on a busy 2-core machine)")
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--out", type=Path, default=BENCHMARKS_MD)
     ap.add_argument("--extra-path", type=Path, default=None,
                     help="prepend this folder to the proxy's PYTHONPATH (e.g. one holding httptools and uvloop, "
                          "which uvicorn then uses)")
@@ -402,14 +402,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="promptlift-serve-bench-") as d:
         rows, raw = proxy_part(args, Path(d))
     local_rows, local_raw = local_part(args) if args.local else ([], {})
-    body = [f"## `promptlift serve`: proxy overhead and local batching",
+    date = now()
+    body = [f"## `promptlift serve`: proxy overhead and local batching ({date})",
             "",
             f"Command: `{command_line()}`  ",
-            f"Date: {now()}  ",
+            f"Date: {date}  ",
             f"Machine: {facts['cpu']}, {facts['usable_cpus']} usable CPUs, {facts['memory_gib']} GiB RAM; "
             f"Python {facts['python']}, torch {facts['torch']}. Load average at start {facts['loadavg_start']}, "
-            f"at end {loadavg()}: the machine is shared, and the fake upstream, the proxy and the load generator "
-            "share its CPUs.",
+            f"at end {loadavg()}: the machine is shared with other work and was loaded during the run, and the "
+            "fake upstream, the proxy and the load generator share its CPUs, so these numbers are upper bounds "
+            "on latency and lower bounds on throughput.",
             "",
             "### Proxy overhead (fake upstream, loopback)",
             "",
@@ -449,7 +451,7 @@ def main() -> None:
         if b16 and b1 and one:
             body += ["", f"16 clients with batching: {b16['rps'] / one['rps']:.2f}x the requests/s of 1 client, "
                          f"{b16['rps'] / b1['rps']:.2f}x those of 16 clients without batching."]
-    path = write_section("serve_load", "\n".join(body), args.out, title="# promptlift serve benchmarks")
+    path = write_section("serve_load", "\n".join(body), args.out)
     progress(f"wrote {path}")
     print(json.dumps({"proxy": raw, "local": local_raw}, indent=1, default=str))
 

@@ -83,6 +83,7 @@ def test_contract(name, capsys):
     assert re.search(r"spent \d+ calls", err)
     assert p.meta["search"]["best_dev"] >= 0.5  # the starting instruction scores 0.5 and is a candidate
     assert task == before and m.config == config and set(vars(m)) == {"config"}
+    assert cls.make_config().demos == 0  # no method's own option shadows the shared one: zero-shot start
     again = m.fit(RuleTarget(sentiment_rule), task, ctx(optimizer=ScriptedLM(mixed)))
     assert again.hash == p.hash
 
@@ -115,6 +116,12 @@ def test_meta_prompts_end_in_a_fixed_prefix_and_proposals_are_cleaned():
     assert clean(' "Judge the sentiment." Output: positive') == "Judge the sentiment."
     assert clean("New instruction: be brief", "Output:") == "be brief"
     assert unusable("") == "empty" and unusable("12") == "unusable" and unusable("ok then") is None
+    # after a prefix that opens a quote: the quoted text, whether the model continued it or answered anew
+    q = 'New instruction: "'
+    assert clean('Judge the sentiment.', q) == "Judge the sentiment."
+    assert clean('Judge it." and more', q) == "Judge it."
+    assert clean('New instruction: "Judge it." Explanation: ...', q) == "Judge it."
+    assert clean('"Judge it."', q) == "Judge it."
 
 
 # --- OPRO -------------------------------------------------------------------------------------
@@ -212,6 +219,12 @@ def test_bootstrap_correct_demos_are_ones_the_target_gets_right(tmp_path):
     demo_sets = [c["prompt"]["demos"] for c in checkpoint(tmp_path)["candidates"] if c["origin"] == "demos:correct"]
     assert demo_sets and all(d["output"] == "negative" for ds in demo_sets for d in ds)  # it always says negative
     assert p.meta["cost"]["optimizer_calls"] == 0
+
+
+def test_bootstrap_mixed_alternates_correct_and_random_sets(tmp_path):
+    run("bootstrap-fewshot", tmp_path, shots=2, trials=4, source="mixed")
+    origins = {c["origin"] for c in checkpoint(tmp_path)["candidates"]}
+    assert origins == {"initial", "demos:correct", "demos:random"}
 
 
 class ReasoningTarget(RuleTarget):
@@ -370,11 +383,13 @@ def test_evoprompt_population(tmp_path, variant):
 
 
 # --- a real model (white-box path) ----------------------------------------------------------------
-def test_tiny_local_model_as_target_and_proposer():
-    """The white-box path end to end: the tiny model proposes (plain text) and is scored by the engine."""
+@pytest.mark.parametrize("fmt", ["text", "chat"])
+def test_tiny_local_model_as_target_and_proposer(fmt):
+    """The white-box path end to end: the tiny model proposes (one text, or its chat template with the
+    prefix as a partial answer) and is scored by the engine."""
     lm = make_tiny_lm()
     cls = get_method("ape")
-    prompt = cls(**cls.smoke).fit(lm, toy_task(), ctx())
+    prompt = cls(**cls.smoke, proposer_format=fmt).fit(lm, toy_task(), ctx())
     cost = prompt.meta["cost"]
     assert cost["optimizer_calls"] == 2 and cost["target_calls"] >= 8
     assert cost["tokens"] > 0 and lm.budget.calls >= 1  # the search's use was added to the model's budget

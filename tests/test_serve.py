@@ -304,6 +304,34 @@ def test_knn_tfidf_and_calibrated_prompts(tmp_path, fake, proxies):
     assert fake.last["messages"][0]["content"] == "Label it.\n\nthe movie was great"
 
 
+def test_applier_stages_decide_what_an_http_upstream_takes(tmp_path, fake, proxies):
+    """The proxy asks the applier how many stages a prompt answers in; it never asks the artifact's type."""
+    from promptlift.engine.apply import applier_for
+    from promptlift.serve.apply import chat_messages, generation_prompt
+
+    text = TextPrompt(instruction=INSTRUCTION, demos=DEMOS)
+    cot = Reasoning(inner=text)
+    assert [applier_for(p).stages(p) for p in (text, Calibrated(inner=text), cot, Calibrated(inner=cot))] == [1, 1, 2, 2]
+    assert generation_prompt(Calibrated(inner=text)) is text and generation_prompt(cot) is cot
+    msgs = [{"role": "user", "content": "fine"}]
+    assert chat_messages(Calibrated(inner=text), msgs) == render(INSTRUCTION, DEMOS, msgs).messages()
+    with pytest.raises(ConfigError, match="2 stages"):
+        chat_messages(cot, msgs)
+
+
+def test_logprobs_pass_through_and_echo_is_refused_on_http_routes(tmp_path, fake, proxies):
+    px = proxies(load_config(basic_config(tmp_path, fake)))
+    msgs = [{"role": "user", "content": "so good"}]
+    px.client().chat.completions.create(model="sentiment", messages=msgs, max_tokens=1, logprobs=True, top_logprobs=5)
+    assert fake.last["logprobs"] is True and fake.last["top_logprobs"] == 5
+    assert fake.last["messages"] == render(INSTRUCTION, DEMOS, msgs).messages()
+    n = len(fake.received)
+    r = px.post("/v1/completions", {"model": "sentiment", "prompt": "Input: x\nOutput: positive", "echo": True,
+                                    "logprobs": 1, "max_tokens": 0})
+    assert_error(r, 400, "invalid_request_error", "unsupported_parameter")
+    assert len(fake.received) == n
+
+
 # --- security and limits -----------------------------------------------------------------------
 
 

@@ -19,7 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
 from conftest import SHARED, make_tiny_lm
-from promptlift.artifacts import Calibrated, PrefixPrompt, SoftPrompt, TextPrompt
+from promptlift.artifacts import Calibrated, PrefixPrompt, Reasoning, SoftPrompt, TextPrompt
 from promptlift.engine.decode import decode
 from promptlift.engine.evaluate import generate_with_prompt
 from promptlift.errors import ConfigError
@@ -132,8 +132,6 @@ def test_local_text_soft_and_prefix_answers_equal_the_engine(tmp_path, lm, serve
 
 
 def test_two_stage_prompt_runs_through_the_engine(tmp_path, lm, served):
-    from promptlift.artifacts import Reasoning
-
     cot = Reasoning(inner=soft(lm, 5), reasoning_tokens=4)
     s = served(local_config(tmp_path, {"default": cot, "text": TextPrompt(instruction="Classify.")}), lm)
     assert s.chat(INPUTS[0]) == alone(lm, cot, INPUTS[0])
@@ -188,6 +186,75 @@ def test_concurrent_requests_with_different_soft_prompts_are_batched(tmp_path, l
     for (name, x), g in zip(calls, got):
         assert g == alone(lm, prompts[name], x), (name, x)
     assert max(s.runner().batches) > 1, s.runner().batches
+
+
+# --- log-probabilities through the applied prompt: black-box evaluation through the proxy -----------
+
+
+def _through_proxy(s, name: str, **kw):
+    from promptlift.lm.cache import CallCache
+    from promptlift.lm.openai import OpenAIModel
+
+    client = openai.OpenAI(base_url=s.srv.url + "/v1", api_key="none", default_headers={"X-Promptlift-Prompt": name})
+    # the tiny vocabulary has ~400 tokens: every one is listed, so first-token scores are exact
+    return OpenAIModel("tiny", client=client, cache=CallCache(enabled=False), top_logprobs=400, **kw)
+
+
+def _same_eval(remote, local) -> None:
+    assert remote.scoring == local.scoring == "logprobs"
+    assert [r["pred"] for r in remote.predictions] == [r["pred"] for r in local.predictions]
+    for a, b in zip(remote.predictions, local.predictions):
+        assert a["scores"] == pytest.approx(b["scores"], abs=1e-3)
+
+
+@pytest.mark.parametrize("chat,api", [(True, "chat"), (False, "completions"), (True, "completions")])
+def test_eval_through_the_proxy_equals_local_eval(tmp_path, chat, api):
+    """`promptlift eval --model openai:ROUTE --instruction ''` through the local upstream == local eval of the route's
+    prompt: chat ranks by the first token's top_logprobs, completions scores whole label words with echo."""
+    from promptlift import evaluate
+    from promptlift.artifacts import KnnPrompt
+    from test_endpoint import multi_token_task, single_token_task
+
+    lm = make_tiny_lm(seed=1, init_range=0.5, chat=chat)
+    task = single_token_task() if api == "chat" else multi_token_task()
+    prompts = {"default": TextPrompt(instruction="Classify the input.", demos=task.train[:2]), "soft": soft(lm, 0),
+               "prefix": prefix(lm, 3), "knn": KnnPrompt(instruction="Label it.", pool=task.train, k=2)}
+    s = Served(local_config(tmp_path, prompts, labels=dict(task.labels)), lm)
+    try:
+        for name, p in prompts.items():
+            remote = evaluate(_through_proxy(s, name, api=api), task, TextPrompt(instruction=""), progress=False)
+            _same_eval(remote, evaluate(lm, task, p, progress=False))
+    finally:
+        s.srv.stop()
+
+
+def test_logprobs_and_echo_response_shapes(tmp_path, lm, served):
+    cot = Reasoning(inner=soft(lm, 1), reasoning_tokens=2)
+    s = served(local_config(tmp_path, {"default": soft(lm, 0), "cot": cot}), lm)
+    out = s.client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": INPUTS[0]}],
+                                           max_tokens=1, logprobs=True, top_logprobs=3)
+    first = out.choices[0].logprobs.content[0]
+    assert len(first.top_logprobs) == 3 and first.token == first.top_logprobs[0].token
+    assert first.bytes == list(first.token.encode()) and first.logprob <= 0
+    assert out.choices[0].message.content == alone(lm, soft(lm, 0), INPUTS[0])[:len(out.choices[0].message.content)]
+    text = "Input: the movie was great\nOutput: up down"
+    c = s.client.completions.create(model="tiny", prompt=text, echo=True, logprobs=2, max_tokens=0)
+    lp = c.choices[0].logprobs
+    assert c.choices[0].text == text and len(lp.tokens) == len(lp.token_logprobs) == len(lp.text_offset)
+    scored = [(t, o) for t, o, v in zip(lp.tokens, lp.text_offset, lp.token_logprobs) if v is not None]
+    assert "".join(t for t, _ in scored) == "up down" and scored[0][1] == text.index("up")
+    assert all(v is None for v in lp.token_logprobs[: len(lp.tokens) - len(scored)])
+    assert len(lp.top_logprobs[-1]) == 2
+    for bad in ({"max_tokens": 2}, {"max_tokens": 0, "stream": True}):
+        with pytest.raises(openai.BadRequestError):
+            s.client.completions.create(model="tiny", prompt=text, echo=True, logprobs=1, **bad)
+    with pytest.raises(openai.BadRequestError, match="2 stages"):  # a two-stage prompt has no one condition
+        s.client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=1,
+                                         logprobs=True, extra_headers={"X-Promptlift-Prompt": "cot"})
+    with pytest.raises(openai.BadRequestError, match="greedy"):
+        s.client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=1,
+                                         logprobs=True, temperature=0.7)
+    assert s.chat("hi") == alone(lm, soft(lm, 0), "hi")  # and it goes on serving
 
 
 # --- vLLM prompt_embeds ----------------------------------------------------------------------
@@ -324,3 +391,62 @@ def test_serve_local_real_model_matches_the_engine_on_sst2(tmp_path, real_lm):
     assert got == want
     assert all(got) and len(set(got)) > 2  # real answers, not all the same
     assert max(s.runner().batches) > 1
+
+
+@pytest.mark.slow
+def test_optimized_soft_prompt_served_locally_gives_the_eval_predictions_on_sst2(tmp_path, real_lm, capsys):
+    """End to end on smollm2-135m: prompt-tuning (tiny budget) -> `promptlift serve --prompt RUN --upstream local`
+    -> `promptlift eval --model openai:ROUTE --api completions --instruction ''` through the proxy (the real openai
+    client underneath) gives the same predictions and accuracy on the first 200 SST-2 test rows as
+    `promptlift eval --prompt RUN`; chat `logprobs` give the engine's first-token label scores."""
+    import promptlift
+    from promptlift.artifacts import load
+    from promptlift.cli import main
+    from promptlift.runs import read_jsonl
+    from promptlift.serve.config import single_route_config
+    from promptlift.task import Task
+
+    data = SHARED / "sst2"
+    task = Task.from_dir(data)
+    run = tmp_path / "run"
+    promptlift.optimize("prompt-tuning", real_lm, task, out=run, seed=0, progress=False, eval_splits=("dev",),
+                        epochs=1, tokens=4)
+    artifact = load(run)
+    assert artifact.type == "soft" and artifact.model.startswith("smollm2-135m@")
+
+    def eval_json(*args) -> dict:
+        assert main(["eval", "--data", str(data), "--limit", "200", "--json", *args]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    local = eval_json("--prompt", str(run), "--predictions", str(tmp_path / "local.jsonl"))
+    lp = read_jsonl(tmp_path / "local.jsonl")
+    cfg = single_route_config(run, artifact.hash, "local", name="sst2-soft")  # what `promptlift serve` builds
+    s = Served(cfg, real_lm)
+    try:
+        # the proxy applies the soft prompt, so the client evaluates with an empty prompt; the completions API
+        # scores whole label words (echo + logprobs), as the local engine does
+        remote = eval_json("--model", "openai:sst2-soft", "--base-url", s.srv.url + "/v1", "--api", "completions",
+                           "--instruction", "", "--predictions", str(tmp_path / "remote.jsonl"))
+        batches = list(s.runner().batches)
+        tops = [s.client.chat.completions.create(model="sst2-soft", messages=[{"role": "user", "content": r["input"]}],
+                                                 max_tokens=1, logprobs=True, top_logprobs=20)
+                for r in lp[:30]]
+    finally:
+        s.srv.stop()
+    rp = read_jsonl(tmp_path / "remote.jsonl")
+    assert len(lp) == len(rp) == 200 and remote["scoring"] == "logprobs" and remote["unparsed"] == 0
+    assert [r["pred"] for r in rp] == [r["pred"] for r in lp]
+    assert remote["accuracy"] == local["accuracy"]
+    for a, b in zip(lp, rp):
+        assert b["scores"] == pytest.approx(a["scores"], abs=2e-3)
+    assert max(batches) > 1  # concurrent client requests were batched
+    listed = 0
+    for out, rec in zip(tops, lp):
+        top = {t.token: t.logprob for t in out.choices[0].logprobs.content[0].top_logprobs}
+        for label, words in task.labels.items():
+            if words in top:  # the label words are one token each: first-token log-prob == label score
+                listed += 1
+                assert top[words] == pytest.approx(rec["scores"][label], abs=2e-3)
+    assert listed > 30
+    print(f"\nsoft prompt (dev {artifact.meta.get('best_dev')}) on SST-2 test[:200]: accuracy {local['accuracy']:.3f} "
+          f"locally and through the proxy; {listed}/60 chat label log-probs listed in top 20")

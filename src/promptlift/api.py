@@ -134,7 +134,9 @@ def optimize(method: str, lm, task: Task, *, out: str | Path | None = None, seed
         with rd.open_predictions(split, resume=bool(done)) as writer:
             results[split] = evaluate(lm, task, prompt, split=split, batch_size=eval_batch_size, progress=progress,
                                       on_records=writer.extend, done=done)
-    run = Run(method, prompt, results["dev"], results["test"], {**run_budget.used(), "fit_seconds": round(fit_seconds, 3)},
+    search_cost = prompt.meta.get("cost") if isinstance(prompt.meta.get("cost"), dict) else {}
+    cost = {**run_budget.used(), **search_cost, "fit_seconds": round(fit_seconds, 3)}
+    run = Run(method, prompt, results["dev"], results["test"], cost,
               time.perf_counter() - t0, config, rd.path if rd else None, stopped)
     if rd is not None:
         rd.write_result(run.summary())

@@ -35,14 +35,24 @@ def register(name: str, *aliases: str) -> Callable[[type[T]], type[T]]:
     return deco
 
 
+_LOADED = False
+
+
 def _load_all() -> None:
-    """Import every module under `promptlift.methods`: each registers its methods where it is defined."""
+    """Import every module under `promptlift.methods` once: each registers its methods where it is defined."""
+    global _LOADED
+    if _LOADED:
+        return
     import pkgutil
 
     import promptlift.methods as pkg
 
     for info in pkgutil.walk_packages(pkg.__path__, prefix="promptlift.methods."):
-        importlib.import_module(info.name)
+        try:
+            importlib.import_module(info.name)
+        except Exception as e:  # name the broken module instead of failing somewhere inside it
+            raise ImportError(f"method module {info.name} failed to import: {type(e).__name__}: {e}") from e
+    _LOADED = True
 
 
 def get_method(name: str) -> type:

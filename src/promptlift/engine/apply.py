@@ -8,6 +8,7 @@ prompt it holds.
 
     applier_for(prompt).label_scores(prompt, backend, task, inputs)   # (N, L)
     applier_for(prompt).generate(prompt, backend, task, inputs, cfg)  # N strings
+    applier_for(prompt).stages(prompt)                                 # model calls per answer
 
 `inputs` are user texts or lists of chat messages (see `promptlift.render`).
 `answer_prefixes` (one per input) open the answer with text the model
@@ -19,14 +20,17 @@ an `Applier` subclass decorated with `@applies(ThatType)` in the engine.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Sequence
 
 import torch
 
-from ..artifacts import Calibrated, KnnPrompt, Prompt, Reasoning, TextPrompt
+from ..artifacts import Calibrated, KnnPrompt, Prompt, Reasoning, TextPrompt, TokenPrompt
 from ..errors import ArtifactError, ConfigError
-from ..lm.base import GenerationConfig
+from ..lm.base import GenerationConfig, same_model
 from ..render import normalize_messages, render
+from ..template import answer_sep, build_layout, to_ids
+from .backends import Cond
 
 _APPLIERS: dict[type, "Applier"] = {}
 
@@ -67,6 +71,19 @@ def query_text(x: Any) -> str:
 
 class Applier:
     """Base applier. Subclasses define `condition`; wrappers override the verbs."""
+
+    def stages(self, prompt: Prompt) -> int:
+        """How many times `generate` asks the backend before it answers (1: one condition, one answer).
+
+        A prompt of one stage is fully described by its `condition`, so a caller can
+        take that condition and run or send it itself (the proxy does).
+        """
+        return 1
+
+    def generation_prompt(self, prompt: Prompt) -> Prompt:
+        """The artifact whose condition this prompt's answers are generated from: itself by default;
+        a wrapper that changes only label scores (calibration) answers with its inner prompt's."""
+        return prompt
 
     def check(self, prompt: Prompt, backend, task) -> None:
         """Refuse, before any model call, what this prompt cannot do on this backend and task."""
@@ -133,6 +150,55 @@ class KnnApplier(Applier):
                                        in zip(inputs, chosen, _prefixes(inputs, answer_prefixes))])
 
 
+TOKEN_SLOT = "x"  # a non-empty stand-in instruction: a token prompt's ids take its place
+
+
+@applies(TokenPrompt)
+class TokenApplier(Applier):
+    """Token ids on the model they were found on; their text, as the instruction, anywhere else.
+
+    On that model the sequence is [chat header][ids][blank line, input, answer opening]: a text
+    prompt's layout with the ids in place of the instruction's tokens, as the methods that found
+    them scored them (`layout`). On another model or an endpoint `text` is rendered as a text
+    prompt's instruction (`evaluate` notes that the prompt was found on another model).
+    """
+
+    @staticmethod
+    def layout(lm, labels=None, body: Sequence[int] = ()):
+        """The layout a token prompt follows on `lm`: a text prompt's, with `body` as the instruction's tokens."""
+        return dataclasses.replace(build_layout(lm, TOKEN_SLOT, [], labels), body=list(body))
+
+    def exact(self, prompt: TokenPrompt, backend) -> bool:
+        """True if the ids apply as they are: a local model, the one the prompt was found on."""
+        return bool(backend.white_box and prompt.model and same_model(prompt.model, backend.lm))
+
+    def check(self, prompt, backend, task):
+        if self.exact(prompt, backend) and prompt.ids and max(prompt.ids) >= backend.lm.embedding_matrix().shape[0]:
+            raise ArtifactError(f"token prompt has id {max(prompt.ids)}, past the vocabulary of {backend.lm.model_id}")
+
+    @torch.no_grad()
+    def condition(self, prompt, backend, task, inputs, answer_prefixes=None):
+        labels = _labels_map(task)
+        prefixes = _prefixes(inputs, answer_prefixes)
+        if not self.exact(prompt, backend):
+            return backend.condition_text([render(prompt.text, [], x, labels, a) for x, a in zip(inputs, prefixes)])
+        lm = backend.lm
+        lay = self.layout(lm, labels, lm.encode(TOKEN_SLOT))
+        start = lay.header + lay.body
+        rendered = [render(TOKEN_SLOT, [], x, labels, a) for x, a in zip(inputs, prefixes)]
+        rows = []
+        for i, r in enumerate(rendered):
+            ids = to_ids(lm, r)
+            if ids[: len(start)] != start or len(ids) <= len(start):
+                raise ConfigError(f"input {i}: a token prompt's ids sit after the chat header they were found with; "
+                                  "a request with its own system message changes that header")
+            rows.append(ids[len(start):])
+        head = lay.header + list(prompt.ids)
+        kv = lm.forward(ids=torch.tensor([head], device=lm.device))[1] if head else None
+        return Cond(kv, rows, answer_sep(lm, rendered[0]) if rendered else "",
+                    [] if lm.has_chat_template else ["\n"], head)
+
+
 def calibrate(scores: torch.Tensor, cf_scores: torch.Tensor) -> torch.Tensor:
     """Contextual calibration: divide label probabilities by the mean content-free ones.
 
@@ -154,6 +220,12 @@ class CalibratedApplier(Applier):
         if not backend.can_score_labels:
             raise ConfigError(f"calibration needs label log-probabilities, and {backend.lm.model_id} returns none "
                               "(no logprobs on this endpoint); evaluate without calibration")
+
+    def stages(self, prompt):
+        return applier_for(prompt.inner).stages(prompt.inner)
+
+    def generation_prompt(self, prompt):
+        return applier_for(prompt.inner).generation_prompt(prompt.inner)
 
     def condition(self, prompt, backend, task, inputs, answer_prefixes=None):
         return applier_for(prompt.inner).condition(prompt.inner, backend, task, inputs, answer_prefixes)
@@ -182,6 +254,9 @@ class ReasoningApplier(Applier):
         stage1 = GenerationConfig(max_tokens=prompt.reasoning_tokens, temperature=cfg.temperature, seed=cfg.seed)
         return applier_for(prompt.inner).generate(prompt.inner, backend, task, inputs, stage1,
                                                   [prompt.trigger] * len(inputs))
+
+    def stages(self, prompt):
+        return 2 * applier_for(prompt.inner).stages(prompt.inner)
 
     def second_stage(self, prompt: Reasoning, reasons: Sequence[str]) -> list[str]:
         return [f"{prompt.trigger} {r.strip()}\n{prompt.answer_trigger}" for r in reasons]

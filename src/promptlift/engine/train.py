@@ -21,6 +21,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -95,8 +96,15 @@ def _batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list
     return [batches[p] for p in perm]
 
 
-def train(module: SoftModule, lm, task: Task, layout, cfg: TrainConfig, ctx) -> TrainResult:
-    """Train `module` on task.train, select the best epoch on task.dev; return its prompt."""
+def train(module: SoftModule, lm, task: Task, layout, cfg: TrainConfig, ctx,
+          loss_fn: Callable[[KV, list[list[int]], list[int]], torch.Tensor] | None = None) -> TrainResult:
+    """Train `module` on task.train, select the best epoch on task.dev; return its prompt.
+
+    loss_fn: replaces the built-in loss (`cfg.loss`): `loss_fn(prefix, rows, batch)` gets the
+      step's differentiable prefix, the batch's token rows (`layout.example` of each input) and
+      their indices in task.train, and returns the scalar loss to minimise. Distillation uses
+      it to fit a teacher's output distributions instead of the outputs in task.train.
+    """
     if not task.train:
         raise ConfigError(f"{task.source}: gradient training needs a non-empty train split")
     classification = task.is_classification
@@ -173,7 +181,9 @@ def train(module: SoftModule, lm, task: Task, layout, cfg: TrainConfig, ctx) -> 
                 t_step = time.perf_counter()
                 prefix = module.prefix(lm, layout, header)
                 brows = [rows[i] for i in batch]
-                if loss_kind == "class":
+                if loss_fn is not None:
+                    loss = loss_fn(prefix, brows, batch)
+                elif loss_kind == "class":
                     scores = score_candidates(lm, prefix, brows, [cands] * len(batch))  # (B, labels)
                     loss = F.cross_entropy(scores, gold[batch].to(scores.device))
                 elif classification:  # "lm": log-likelihood of the gold label words only

@@ -12,7 +12,8 @@ Modules (side effects only in `routes`, `upstream`, `server`, `cli`):
     config    serve.yaml / command line -> ServeConfig (validation, one-line errors)
     apply     text artifact + request -> upstream messages, through the core's render (pure)
     embeds    soft artifact + request -> vLLM prompt_embeds (pure compute)
-    local     the in-process model, batching requests with different artifacts
+    local     the in-process model, batching requests with different artifacts; log-probabilities
+              through the applied prompt (so `promptlift eval --model openai:ROUTE` = local eval)
     upstream  HTTP upstream: pooled connections, timeouts, retries, error mapping
     auth      hashed bearer keys, per-key requests-per-minute limit
     protocol  OpenAI error bodies and completion/SSE shapes

@@ -25,8 +25,16 @@ a request that sets neither is sent with `max_tokens` = the cap. Other
 fields go to an HTTP upstream as the client sent them, with `model` set to the
 route's upstream model and `messages` (or `prompt`) rendered through the
 artifact; a client's `prompt_embeds` is refused (it would replace the prompt).
-The upstream's answer comes back unchanged (streams line by line). The local
-upstream answers n = 1, and streams an answer as one chunk once it is complete.
+The upstream's answer comes back unchanged (streams line by line); `echo` on
+`/v1/completions` is refused for HTTP routes (the upstream would echo the
+rendered prompt). The local upstream answers n = 1, and streams an answer as
+one chunk once it is complete. It gives log-probabilities computed through the
+applied prompt (`serve.local`): chat `logprobs: true, top_logprobs: k` (greedy
+only) describe the first generated token; completions `echo: true,
+max_tokens: 0, logprobs: N` score the answer in `Input: {input}\nOutput:
+{answer}` (what `promptlift eval --api completions` sends); generated text on
+`/v1/completions` has `logprobs: null`. Prompts of several stages
+(`Applier.stages`) give no log-probabilities (400).
 
 One JSON log line per request on the `promptlift.serve` logger: time, route,
 endpoint, prompt name and sha256, key name, status, upstream status, latency,
@@ -52,7 +60,7 @@ from starlette.concurrency import run_in_threadpool
 from ..errors import PromptliftError
 from ..lm.base import GenerationConfig
 from . import protocol as P
-from .apply import chat_messages, completion_prompt, embeds_prompt
+from .apply import chat_messages, check_one_stage, completion_prompt, embeds_prompt
 from .auth import Caller, RateLimiter, bearer_token, retry_after_header
 from .config import DEFAULT_PROMPT, PROMPT_HEADER, ServeConfig
 from .embeds import encode_embeds, soft_input_embeds
@@ -264,11 +272,12 @@ def _bad(msg: str, code: str | None = None, param: str | None = None) -> P.Serve
 
 def _cap_max_tokens(payload: dict, cap: int) -> int:
     asked = None
+    least = 0 if payload.get("echo") is True else 1  # echo with max_tokens 0 scores the prompt only
     for k in ("max_tokens", "max_completion_tokens"):
         v = payload.get(k)
         if v is None:
             continue
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        if isinstance(v, bool) or not isinstance(v, int) or v < least:
             raise _bad(f"{k} must be a positive integer, got {v!r}", "invalid_value")
         if v > cap:
             raise _bad(f"{k} is {v}, above this route's cap of {cap}", "max_tokens_too_large")
@@ -420,6 +429,10 @@ def _usage(rec: _Record, d: Any) -> None:
 
 
 async def _http(state: ServerState, live: LiveRoute, prompt, endpoint: str, payload: dict, rec: _Record):
+    if endpoint == "completions" and payload.get("echo"):
+        # the upstream would echo the rendered prompt, with offsets into a text the caller never sent
+        raise _bad("echo (scoring a prompt) goes through a learned prompt on the local upstream only; on this route "
+                   "rank labels with /v1/chat/completions and logprobs", "unsupported_parameter")
     inputs = _conversation(endpoint, payload)
     out = dict(payload)
     out["model"] = live.upstream_model
@@ -569,11 +582,49 @@ async def _stream_chat_from_completions(state: ServerState, live: LiveRoute, out
 # --- local upstream ----------------------------------------------------------------------------
 
 
+def _logprob_options(endpoint: str, payload: dict, max_tokens: int, cfg: GenerationConfig) -> tuple[int | None, bool]:
+    """(how many first-token alternatives a chat request asks, whether a completions request only scores)."""
+    if endpoint == "chat":
+        lp, k = payload.get("logprobs"), payload.get("top_logprobs")
+        if lp in (None, False):
+            return None, False
+        if lp is not True:
+            raise _bad(f"logprobs must be true or false, got {lp!r}", "invalid_value")
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
+            raise _bad(f"top_logprobs must be an integer >= 0, got {k!r}", "invalid_value")
+        if cfg.temperature > 0:
+            raise _bad("the local upstream gives log-probabilities of greedy answers only (temperature 0)",
+                       "unsupported_value")
+        return int(k or 0), False
+    n = payload.get("logprobs")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+        raise _bad(f"logprobs must be an integer >= 0, got {n!r}", "invalid_value")
+    if payload.get("echo") is not True:
+        return None, False  # generated text's log-probabilities are not given (logprobs: null)
+    if max_tokens != 0:
+        raise _bad("echo on the local upstream scores the prompt only: send max_tokens 0", "unsupported_value")
+    if payload.get("stream"):
+        raise _bad("echo with max_tokens 0 is answered whole: stream must be false", "unsupported_value")
+    return (None if n is None else int(n)), True
+
+
+def _scored_logprobs(lm, s) -> dict:
+    """The legacy completions `logprobs` object of a `ScoredText`."""
+    tok = lm.tokenizer.decode
+    return {"tokens": s.tokens, "token_logprobs": s.token_logprobs, "text_offset": s.text_offset,
+            "top_logprobs": [None if t is None else {tok([i]): v for i, v in t} for t in s.top]}
+
+
 async def _local(live: LiveRoute, prompt, endpoint: str, payload: dict, max_tokens: int, rec: _Record):
     inputs = _conversation(endpoint, payload)
     cfg = _gen_config(payload, max_tokens)
+    top_k, score = _logprob_options(endpoint, payload, max_tokens, cfg)
+    lm = live.local.lm
     try:
-        answers = await asyncio.gather(*[live.local.generate(prompt, x, cfg, live.task) for x in inputs])
+        if top_k is not None or score:
+            check_one_stage(prompt)  # log-probabilities are read on the prompt's one condition
+        answers = await asyncio.gather(*[live.local.generate(prompt, x, cfg, live.task, top_logprobs=top_k,
+                                                             score=score) for x in inputs])
     except PromptliftError as e:
         raise _bad(str(e), "invalid_value") from None
     except Exception as e:  # noqa: BLE001 - a model failure is this request's 500, the server goes on
@@ -588,17 +639,23 @@ async def _local(live: LiveRoute, prompt, endpoint: str, payload: dict, max_toke
     include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
     if endpoint == "chat":
         a = answers[0]
+        lps = None
+        if a.first is not None:
+            first = [(lm.tokenizer.decode([i]), v) for i, v in a.first]
+            lps = P.chat_logprobs(first[0], first[:top_k])
         if rec.stream:
-            events = P.chat_stream(model, a.text, a.finish, a.prompt_tokens, a.completion_tokens, include_usage)
+            events = P.chat_stream(model, a.text, a.finish, a.prompt_tokens, a.completion_tokens, include_usage, lps)
             return Response(b"".join(events), media_type="text/event-stream")
-        return Response(json.dumps(P.chat_completion(model, a.text, a.finish, a.prompt_tokens, a.completion_tokens),
-                                   ensure_ascii=False), media_type=JSON)
+        return Response(json.dumps(P.chat_completion(model, a.text, a.finish, a.prompt_tokens, a.completion_tokens,
+                                                     logprobs=lps), ensure_ascii=False), media_type=JSON)
     texts, finishes = [a.text for a in answers], [a.finish for a in answers]
     if rec.stream:
         events = P.text_stream(model, texts, finishes, rec.prompt_tokens, rec.completion_tokens, include_usage)
         return Response(b"".join(events), media_type="text/event-stream")
-    return Response(json.dumps(P.text_completion(model, texts, finishes, rec.prompt_tokens, rec.completion_tokens),
-                               ensure_ascii=False), media_type=JSON)
+    lps = [_scored_logprobs(lm, a.scored) if a.scored is not None and payload.get("logprobs") is not None else None
+           for a in answers]
+    return Response(json.dumps(P.text_completion(model, texts, finishes, rec.prompt_tokens, rec.completion_tokens,
+                                                 logprobs=lps), ensure_ascii=False), media_type=JSON)
 
 
 __all__ = ["build_app", "ServerState"]

@@ -12,8 +12,19 @@ one forward pass per step, with the same answers as serving each alone.
 
 The constant prefix of a soft or prefix prompt is computed once per artifact
 and kept (`PrefixCache`). Sampled requests (temperature > 0) decode alone, so
-their seed gives the same answer as alone; prompts answered in two stages
-(`Reasoning`) run through `generate_with_prompt` one request at a time.
+their seed gives the same answer as alone; prompts answered in more than one
+stage (`Applier.stages`, e.g. `Reasoning`) run through `generate_with_prompt`
+one request at a time.
+
+Log-probabilities, computed through the applied prompt on the same condition:
+
+- a chat request with `logprobs` gets the distribution of the first generated
+  token (`first_token_logprobs`): what a black-box client ranks labels with;
+- a completions request with `echo` and `max_tokens: 0` scores the text after
+  `Output:` in `Input: {input}\nOutput: {answer}` (`serve.apply.scoring_input`):
+  {input} is rendered through the prompt exactly as the engine renders it and
+  {answer} is the model's answer to it (`score_answers`), so its log-probability
+  is the engine's `label_scores` of those words.
 """
 
 from __future__ import annotations
@@ -27,23 +38,50 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+import torch.nn.functional as F
+
 from ..artifacts import Prompt
 from ..engine.apply import applier_for
 from ..engine.backends import Cond, WhiteBox
 from ..engine.decode import decode
 from ..engine.evaluate import check_model, generate_with_prompt
+from ..engine.scoring import pad_id_of, pad_rows
 from ..kv import KV
 from ..lm.base import GenerationConfig
+from ..template import answer_sep, to_ids
+from .apply import scoring_input
 
 
 @dataclass
 class Answer:
-    """One generated answer and what it cost."""
+    """One generated answer and what it cost.
+
+    first: with `top_logprobs` asked, the first generated token's most likely tokens as
+      (token id, log-probability), most likely first.
+    scored: for an echo (scoring) request, `ScoredText`.
+    """
 
     text: str
     prompt_tokens: int
     completion_tokens: int
     finish: str  # "stop" or "length"
+    first: list[tuple[int, float]] | None = None
+    scored: "ScoredText | None" = None
+
+
+@dataclass
+class ScoredText:
+    """Per-token log-probabilities of a scored text (the legacy completions `logprobs` object).
+
+    token_logprobs is None where the text is not what the model reads there (see `score_answers`).
+    top: for the scored tokens, their most likely alternatives as (token id, log-probability).
+    """
+
+    token_ids: list[int]
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    text_offset: list[int]
+    top: list[list[tuple[int, float]] | None]
 
 
 @dataclass
@@ -59,14 +97,16 @@ class _Job:
     cond: Cond | None = None
     row: int = 0
     batch: int = 0  # how many rows decoded together with this one (itself included)
-
-
-class _MultiStage(Exception):
-    pass
+    top_logprobs: int | None = None  # chat `logprobs`: how many alternatives of the first token (None: not asked)
+    score: bool = False  # completions `echo` + `max_tokens: 0`: score the text, generate nothing
+    first: list[tuple[int, float]] | None = None
 
 
 class _CondRecorder:
-    """WhiteBox in every respect but `generate`: it keeps the condition instead of decoding it."""
+    """WhiteBox in every respect but `generate`: it keeps the condition instead of decoding it.
+
+    Only one-stage prompts come here (`Applier.stages`), so `generate` is called once.
+    """
 
     def __init__(self, wb: WhiteBox):
         self._wb = wb
@@ -76,10 +116,20 @@ class _CondRecorder:
         return getattr(self._wb, name)
 
     def generate(self, cond: Cond, cfg: GenerationConfig) -> list[str]:
-        if self.recorded is not None:
-            raise _MultiStage()
         self.recorded = (cond, cfg)
         return [""] * len(cond.rows)
+
+
+class _WholeRows(WhiteBox):
+    """WhiteBox whose text conditions keep every token in the rows (no cached common prefix).
+
+    Scoring reads log-probabilities at every position of a row; a cached prefix has none.
+    """
+
+    def condition_text(self, rendered):
+        rendered = list(rendered)
+        sep = answer_sep(self.lm, rendered[0]) if rendered else ""
+        return Cond(None, [to_ids(self.lm, r) for r in rendered], sep, [] if self.lm.has_chat_template else ["\n"])
 
 
 def check_local(prompt: Prompt, lm, task=None) -> None:
@@ -192,16 +242,21 @@ def run_jobs(lm, jobs: list[_Job], cache: PrefixCache | None = None) -> None:
     """Answer `jobs` (on the model's thread); each gets `result` or `error`."""
     wb = WhiteBox(lm)
     groups: dict[tuple, list[_Job]] = {}
+    scoring: dict[tuple, list[_Job]] = {}
     for j in jobs:
-        groups.setdefault((id(j.prompt), id(j.task), _cfg_key(j.cfg)), []).append(j)
+        if j.score:
+            scoring.setdefault((id(j.prompt), id(j.task), j.top_logprobs), []).append(j)
+        elif applier_for(j.prompt).stages(j.prompt) > 1:
+            _alone(lm, j)
+        else:
+            groups.setdefault((id(j.prompt), id(j.task), _cfg_key(j.cfg)), []).append(j)
+    for group in scoring.values():
+        _score(lm, group, cache)
     ready: list[_Job] = []
     for group in groups.values():
         try:
             _condition(wb, group, cache)
             ready += group
-        except _MultiStage:
-            for j in group:
-                _alone(lm, j)
         except Exception:
             if len(group) == 1:
                 _fail(group[0])
@@ -210,10 +265,9 @@ def run_jobs(lm, jobs: list[_Job], cache: PrefixCache | None = None) -> None:
                 try:
                     _condition(wb, [j], cache)
                     ready.append(j)
-                except _MultiStage:
-                    _alone(lm, j)
                 except Exception:
                     _fail(j)
+    ready = _first_tokens(lm, ready)
     greedy: dict[tuple, list[_Job]] = {}
     for j in ready:
         if j.cfg.temperature > 0:
@@ -249,7 +303,109 @@ def _decode(lm, batch: list[_Job]) -> None:
     outs = decode(lm, prefix, [j.cond.rows[j.row] for j in batch], batch[0].cfg)
     for j, o in zip(batch, outs):
         j.result = _answer(lm, j.cond, j.row, o[0], j.cfg)
+        j.result.first = j.first
         j.batch = len(batch)
+
+
+@torch.no_grad()
+def first_token_logprobs(lm, prefix: KV | None, rows: Sequence[Sequence[int]]) -> torch.Tensor:
+    """(B, vocab) log-probabilities of the first token generated after each row (the decoder's first step)."""
+    ids, mask = pad_rows(rows, pad_id_of(lm), lm.device)
+    hidden, _ = lm.forward(ids=ids, mask=mask, past=prefix)
+    last = hidden[torch.arange(len(rows), device=lm.device), mask.sum(1) - 1]
+    return F.log_softmax(lm.logits(last).float(), dim=-1).cpu()
+
+
+def _first_tokens(lm, ready: list[_Job]) -> list[_Job]:
+    """Fill `first` of the jobs that asked for log-probabilities (one pass per condition); return those still ok."""
+    by_cond: dict[int, list[_Job]] = {}
+    for j in ready:
+        if j.top_logprobs is not None:
+            by_cond.setdefault(id(j.cond), []).append(j)
+    failed = set()
+    for js in by_cond.values():
+        try:
+            lp = first_token_logprobs(lm, js[0].cond.prefix, [j.cond.rows[j.row] for j in js])
+        except Exception:
+            for j in js:
+                _fail(j)
+                failed.add(id(j))
+            continue
+        for j, row in zip(js, lp):
+            top = row.topk(min(max(1, j.top_logprobs), row.shape[0]))
+            j.first = list(zip(top.indices.tolist(), top.values.tolist()))
+    return [j for j in ready if id(j) not in failed]
+
+
+@torch.no_grad()
+def score_answers(lm, prompt: Prompt, texts: Sequence[str], task=None, top: int = 0,
+                  cache: PrefixCache | None = None) -> list[tuple[ScoredText, int]]:
+    """Log-probabilities of the answer in each text (`Input: {input}\nOutput: {answer}`) under `prompt`.
+
+    The prompt's applier conditions {input} with {answer} as an answer prefix, exactly as the
+    engine renders a continued answer; the answer's tokens are those the engine scores as a
+    label's words, so their log-probabilities sum to the engine's label score. The text before
+    the answer comes back with log-probability None: the model does not read it there (the
+    route's prompt renders the input into its own format). A text not of that form is all input.
+    Returns, per text, the scored text and the number of tokens the model read. One forward pass.
+    """
+    parsed = [scoring_input(t) for t in texts]
+    inputs = [x for x, _, _ in parsed for _ in range(2)]
+    answers = [v for _, a, _ in parsed for v in (a, "")]  # each with its answer, then without: where it starts
+    cond = applier_with_cache(prompt, cache).condition(prompt, _WholeRows(lm), task, inputs, answers)
+    fulls, cuts = cond.rows[0::2], []
+    for full, bare in zip(fulls, cond.rows[1::2]):
+        c = 0
+        while c < min(len(full), len(bare)) and full[c] == bare[c]:
+            c += 1
+        cuts.append(max(1, c))  # a row's first token is read after the prefix; its log-probability is not asked
+    ids, mask = pad_rows(fulls, pad_id_of(lm), lm.device)
+    hidden, _ = lm.forward(ids=ids, mask=mask, past=cond.prefix)
+    prefix_len = int(cond.prefix.real_lengths()[0]) if cond.prefix is not None else 0
+    out = []
+    for b, (text, (_, _, start), full, c) in enumerate(zip(texts, parsed, fulls, cuts)):
+        scored_ids = full[c:]
+        lps: list[float | None] = []
+        tops: list[list[tuple[int, float]] | None] = []
+        if scored_ids:
+            lp = F.log_softmax(lm.logits(hidden[b, c - 1: len(full) - 1]).float(), dim=-1).cpu()
+            lps = lp.gather(1, torch.tensor(scored_ids).unsqueeze(1)).squeeze(1).tolist()
+            for row in lp:
+                t = row.topk(min(top, row.shape[0])) if top > 0 else None
+                tops.append(list(zip(t.indices.tolist(), t.values.tolist())) if t is not None else None)
+        pieces = [lm.tokenizer.decode([i]) for i in scored_ids]
+        joined = "".join(pieces)
+        base = len(text) - len(joined) if scored_ids and text.endswith(joined) else start
+        head = lm.encode(text[:base]) if base > 0 else []
+        head_pieces = [lm.tokenizer.decode([i]) for i in head]
+        offsets, pos = [], 0
+        for t in head_pieces:
+            offsets.append(min(pos, base))
+            pos += len(t)
+        pos = base
+        for t in pieces:
+            offsets.append(pos)
+            pos += len(t)
+        out.append((ScoredText(head + scored_ids, head_pieces + pieces, [None] * len(head) + lps, offsets,
+                               [None] * len(head) + tops), prefix_len + len(full)))
+    return out
+
+
+def _score(lm, jobs: list[_Job], cache: PrefixCache | None) -> None:
+    """Answer scoring jobs of one prompt together (each alone if that fails, to find the faulty one)."""
+    try:
+        j0 = jobs[0]
+        results = score_answers(lm, j0.prompt, [j.conversation for j in jobs], j0.task, j0.top_logprobs or 0, cache)
+    except Exception:
+        if len(jobs) == 1:
+            _fail(jobs[0])
+        else:
+            for j in jobs:
+                _score(lm, [j], cache)
+        return
+    for j, (scored, n) in zip(jobs, results):
+        j.result = Answer(j.conversation, n, 0, "length", scored=scored)
+        j.batch = len(jobs)
 
 
 def _alone(lm, j: _Job) -> None:
@@ -286,10 +442,16 @@ class LocalRunner:
         self.window = max(0.0, batch_window_ms) / 1000.0
         self.max_batch = max(1, int(max_batch))
 
-    async def generate(self, prompt: Prompt, conversation: Any, cfg: GenerationConfig, task=None) -> Answer:
-        """Answer one request (a string or chat messages) through `prompt`."""
+    async def generate(self, prompt: Prompt, conversation: Any, cfg: GenerationConfig, task=None, *,
+                       top_logprobs: int | None = None, score: bool = False) -> Answer:
+        """Answer one request (a string or chat messages) through `prompt`.
+
+        top_logprobs: also give the first generated token's most likely tokens (one-stage prompts).
+        score: `conversation` is a text to score (`score_answers`), nothing is generated.
+        """
         loop = asyncio.get_running_loop()
-        job = _Job(prompt, conversation, cfg, task, loop.create_future(), loop)
+        job = _Job(prompt, conversation, cfg, task, loop.create_future(), loop, top_logprobs=top_logprobs,
+                   score=score)
         if self._wake is None:
             self._wake = asyncio.Event()
         self._queue.append(job)
@@ -336,4 +498,5 @@ class LocalRunner:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
-__all__ = ["LocalRunner", "Answer", "check_local", "merge_prefixes", "run_jobs"]
+__all__ = ["LocalRunner", "Answer", "ScoredText", "check_local", "merge_prefixes", "run_jobs",
+           "first_token_logprobs", "score_answers"]

@@ -59,21 +59,33 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
 
 
 def chat_completion(model: str, text: str, finish: str, prompt_tokens: int, completion_tokens: int,
-                    id: str | None = None) -> dict:
-    """A non-streaming chat.completion object with one choice."""
+                    id: str | None = None, logprobs: dict | None = None) -> dict:
+    """A non-streaming chat.completion object with one choice (`logprobs`: its `{"content": [...]}` object)."""
     return {"id": id or new_id("chatcmpl"), "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
                          "finish_reason": finish}],
             "usage": usage(prompt_tokens, completion_tokens)}
 
 
 def text_completion(model: str, texts: list[str], finishes: list[str], prompt_tokens: int, completion_tokens: int,
-                    id: str | None = None) -> dict:
-    """A non-streaming text_completion object, one choice per prompt."""
+                    id: str | None = None, logprobs: list[dict | None] | None = None) -> dict:
+    """A non-streaming text_completion object, one choice per prompt (`logprobs`: one object per choice)."""
+    lps = logprobs or [None] * len(texts)
     return {"id": id or new_id("cmpl"), "object": "text_completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": i, "text": t, "logprobs": None, "finish_reason": f}
-                        for i, (t, f) in enumerate(zip(texts, finishes))],
+            "choices": [{"index": i, "text": t, "logprobs": lp, "finish_reason": f}
+                        for i, (t, f, lp) in enumerate(zip(texts, finishes, lps))],
             "usage": usage(prompt_tokens, completion_tokens)}
+
+
+def token_logprob(token: str, logprob: float) -> dict:
+    """One chat `logprobs.content` entry's token: {token, logprob, bytes (its UTF-8 bytes)}."""
+    return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
+
+
+def chat_logprobs(first: tuple[str, float], top: list[tuple[str, float]]) -> dict:
+    """The chat `logprobs` object for one generated token: itself and its `top_logprobs` alternatives."""
+    return {"content": [{**token_logprob(*first), "top_logprobs": [token_logprob(t, v) for t, v in top]}],
+            "refusal": None}
 
 
 def sse(obj: dict | str) -> bytes:
@@ -86,9 +98,9 @@ SSE_DONE = b"data: [DONE]\n\n"
 
 
 def chat_chunk(id: str, model: str, created: int, delta: dict, finish: str | None = None,
-               usage_: dict | None = None) -> dict:
+               usage_: dict | None = None, logprobs: dict | None = None) -> dict:
     d = {"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-         "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+         "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]}
     if usage_ is not None:
         d["usage"] = usage_
     return d
@@ -100,11 +112,11 @@ def text_chunk(id: str, model: str, created: int, text: str, finish: str | None 
 
 
 def chat_stream(model: str, text: str, finish: str, prompt_tokens: int, completion_tokens: int,
-                include_usage: bool) -> list[bytes]:
-    """A whole answer as chat SSE events: role, content, finish, [usage], [DONE]."""
+                include_usage: bool, logprobs: dict | None = None) -> list[bytes]:
+    """A whole answer as chat SSE events: role, content (with `logprobs`), finish, [usage], [DONE]."""
     id, created = new_id("chatcmpl"), int(time.time())
     out = [sse(chat_chunk(id, model, created, {"role": "assistant", "content": ""})),
-           sse(chat_chunk(id, model, created, {"content": text})),
+           sse(chat_chunk(id, model, created, {"content": text}, logprobs=logprobs)),
            sse(chat_chunk(id, model, created, {}, finish))]
     if include_usage:
         out.append(sse({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -126,5 +138,5 @@ def text_stream(model: str, texts: list[str], finishes: list[str], prompt_tokens
     return out + [SSE_DONE]
 
 
-__all__ = ["ServeError", "error_body", "chat_completion", "text_completion", "chat_chunk", "text_chunk",
+__all__ = ["ServeError", "error_body", "chat_completion", "chat_logprobs", "token_logprob", "text_completion", "chat_chunk", "text_chunk",
            "chat_stream", "text_stream", "sse", "SSE_DONE", "usage", "new_id"]

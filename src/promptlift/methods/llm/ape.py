@@ -24,8 +24,8 @@ def induce(method: LLMMethod, state: SearchState, base) -> list[Candidate]:
     out = []
     pool = state.train or state.dev
     for _ in range(c.subsets):
-        demos = sample(state.rng, pool, c.demos)
-        for text in propose(state, "ape_induce", {"examples": format_pairs(state.task, demos)},
+        pairs = sample(state.rng, pool, c.pairs)
+        for text in propose(state, "ape_induce", {"examples": format_pairs(state.task, pairs)},
                             n=c.samples_per_subset, temperature=c.temperature, fmt=c.proposer_format,
                             seen=tried(state) + [instruction_of(cand.prompt) for cand in out]):
             out.append(Candidate(with_instruction(base, as_instruction(text)), origin="induce"))
@@ -36,7 +36,7 @@ def induce(method: LLMMethod, state: SearchState, base) -> list[Candidate]:
 class APE(LLMMethod):
     """Instructions induced from demonstrations, scored on dev (successive halving), best kept."""
 
-    smoke = {"subsets": 2, "samples_per_subset": 1, "demos": 2, "dev_examples": 8}
+    smoke = {"subsets": 2, "samples_per_subset": 1, "pairs": 2, "dev_examples": 8}
 
     @dataclass
     class Config(LLMConfig):
@@ -45,12 +45,12 @@ class APE(LLMMethod):
         temperature: float = field(default=0.9, metadata={"help": "sampling temperature of the optimizer model"})
         subsets: int = field(default=4, metadata={"help": "induction requests, each on its own random pairs"})
         samples_per_subset: int = field(default=2, metadata={"help": "instructions sampled per request"})
-        demos: int = field(default=5, metadata={"help": "input-output pairs shown per request"})
+        pairs: int = field(default=5, metadata={"help": "input-output pairs shown per induction request"})
 
         def __post_init__(self):
             super().__post_init__()
-            if self.subsets < 1 or self.samples_per_subset < 1 or self.demos < 1:
-                raise ValueError("subsets, samples_per_subset and demos must be >= 1")
+            if self.subsets < 1 or self.samples_per_subset < 1 or self.pairs < 1:
+                raise ValueError("subsets, samples_per_subset and pairs must be >= 1")
 
     def propose(self, state):
         return induce(self, state, state.prompts[next(iter(state.prompts))])

@@ -20,7 +20,7 @@ from .common import instruction_of, propose, tried, with_instruction
 class APEIterative(APE):
     """APE, then rounds of variations of the current best instructions."""
 
-    smoke = {"subsets": 2, "samples_per_subset": 1, "demos": 2, "steps": 2, "top": 1, "variations": 1,
+    smoke = {"subsets": 2, "samples_per_subset": 1, "pairs": 2, "steps": 2, "top": 1, "variations": 1,
              "dev_examples": 8}
 
     @dataclass

@@ -48,9 +48,9 @@ class Template:
     sep: str = "\n\n"
 
     @property
-    def stop(self) -> list[str]:
-        """Where an answer ends: a blank line, or the closing quote after a prefix that opens one."""
-        return ["\n\n", '"'] if self.prefix.endswith('"') else ["\n\n"]
+    def quoted(self) -> bool:
+        """True if the prefix opens a quote: the answer ends at the closing one."""
+        return self.prefix.endswith('"')
 
     def fill(self, **fields: Any) -> str:
         """The request with every `{name}` replaced (in one pass: values are never re-read)."""
@@ -79,17 +79,16 @@ def request(lm, body: str, prefix: str, fmt: str = "auto", sep: str = "\n\n"):
     """The optimizer request for `body` + `prefix`: one text, or chat messages ending in a partial answer.
 
     auto: one text for a local model and a completions endpoint (the model continues the
-    prefix directly), chat messages for a chat endpoint.
+    prefix directly; measured with SmolLM2-135M, faster and no worse than its chat template),
+    chat messages for a chat endpoint. A local model continues a final assistant message
+    itself; so do servers such as vLLM (`continue_final_message`).
     """
     if fmt not in FORMATS:
         raise ConfigError(f"proposer_format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    white_box = getattr(lm, "is_white_box", False)
     if fmt == "auto":
-        fmt = "text" if white_box or getattr(lm, "api", "chat") == "completions" else "chat"
+        fmt = "text" if getattr(lm, "is_white_box", False) or getattr(lm, "api", "chat") == "completions" else "chat"
     if fmt == "text":
         return f"{body}{sep}{prefix}"
-    if white_box:  # a local model renders its own chat template; the prefix opens the answer
-        return lm.render([{"role": "user", "content": body}]) + prefix
     return [{"role": "user", "content": body}, {"role": "assistant", "content": prefix}]
 
 
@@ -100,11 +99,16 @@ def normalize(text: str) -> str:
 
 
 def clean(raw: str, prefix: str = "") -> str:
-    """The proposal in a raw answer: after an echoed prefix, its first line, before any echoed field label."""
+    """The proposal in a raw answer: after an echoed prefix, inside the quotes the prefix opened, on its first
+    line, before any echoed field label."""
     t = raw.strip()
-    p = prefix.strip()
-    if p and t.lower().startswith(p.lower()):
-        t = t[len(p):].strip()
+    for p in dict.fromkeys([prefix.strip(), prefix.strip().rstrip('"').strip()]):
+        if p and t.lower().startswith(p.lower()):  # a chat model that cannot continue a prefix repeats it
+            t = t[len(p):].strip()
+            break
+    if prefix.strip().endswith('"'):
+        t = t[1:] if t.startswith('"') else t
+        t = t.split('"', 1)[0]
     t = t.split("\n", 1)[0]
     m = _ECHO.search(t)
     if m and m.start() > 0:
@@ -135,7 +139,10 @@ def propose(state: SearchState, name: str, fields: dict, *, n: int, temperature:
     """
     t = template(name)
     req = request(state.optimizer, t.fill(**fields), t.prefix, fmt, t.sep)
-    raws = state.ask(req, n=n, temperature=temperature, max_tokens=max_tokens, stop=t.stop)
+    # a model that continues the text stops at the closing quote; a chat model that answers anew may
+    # open its answer with a quote of its own, so it stops at a blank line and `clean` finds the quotes
+    stop = ["\n\n", '"'] if t.quoted and isinstance(req, str) else ["\n\n"]
+    raws = state.ask(req, n=n, temperature=temperature, max_tokens=max_tokens, stop=stop)
     known = {normalize(s) for s in seen}
     answers = {normalize(w) for lab, w in state.task.labels.items()} | {normalize(lab) for lab in state.task.labels}
     out = []

@@ -1,0 +1,1 @@
+"""Token prompts: found with gradients (PEZ, AutoPrompt, projection of soft prompts) or with scores only (BBT)."""

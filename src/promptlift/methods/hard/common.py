@@ -1,0 +1,147 @@
+"""What the token-search methods share: the vocabulary they search, nearest tokens, and the artifact.
+
+Every method here ends with a `TokenPrompt`: the found tokens, then the
+instruction's tokens (if any), placed where a text prompt's instruction goes
+(`TokenApplier.layout`), so the ids score on their model exactly as they were
+found and read as text anywhere else.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ...artifacts import TokenPrompt
+from ...engine.search import search
+from ...errors import ConfigError
+from ...lm.base import model_key
+from ..soft.common import INITS, init_token_ids
+
+METRICS = ("cosine", "l2")
+VOCABS = ("readable", "all")
+
+
+@dataclass
+class TokenOptions:
+    """Options every token-search method has: how many tokens, where they start, what they may be."""
+
+    tokens: int = field(default=5, metadata={"help": "number of prompt tokens searched"})
+    init: str = field(default="text", metadata={
+        "help": "starting tokens: text (the instruction's, repeated) | random (readable vocabulary) | labels"})
+    instruction: str = field(default="", metadata={
+        "help": "fixed instruction after the searched tokens; '' = task's, 'none' = no text"})
+    vocab: str = field(default="readable", metadata={
+        "help": "tokens allowed: readable (printable ASCII, not special) | all (any non-special token)"})
+
+    def __post_init__(self):
+        if self.tokens < 1:
+            raise ValueError("tokens must be >= 1")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
+        if self.vocab not in VOCABS:
+            raise ValueError(f"vocab must be one of {', '.join(VOCABS)}, got {self.vocab!r}")
+
+
+def instruction_of(option: str, task) -> str:
+    """The fixed instruction: the option's text, the task's ('' option) or none ('none')."""
+    return "" if option == "none" else (option or task.instruction)
+
+
+def vocab_size(lm) -> int:
+    """Rows of the embedding matrix (may exceed the tokenizer's ids: padded rows are never allowed)."""
+    return lm.embedding_matrix().shape[0]
+
+
+def allowed_tokens(lm, vocab: str = "readable") -> torch.Tensor:
+    """(V,) bool on lm.device: the ids a search may use.
+
+    Never special tokens nor padded embedding rows; "readable" also drops tokens whose text is
+    not printable ASCII (byte pieces of multi-byte characters, control characters), which keeps
+    prompts legible and decodable to the same ids more often.
+    """
+    V = vocab_size(lm)
+    n = min(V, len(lm.tokenizer))
+    ok = torch.zeros(V, dtype=torch.bool)
+    ok[:n] = True
+    special = [i for i in lm.tokenizer.all_special_ids if i < V]
+    ok[special] = False
+    if vocab == "readable":
+        texts = lm.tokenizer.batch_decode([[i] for i in range(n)], clean_up_tokenization_spaces=False)
+        for i, t in enumerate(texts):
+            if not t.strip() or not t.isascii() or not t.isprintable():
+                ok[i] = False
+    if not ok.any():
+        raise ConfigError(f"no token of {lm.model_id}'s vocabulary is allowed (vocab={vocab})")
+    return ok.to(lm.device)
+
+
+@torch.no_grad()
+def vocab_embeddings(lm) -> torch.Tensor:
+    """(V, hidden) float32: every token's input embedding, as the model scales it (`lm.embed`)."""
+    return lm.embed(torch.arange(vocab_size(lm), device=lm.device)).float()
+
+
+def similarity(vectors: torch.Tensor, table: torch.Tensor, metric: str) -> torch.Tensor:
+    """(k, V) how near each of `vectors` (k, hidden) is to each row of `table` (V, hidden); higher = nearer.
+
+    cosine: cosine similarity. l2: minus the Euclidean distance, divided by the vector's norm
+    (scale-free, so it can be added to other scores).
+    """
+    v, t = vectors.float(), table.float()
+    if metric == "cosine":
+        return F.normalize(v, dim=-1) @ F.normalize(t, dim=-1).T
+    if metric == "l2":
+        return -torch.cdist(v, t) / v.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    raise ConfigError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+
+
+def nearest_tokens(vectors: torch.Tensor, table: torch.Tensor, allowed: torch.Tensor, metric: str) -> torch.Tensor:
+    """(k,) the allowed token nearest to each of `vectors` (k, hidden)."""
+    sim = similarity(vectors, table, metric).masked_fill(~allowed, float("-inf"))  # (k, V)
+    return sim.argmax(-1)
+
+
+def start_ids(lm, task, how: str, k: int, rng: random.Random, instruction: str, allowed: torch.Tensor) -> list[int]:
+    """k starting token ids (see `TokenOptions.init`); disallowed ones are replaced by random allowed ones."""
+    pool = allowed.nonzero().flatten().tolist()
+    if how == "random":
+        return [rng.choice(pool) for _ in range(k)]
+    ids = init_token_ids(lm, task, how, k, rng, instruction)
+    ok = allowed.tolist()
+    return [i if i < len(ok) and ok[i] else rng.choice(pool) for i in ids]
+
+
+def decode(lm, ids: list[int]) -> str:
+    """The text of `ids`, character for character (no clean-up of spaces)."""
+    return lm.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def token_prompt(lm, found: list[int], body: list[int], **meta) -> TokenPrompt:
+    """The artifact of `found` tokens followed by the fixed instruction tokens `body`.
+
+    meta["reencodes"]: whether the text encodes back to exactly these ids (so a text
+    consumer of the same model reads the same tokens); meta["tokens"]: how many were searched.
+    """
+    ids = [int(i) for i in found] + list(body)
+    text = decode(lm, ids)
+    return TokenPrompt(ids=ids, text=text, model=model_key(lm),
+                       meta={"tokens": len(found), "reencodes": lm.encode(text) == ids, **meta})
+
+
+def run_search(method, lm, task, ctx):
+    """`engine.search` for a method of this package.
+
+    The checkpoint folder is made first: the loop writes its checkpoint there when the budget
+    stops the starting prompt's evaluation, before its first step would have made the folder.
+    """
+    if ctx.run_dir is not None:
+        (Path(ctx.run_dir) / "checkpoint").mkdir(parents=True, exist_ok=True)
+    return search(method, lm, task, ctx)
+
+
+__all__ = ["TokenOptions", "METRICS", "VOCABS", "allowed_tokens", "vocab_embeddings", "similarity", "nearest_tokens",
+           "start_ids", "token_prompt", "decode", "instruction_of", "run_search"]

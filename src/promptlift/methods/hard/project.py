@@ -1,0 +1,145 @@
+"""Soft-to-hard projection: discretise a trained soft prompt into its nearest vocabulary tokens.
+
+The projection step of PEZ (Wen et al. 2023, "Hard Prompts Made Easy", NeurIPS
+2023) applied once, after training, to a prompt from prompt tuning (Lester et
+al. 2021) or p-tuning; Khashabi et al. 2022 ("Prompt Waywardness: The Curious
+Case of Discretized Interpretation of Continuous Prompts", NAACL 2022) show how
+far the nearest tokens can be from what the vectors do, so the dev accuracy is
+measured before and after (`meta["dev_before"]`, `meta["dev_after"]`).
+
+Each vector becomes its nearest allowed token (cosine or L2). With
+`fluency > 0` the tokens are chosen left to right among each vector's
+`fluency_candidates` nearest, by similarity + fluency × log p(token | the
+tokens before it) under the model itself, which trades closeness for text the
+model finds likely. The source is a soft prompt artifact or run directory
+(`source=PATH`); without one, prompt tuning is trained first with this
+method's training options, through the shared trainer (which checkpoints and
+resumes it).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field, fields
+
+import torch
+import torch.nn.functional as F
+
+from ...artifacts import SoftPrompt, load
+from ...engine.apply import TokenApplier
+from ...engine.evaluate import evaluate
+from ...engine.soft import check_tensor_prompt
+from ...errors import BudgetExceeded, ConfigError
+from ...registry import register
+from ..base import Method
+from ..soft.common import SoftConfig
+from ..soft.prompt_tuning import PromptTuning
+from .common import METRICS, VOCABS, allowed_tokens, similarity, token_prompt, vocab_embeddings
+
+
+@dataclass
+class ProjectConfig(SoftConfig):
+    """Projection options, then prompt tuning's (used only when there is no `source`)."""
+
+    source: str = field(default="", metadata={
+        "help": "soft prompt to project: a prompt.json or run directory ('' = train prompt-tuning first)"})
+    metric: str = field(default="cosine", metadata={"help": "nearest token by: cosine | l2"})
+    fluency: float = field(default=0.0, metadata={
+        "help": "weight of the model's log-probability of each token given the ones before it (0 = nearest only)"})
+    fluency_candidates: int = field(default=10, metadata={"help": "nearest tokens per vector the fluency term ranks"})
+    vocab: str = field(default="readable", metadata={
+        "help": "tokens allowed: readable (printable ASCII, not special) | all (any non-special token)"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.metric not in METRICS:
+            raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
+        if self.vocab not in VOCABS:
+            raise ValueError(f"vocab must be one of {', '.join(VOCABS)}, got {self.vocab!r}")
+        if self.fluency < 0 or self.fluency_candidates < 1:
+            raise ValueError("fluency must be >= 0 and fluency_candidates >= 1")
+
+
+def fluent_tokens(lm, head: list[int], sim: torch.Tensor, fixed: dict[int, list[int]], weight: float,
+                  n_cands: int) -> list[int]:
+    """Tokens chosen left to right: argmax of similarity + weight * log p(token | head and the tokens before).
+
+    sim: (k, V) similarity of each vector to each token (disallowed = -inf).
+    head: the tokens before the first vector (the chat header).
+    fixed: tokens that sit right before vector i (the instruction, for a split soft prompt), by i.
+    """
+    out: list[int] = []
+    kv = None
+    todo = list(head)
+    with torch.no_grad():
+        for i in range(sim.shape[0]):
+            todo += fixed.get(i, [])
+            logp = torch.zeros(sim.shape[1], device=lm.device)  # no context yet: similarity alone
+            if todo:
+                hidden, kv = lm.forward(ids=torch.tensor([todo], device=lm.device), past=kv)
+                logp = F.log_softmax(lm.logits(hidden[0, -1]), dim=-1)  # (V,)
+            top = sim[i].to(lm.device).topk(min(n_cands, sim.shape[1]))
+            score = top.values + weight * logp[top.indices]
+            tok = int(top.indices[int(score.argmax())])
+            out.append(tok)
+            todo = [tok]
+    return out
+
+
+@register("project")
+class Project(Method):
+    """A trained soft prompt discretised into its nearest tokens; dev accuracy before and after."""
+
+    family = "hard"
+    white_box = True
+    Config = ProjectConfig
+    smoke = {"epochs": 1, "tokens": 2, "batch_size": 8, "fluency": 1.0, "fluency_candidates": 3}
+
+    def source(self, lm, task, ctx) -> SoftPrompt:
+        c = self.config
+        if not c.source:
+            soft_opts = {f.name: getattr(c, f.name) for f in fields(SoftConfig)}
+            return PromptTuning(**soft_opts).fit(lm, task, ctx)
+        p = load(c.source)
+        if not isinstance(p, SoftPrompt):
+            raise ConfigError(f"{c.source}: project needs a soft prompt (prompt-tuning, p-tuning), "
+                              f"not a {p.type!r} one")
+        check_tensor_prompt(p, lm)
+        return p
+
+    def fit(self, lm, task, ctx):
+        c = self.config
+        soft = self.source(lm, task, ctx)
+        body = lm.encode(soft.instruction) if soft.instruction else []
+        k = soft.embeds.shape[0]
+        s = k if soft.split < 0 else min(soft.split, k)
+        allowed = allowed_tokens(lm, c.vocab)
+        sim = similarity(soft.embeds.to(lm.device), vocab_embeddings(lm), c.metric)  # (k, V)
+        sim = sim.masked_fill(~allowed, float("-inf"))
+        found = sim.argmax(-1).tolist()
+        how = "nearest"
+        if c.fluency > 0 and not lm.budget.exhausted():
+            try:
+                head = TokenApplier.layout(lm, task.labels if task.is_classification else None).header
+                found = fluent_tokens(lm, head, sim, {s: body}, c.fluency, c.fluency_candidates)
+                how = "fluency"
+            except BudgetExceeded as e:
+                print(f"promptlift: {e}; keeping the nearest tokens (no fluency term)", file=sys.stderr)
+        # a split soft prompt had its instruction between the first s vectors and the rest
+        prompt = token_prompt(lm, found[:s], body + found[s:])
+        prompt.meta.update({"tokens": k, "projection": how, "source": c.source or "prompt-tuning",
+                            "source_position": soft.position, **self.dev_before_after(lm, task, soft, prompt)})
+        ctx.record(event="project", **{m: prompt.meta[m] for m in ("dev_before", "dev_after", "projection")})
+        return prompt
+
+    def dev_before_after(self, lm, task, soft: SoftPrompt, prompt) -> dict:
+        """Dev accuracy of the soft prompt and of its projection (None where the budget ran out)."""
+        out = {"dev_before": soft.meta.get("best_dev"), "dev_after": None}
+        if not task.dev or lm.budget.exhausted():
+            return out
+        try:
+            out["dev_before"] = evaluate(lm, task, soft, split="dev", progress=False).accuracy
+            out["dev_after"] = evaluate(lm, task, prompt, split="dev", progress=False).accuracy
+        except BudgetExceeded as e:
+            print(f"promptlift: {e}; dev accuracy before/after projection not measured", file=sys.stderr)
+        return out

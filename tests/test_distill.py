@@ -1,0 +1,112 @@
+"""`promptlift distill`: a prefix prompt (which vLLM cannot take) becomes an input-level soft prompt that answers
+like it, trained by the one trainer on unlabelled inputs; on a tiny model built in the test."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+
+import pytest
+import torch
+
+import promptlift
+from conftest import make_tiny_lm
+from promptlift.artifacts import PrefixPrompt, SoftPrompt, load
+from promptlift.errors import ConfigError
+from promptlift.methods.soft.distill import distill
+from promptlift.task import Example, Task
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def write_task(d) -> Task:
+    """A learnable sentiment task with one-token label words, as files (a run records where its data is)."""
+    rng = random.Random(0)
+    words = {"good": ["great", "wonderful", "good", "hot", "big"], "bad": ["terrible", "boring", "bad", "cold"]}
+    rows = []
+    for i in range(64):
+        lab = "good" if i % 2 else "bad"
+        rows.append({"text": f"the movie was {rng.choice(words[lab])} {rng.choice(['news', 'sports', 'film'])}",
+                     "label": lab})
+    d.mkdir()
+    for split, part in (("train", rows[:32]), ("dev", rows[32:56]), ("test", rows[56:])):
+        (d / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    return Task.from_dir(d, instruction="Classify the input.")
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return make_tiny_lm(seed=0, init_range=0.5)  # a peaked model: a prefix moves its label distribution a lot
+
+
+def test_distilled_soft_prompt_agrees_with_its_prefix_teacher(tmp_path, lm, monkeypatch, capsys):
+    from promptlift import cli
+    from promptlift.serve.apply import check_http
+
+    task = write_task(tmp_path / "data")
+    teacher_run = tmp_path / "teacher"
+    promptlift.optimize("p-tuning-v2", lm, task, out=teacher_run, progress=False, seed=0, epochs=15, tokens=4,
+                        lr=0.03, eval_splits=("dev",))
+    teacher = load(teacher_run)
+    assert isinstance(teacher, PrefixPrompt)
+    monkeypatch.setattr(cli, "load_lm", lambda *a, **k: lm)  # the tiny model stands for the recorded one
+    out = tmp_path / "student"
+    assert cli.main(["distill", str(teacher_run), "--out", str(out), "--tokens", "4", "-o", "epochs=10",
+                     "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    result = json.loads((out / "result.json").read_text())
+    assert shown == result
+    student = load(out)
+    assert isinstance(student, SoftPrompt) and student.embeds.shape == (4, lm.hidden_size)
+    assert result["student"]["sha256"] == student.hash and result["teacher"]["sha256"] == teacher.hash
+    assert student.method == "distill" and student.instruction == teacher.instruction
+    t_dev, s_dev = result["teacher"]["dev"], result["student"]["dev"]
+    assert {"accuracy", "n", "ci95"} <= set(t_dev) and {"accuracy", "n", "ci95"} <= set(s_dev)
+    assert result["kept"] == pytest.approx(s_dev["accuracy"] / t_dev["accuracy"])
+    # most dev inputs get the teacher's answer, far above chance: the teacher's answers are mixed
+    t_preds = [p["pred"] for p in promptlift.evaluate(lm, task, teacher, split="dev", progress=False).predictions]
+    s_preds = [p["pred"] for p in promptlift.evaluate(lm, task, student, split="dev", progress=False).predictions]
+    assert min(Counter(t_preds).values()) >= 0.3 * len(t_preds) and len(set(t_preds)) == 2
+    agreement = sum(a == b for a, b in zip(t_preds, s_preds)) / len(t_preds)
+    assert agreement == result["agreement_dev"] >= 0.8
+    assert [json.loads(x)["pred"] for x in (out / "predictions_dev.jsonl").read_text().splitlines()] == s_preds
+    assert (out / "config.json").exists() and (out / "history.jsonl").read_text().count("dev_score") == 10
+    # what it is for: vLLM takes the student as prompt_embeds, not the teacher
+    check_http(student, prompt_embeds=True, where="route")
+    with pytest.raises(ConfigError, match="promptlift distill"):
+        check_http(teacher, prompt_embeds=True, where="route")
+    # an existing run is not replaced silently; unknown options fail before any work
+    assert cli.main(["distill", str(teacher_run), "--out", str(out), "--tokens", "4"]) == 2
+    assert cli.main(["distill", str(teacher_run), "--out", str(tmp_path / "x"), "--bogus", "1"]) == 2
+    assert "no option --bogus" in capsys.readouterr().err
+
+
+def test_no_gold_label_is_read(tmp_path, lm):
+    """Scrambling the train and dev labels changes nothing in the student: it learns from the teacher only."""
+    task = write_task(tmp_path / "data")
+    teacher = promptlift.optimize("p-tuning-v2", lm, task, progress=False, seed=0, epochs=4, tokens=4, lr=0.03,
+                                  eval_splits=()).prompt
+    flip = {"good": "bad", "bad": "good"}
+    scrambled = Task(name=task.name, kind=task.kind, labels=task.labels, instruction=task.instruction,
+                     train=[Example(e.input, flip[e.output]) for e in task.train],
+                     dev=[Example(e.input, flip[e.output]) for e in task.dev])
+    a = distill(lm, task, teacher, progress=False, tokens=3, epochs=2)
+    b = distill(lm, scrambled, teacher, progress=False, tokens=3, epochs=2)
+    assert torch.equal(a.student.embeds, b.student.embeds) and a.agreement_dev == b.agreement_dev
+    assert a.teacher_dev.accuracy == pytest.approx(1 - b.teacher_dev.accuracy)  # gold is only for the report
+
+
+def test_generation_teacher_is_matched_along_its_own_answers(tmp_path, lm):
+    exs = [Example(x, y) for x, y in [("hot", "cold"), ("up", "down"), ("big", "small"), ("good", "bad")] * 2]
+    task = Task(name="g", kind="generation", train=exs[:6], dev=exs[6:], instruction="Give the antonym.")
+    g = torch.Generator().manual_seed(0)
+    shape = (lm.num_layers, lm.num_kv_heads, 3, lm.head_dim)
+    teacher = PrefixPrompt(instruction="Give the antonym.", keys=torch.randn(*shape, generator=g),
+                           values=torch.randn(*shape, generator=g), hidden_size=lm.hidden_size,
+                           num_layers=lm.num_layers, model=lm.model_id)
+    r = distill(lm, task, teacher, out=tmp_path / "run", progress=False, tokens=3, epochs=6, lr=0.1, answer_tokens=4)
+    assert isinstance(r.student, SoftPrompt) and r.student_dev is not None and r.agreement_dev is None
+    epochs = [json.loads(x) for x in (tmp_path / "run" / "history.jsonl").read_text().splitlines()
+              if "dev_score" in x]
+    assert len(epochs) == 6 and epochs[-1]["loss"] < epochs[0]["loss"]  # the KL to the teacher goes down

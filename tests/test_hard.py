@@ -1,0 +1,252 @@
+"""Token prompts (exact ids on their model, text elsewhere) and the methods that search them: PEZ, AutoPrompt,
+soft-to-hard projection, and BBT (soft prompts from scores only). On a tiny random model and a learnable
+synthetic task, each method must beat the prompt it starts from."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+import promptlift
+from conftest import make_tiny_lm
+from promptlift.artifacts import SoftPrompt, TextPrompt, TokenPrompt, load
+from promptlift.cli import main
+from promptlift.engine.apply import TokenApplier, applier_for
+from promptlift.engine.backends import backend_for
+from promptlift.engine.evaluate import classify_scores, label_candidates
+from promptlift.engine.scoring import score_candidates
+from promptlift.errors import ArtifactError, ConfigError
+from promptlift.methods.hard.bbt import SubspacePrompt
+from promptlift.methods.hard.common import allowed_tokens, start_ids, token_prompt, vocab_embeddings
+from promptlift.methods.hard.pez import PEZModule
+from promptlift.methods.hard.project import fluent_tokens
+from promptlift.task import Example, Task
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def synth_task() -> Task:
+    """Sentiment words -> 'hot'/'cold': learnable by a prompt on a frozen random model."""
+
+    def split(n, seed):
+        rng = random.Random(seed)
+        pos, neg = ["great", "wonderful", "good"], ["terrible", "boring", "bad"]
+        out = [Example(f"the movie was {rng.choice(pos if i % 2 else neg)}", "positive" if i % 2 else "negative")
+               for i in range(n)]
+        rng.shuffle(out)
+        return out
+
+    return Task(name="synth", kind="classification", train=split(48, 0), dev=split(24, 1), test=split(48, 2),
+                labels={"negative": "cold", "positive": "hot"}, instruction="Classify.")
+
+
+def learner():
+    # initializer_range 0.3 gives attention that depends on its input, which a prompt can steer
+    return make_tiny_lm(hidden=64, init_range=0.3)
+
+
+def dev_accuracy(lm, task, prompt) -> float:
+    return promptlift.evaluate(lm, task, prompt, split="dev", progress=False).accuracy
+
+
+def history(run_dir) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "history.jsonl").read_text().splitlines()]
+
+
+def start_prompt(lm, task, tokens: int, seed: int, init: str = "random") -> TokenPrompt:
+    """The prompt PEZ / AutoPrompt start from with these options (task instruction after the tokens)."""
+    found = start_ids(lm, task, init, tokens, random.Random(seed), task.instruction, allowed_tokens(lm))
+    return token_prompt(lm, found, lm.encode(task.instruction))
+
+
+def assert_token_prompt_is_honest(lm, p: TokenPrompt) -> None:
+    """Valid ids of the model, decoding to `text`; `reencodes` says whether the text gives the ids back."""
+    assert isinstance(p, TokenPrompt) and p.ids and max(p.ids) < len(lm.tokenizer)
+    assert not set(p.ids) & set(lm.tokenizer.all_special_ids)
+    assert lm.tokenizer.decode(p.ids, clean_up_tokenization_spaces=False) == p.text
+    assert p.meta["reencodes"] == (lm.encode(p.text) == p.ids)
+
+
+# --- the artifact and its applier ---------------------------------------------------------
+@pytest.mark.parametrize("chat", [True, False])
+def test_token_prompt_on_its_model_is_exactly_its_ids(chat):
+    lm, task = make_tiny_lm(chat=chat), synth_task()
+    exs = task.dev[:6]
+    same = TokenPrompt(ids=lm.encode("Classify."), text="Classify.", model=lm.model_id)
+    assert torch.equal(classify_scores(lm, task, same, exs), classify_scores(lm, task, TextPrompt("Classify."), exs))
+    # the same text as other ids (one token per character): the ids are applied, not the text
+    split = TokenPrompt(ids=[i for ch in "Classify." for i in lm.encode(ch)], text="Classify.", model=lm.model_id)
+    cond = applier_for(split).condition(split, backend_for(lm), task, [ex.input for ex in exs])
+    assert cond.prefix_ids[-len(split.ids):] == split.ids
+    assert not torch.allclose(classify_scores(lm, task, split, exs), classify_scores(lm, task, same, exs))
+
+
+def test_token_prompt_on_another_model_is_its_text(capsys):
+    lm, task = make_tiny_lm(), synth_task()
+    p = TokenPrompt(ids=[1, 2, 3], text="Be brief.", model="model-it-was-found-on")
+    assert p.text_only
+    got = classify_scores(lm, task, p, task.dev[:5])
+    assert torch.equal(got, classify_scores(lm, task, TextPrompt("Be brief."), task.dev[:5]))
+    r = promptlift.evaluate(lm, task, p, split="dev", progress=False)
+    assert 0 <= r.accuracy <= 1
+    assert "found on model 'model-it-was-found-on'" in capsys.readouterr().err
+
+
+def test_proxy_sends_a_token_prompt_as_text():
+    from promptlift.serve.apply import chat_messages
+
+    p = TokenPrompt(ids=[7, 8], text="Be kind.", model="tiny-source")
+    assert chat_messages(p, [{"role": "user", "content": "hi"}]) == [{"role": "user", "content": "Be kind.\n\nhi"}]
+
+
+def test_cli_evaluates_a_token_prompt_on_another_model_and_refuses_a_soft_one(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("promptlift.cli.load_lm", lambda *a, **k: make_tiny_lm())
+    TokenPrompt(ids=[5, 6], text="Pick the topic.", model="tiny-source").save(tmp_path / "token")
+    SoftPrompt(embeds=torch.zeros(2, 32), hidden_size=32, num_layers=2, model="tiny-source").save(tmp_path / "soft")
+    args = ["eval", "--model", "other", "--data", "demo:demo_topics", "--limit", "3", "--json", "--prompt"]
+    assert main(args + [str(tmp_path / "token")]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["n"] == 3 and "found on model 'tiny-source'" in out.err
+    assert main(args + [str(tmp_path / "soft")]) == 2
+    assert "made for model 'tiny-source'" in capsys.readouterr().err
+
+
+def test_reencodes_says_when_the_text_gives_other_ids():
+    lm = make_tiny_lm()
+    merged = lm.encode("Classify.")
+    assert token_prompt(lm, merged, []).meta["reencodes"]
+    chars = [i for ch in "Classify." for i in lm.encode(ch)]
+    assert chars != merged and not token_prompt(lm, chars, []).meta["reencodes"]
+
+
+# --- PEZ ------------------------------------------------------------------------------------
+def test_pez_forward_reads_the_projected_tokens_and_its_gradient_reaches_the_vectors():
+    lm, task = learner(), synth_task()
+    body = lm.encode(task.instruction)
+    allowed = allowed_tokens(lm)
+    init = start_ids(lm, task, "random", 3, random.Random(0), task.instruction, allowed)
+    module = PEZModule(lm, init, body, "cosine", allowed)
+    with torch.no_grad():
+        module.embeds += 1e-3 * torch.randn_like(module.embeds)  # off the tokens, still nearest to them
+    assert module.project().tolist() == init
+    layout = TokenApplier.layout(lm, task.labels, body)
+    exs = task.dev[:4]
+    scores = score_candidates(lm, module.prefix(lm, layout, None), [layout.example(e.input) for e in exs],
+                              [label_candidates(layout, task)] * len(exs))  # (4, labels)
+    assert torch.allclose(scores.detach(), classify_scores(lm, task, module.to_prompt(), exs), atol=1e-5)
+    scores.sum().backward()
+    assert module.embeds.grad is not None and module.embeds.grad.abs().sum() > 0
+
+
+def test_pez_improves_over_its_start(tmp_path):
+    lm, task = learner(), synth_task()
+    before = dev_accuracy(lm, task, start_prompt(lm, task, 4, seed=0))
+    run = promptlift.optimize("pez", lm, task, out=tmp_path / "run", progress=False, seed=0, tokens=4, epochs=10,
+                              lr=0.3)
+    assert run.prompt.meta["best_dev"] > before
+    assert run.dev.accuracy == run.prompt.meta["best_dev"]  # the trainer selected on the shipped token prompt
+    assert_token_prompt_is_honest(lm, run.prompt)
+    assert run.prompt.ids[4:] == lm.encode(task.instruction)
+    assert run.cost["backward"] == 10 * 6  # 48 examples / batch 8, 10 epochs
+    assert load(tmp_path / "run").hash == run.prompt.hash
+
+
+# --- AutoPrompt -----------------------------------------------------------------------------
+def test_autoprompt_improves_over_its_start(tmp_path):
+    lm, task = learner(), synth_task()
+    run = promptlift.optimize("autoprompt", lm, task, out=tmp_path / "run", progress=False, seed=0, steps=10,
+                              tokens=4, candidates=8, batch_size=16)
+    steps = [h for h in history(tmp_path / "run") if "best_dev" in h]
+    start = dev_accuracy(lm, task, start_prompt(lm, task, 4, seed=0, init="text"))
+    assert steps[0]["best_dev"] == start and run.prompt.meta["search"]["best_dev"] > start
+    assert_token_prompt_is_honest(lm, run.prompt)
+    assert run.cost["backward"] == 10  # one gradient per step
+    spent = run.prompt.meta["cost"]
+    assert spent["target_calls"] == steps[-1]["target_calls"] > 10 * 16
+
+
+# --- projection -----------------------------------------------------------------------------
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_project_recovers_tokens_from_nearby_vectors_and_keeps_their_gain(tmp_path, metric):
+    lm, task = learner(), synth_task()
+    pez = promptlift.optimize("pez", lm, task, progress=False, seed=0, tokens=4, epochs=10, lr=0.3,
+                              eval_splits=())
+    found, body = pez.prompt.ids[:4], pez.prompt.ids[4:]
+    table = vocab_embeddings(lm)
+    g = torch.Generator().manual_seed(0)
+    vectors = table[found] + 0.05 * table.std() * torch.randn(4, lm.hidden_size, generator=g)
+    SoftPrompt(instruction=task.instruction, embeds=vectors, hidden_size=lm.hidden_size, num_layers=lm.num_layers,
+               model=lm.model_id).save(tmp_path / "soft")
+    run = promptlift.optimize("project", lm, task, progress=False, source=str(tmp_path / "soft"), metric=metric,
+                              eval_splits=())
+    assert run.prompt.ids == found + body
+    start = dev_accuracy(lm, task, start_prompt(lm, task, 4, seed=0))
+    assert run.prompt.meta["dev_after"] == dev_accuracy(lm, task, pez.prompt) > start
+    assert run.prompt.meta["dev_before"] == dev_accuracy(lm, task, load(tmp_path / "soft"))
+    assert_token_prompt_is_honest(lm, run.prompt)
+
+
+def test_project_trains_a_soft_prompt_when_given_none_and_reports_before_and_after(tmp_path):
+    lm, task = learner(), synth_task()
+    run = promptlift.optimize("project", lm, task, out=tmp_path / "run", progress=False, epochs=2, tokens=3,
+                              fluency=1.0, fluency_candidates=4)
+    m = run.prompt.meta
+    assert m["source"] == "prompt-tuning" and m["projection"] == "fluency" and m["tokens"] == 3
+    assert 0 <= m["dev_before"] <= 1 and m["dev_after"] == run.dev.accuracy
+    assert any(h.get("event") == "project" for h in history(tmp_path / "run"))
+    assert_token_prompt_is_honest(lm, run.prompt)
+
+
+def test_fluency_ranks_only_the_nearest_and_weight_zero_is_nearest():
+    lm = learner()
+    sim = torch.randn(3, lm.embedding_matrix().shape[0], generator=torch.Generator().manual_seed(0))
+    assert fluent_tokens(lm, [], sim, {}, 0.0, 5) == sim.argmax(-1).tolist()
+    top = sim.topk(4).indices.tolist()
+    assert all(t in row for t, row in zip(fluent_tokens(lm, [], sim, {}, 50.0, 4), top))
+
+
+def test_project_refuses_what_is_not_a_soft_prompt_of_this_model(tmp_path):
+    lm, task = learner(), synth_task()
+    TextPrompt("Classify.").save(tmp_path / "text")
+    with pytest.raises(ConfigError, match="needs a soft prompt"):
+        promptlift.optimize("project", lm, task, progress=False, source=str(tmp_path / "text"))
+    SoftPrompt(embeds=torch.zeros(2, 64), hidden_size=64, model="another").save(tmp_path / "soft")
+    with pytest.raises(ArtifactError, match="another"):
+        promptlift.optimize("project", lm, task, progress=False, source=str(tmp_path / "soft"))
+
+
+# --- BBT --------------------------------------------------------------------------------------
+BBT = {"steps": 8, "popsize": 6, "dim": 8, "tokens": 4, "train_examples": 16}
+
+
+def test_bbt_improves_with_forward_passes_only(tmp_path):
+    lm, task = learner(), synth_task()
+    run = promptlift.optimize("bbt", lm, task, out=tmp_path / "run", progress=False, seed=0, **BBT)
+    steps = [h for h in history(tmp_path / "run") if "best_dev" in h]
+    assert run.prompt.meta["search"]["best_dev"] > steps[0]["best_dev"]
+    assert run.cost["backward"] == 0 and run.cost["forward"] > 0
+    assert isinstance(run.prompt, SoftPrompt) and run.prompt.embeds.shape == (4, lm.hidden_size)
+    assert run.dev.accuracy == run.prompt.meta["search"]["best_dev"]  # the SoftPrompt is the candidate it stands for
+    # each candidate is scored on its 16 training examples, each generation's best on dev (its distinct examples)
+    dev = len({(e.input, e.output) for e in task.dev})
+    assert run.prompt.meta["cost"]["target_calls"] == dev + 8 * (6 * 16 + dev)
+
+
+def test_bbt_resumed_after_a_budget_stop_ends_as_an_uninterrupted_run(tmp_path):
+    opts = {**BBT, "steps": 5}
+    full = promptlift.optimize("bbt", learner(), synth_task(), out=tmp_path / "full", progress=False, **opts)
+    cut = promptlift.optimize("bbt", learner(), synth_task(), out=tmp_path / "cut", progress=False,
+                              budget="forward=60", **opts)
+    assert cut.stopped == "budget" and cut.prompt.meta["search"]["steps"] < 5
+    resumed = promptlift.optimize("bbt", learner(), synth_task(), out=tmp_path / "cut", progress=False, resume=True,
+                                  **opts)
+    assert resumed.prompt.meta["search"]["steps"] == 5
+    assert torch.equal(resumed.prompt.embeds, full.prompt.embeds)
+
+
+def test_subspace_candidates_are_json_only():
+    p = SubspacePrompt(z=[0.5, -1.0], seed=3, scale=0.1, init_ids=[4, 5, 6], instruction="Classify.")
+    assert not p.tensors() and p.to_dict()["z"] == [0.5, -1.0]
