@@ -3,6 +3,7 @@
     python bench/discrete.py                                    # every method, seed 0, first 300 test rows
     python bench/discrete.py --seeds 0 1 2 --methods pez bbt --reuse   # add seeds; reuse finished runs
     python bench/discrete.py --set autoprompt.steps=10 --test-limit 100 --no-write      # quick look
+    python bench/discrete.py --methods pez --set pez.instruction=none --runs /tmp/v --section variant
 
 Each method runs through `promptlift.optimize` with its defaults (unless `--set`),
 selecting on train/dev only; the chosen prompt is then scored once on the
@@ -143,6 +144,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="METHOD.OPTION=VALUE (repeatable)")
     ap.add_argument("--reuse", action="store_true", help="read finished runs' bench.json instead of running again")
     ap.add_argument("--no-write", action="store_true", help="print the section, do not write DISCRETE_RESULTS.md")
+    ap.add_argument("--section", default="discrete", help="name of the DISCRETE_RESULTS.md section to replace")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     facts = machine_facts()
@@ -173,7 +175,7 @@ def main() -> None:
     body = report(rows, args, facts, limit or len(task.test))
     print(body)
     if not args.no_write:
-        write_section("discrete", body, RESULTS, title="# Discrete and black-box prompt results")
+        write_section(args.section, body, RESULTS, title="# Discrete and black-box prompt results")
         progress(f"wrote {RESULTS}")
 
 
