@@ -506,6 +506,7 @@ def search(method: SearchMethod, lm, task: Task, ctx, *, optimizer=None, limits:
             print(f"promptlift: {method.name}: {e}; keeping the best prompt so far", file=sys.stderr)
             ctx.record(event="budget", step=snapshot[2], **state.spend.as_dict())
             if ckpt is not None:  # keep what was paid for; method state stays at the last whole step
+                ckpt.parent.mkdir(parents=True, exist_ok=True)  # the budget may end before the first step
                 write_json(ckpt, state.to_json(config, *snapshot))
         finally:
             bar.close()
