@@ -96,3 +96,27 @@ def _cache_dir(tmp_path_factory):
     os.environ.setdefault("PROMPTLIFT_CALL_CACHE", str(tmp_path_factory.mktemp("calls") / "calls.sqlite"))
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     yield
+
+
+def synth_task():
+    """Sentiment words -> 'hot'/'cold': learnable by a prompt on a frozen random model."""
+
+    import random
+
+    from promptlift.task import Example, Task
+
+    def split(n, seed):
+        rng = random.Random(seed)
+        pos, neg = ["great", "wonderful", "good"], ["terrible", "boring", "bad"]
+        out = [Example(f"the movie was {rng.choice(pos if i % 2 else neg)}", "positive" if i % 2 else "negative")
+               for i in range(n)]
+        rng.shuffle(out)
+        return out
+
+    return Task(name="synth", kind="classification", train=split(48, 0), dev=split(24, 1), test=split(48, 2),
+                labels={"negative": "cold", "positive": "hot"}, instruction="Classify.")
+
+
+def learner():
+    # initializer_range 0.3 gives attention that depends on its input, which a prompt can steer
+    return make_tiny_lm(hidden=64, init_range=0.3)

@@ -22,27 +22,11 @@ from promptlift.template import build_layout
 from conftest import make_tiny_lm
 
 
+from conftest import learner, synth_task  # noqa: E402
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def synth_task() -> Task:
-    """Sentiment words -> 'hot'/'cold': learnable by a prompt on a frozen random model."""
-
-    def split(n, seed):
-        rng = random.Random(seed)
-        pos, neg = ["great", "wonderful", "good"], ["terrible", "boring", "bad"]
-        out = [Example(f"the movie was {rng.choice(pos if i % 2 else neg)}", "positive" if i % 2 else "negative")
-               for i in range(n)]
-        rng.shuffle(out)
-        return out
-
-    return Task(name="synth", kind="classification", train=split(48, 0), dev=split(24, 1), test=split(48, 2),
-                labels={"negative": "cold", "positive": "hot"}, instruction="Classify.")
-
-
-def learner():
-    # initializer_range 0.3 gives attention that depends on its input, which a prompt can steer
-    return make_tiny_lm(hidden=64, init_range=0.3)
 
 
 METHOD_LR = {"prompt-tuning": 0.1, "p-tuning": 0.05, "prefix-tuning": 0.01, "p-tuning-v2": 0.1}
