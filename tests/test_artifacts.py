@@ -12,7 +12,6 @@ from promptlift import TextPrompt, load
 from promptlift.artifacts import (FORMAT, Calibrated, KnnPrompt, PrefixPrompt, Reasoning, SoftPrompt, TokenPrompt,
                                   artifact_types, content_hash)
 from promptlift.errors import ArtifactError, PromptliftError
-from promptlift.methods.hard.bbt import SubspacePrompt
 from promptlift.task import Example
 
 
@@ -33,8 +32,7 @@ def _every_type() -> dict[str, object]:
                           values=torch.randn(2, 2, 3, 4, generator=g), position="prepend", model="tiny")
     knn = KnnPrompt(instruction="Pick.", pool=[Example(f"x{i}", f"y{i}") for i in range(5)], k=2, embedder="tfidf")
     token = TokenPrompt(ids=[17, 3, 250, 3], text=" great «x»\n", model="tiny", meta={"reencodes": False})
-    subspace = SubspacePrompt(z=[0.1, -2.5e-7, 1 / 3], seed=7, scale=0.02, init_ids=[4, 5], instruction="Pick.")
-    return {"text": make_prompt(), "knn": knn, "token": token, "subspace": subspace, "soft": soft, "prefix": prefix,
+    return {"text": make_prompt(), "knn": knn, "token": token, "soft": soft, "prefix": prefix,
             "calibrated": Calibrated(inner=soft, content_free=["N/A"]),
             "reasoning": Reasoning(inner=Calibrated(inner=knn), trigger="Think.")}
 

@@ -19,7 +19,6 @@ from promptlift.engine.backends import backend_for
 from promptlift.engine.evaluate import classify_scores, label_candidates
 from promptlift.engine.scoring import score_candidates
 from promptlift.errors import ArtifactError, ConfigError
-from promptlift.methods.hard.bbt import SubspacePrompt
 from promptlift.methods.hard.common import allowed_tokens, start_ids, token_prompt, vocab_embeddings
 from promptlift.methods.hard.pez import PEZModule
 from promptlift.methods.hard.project import fluent_tokens
@@ -213,9 +212,10 @@ def test_bbt_improves_with_forward_passes_only(tmp_path):
     assert run.cost["backward"] == 0 and run.cost["forward"] > 0
     assert isinstance(run.prompt, SoftPrompt) and run.prompt.embeds.shape == (4, lm.hidden_size)
     assert run.dev.accuracy == run.prompt.meta["search"]["best_dev"]  # the SoftPrompt is the candidate it stands for
-    # each candidate is scored on its 16 training examples, each generation's best on dev (its distinct examples)
+    # both starts (instruction=auto: the task's, none) on dev, each candidate on its 16 training examples, each
+    # generation's best on dev (its distinct examples)
     dev = len({(e.input, e.output) for e in task.dev})
-    assert run.prompt.meta["cost"]["target_calls"] == dev + 8 * (6 * 16 + dev)
+    assert run.prompt.meta["cost"]["target_calls"] == 2 * dev + 8 * (6 * 16 + dev)
 
 
 def test_bbt_resumed_after_a_budget_stop_ends_as_an_uninterrupted_run(tmp_path):
@@ -230,6 +230,12 @@ def test_bbt_resumed_after_a_budget_stop_ends_as_an_uninterrupted_run(tmp_path):
     assert torch.equal(resumed.prompt.embeds, full.prompt.embeds)
 
 
-def test_subspace_candidates_are_json_only():
-    p = SubspacePrompt(z=[0.5, -1.0], seed=3, scale=0.1, init_ids=[4, 5, 6], instruction="Classify.")
-    assert not p.tensors() and p.to_dict()["z"] == [0.5, -1.0]
+def test_bbt_checkpoints_its_soft_prompt_candidates_as_artifacts(tmp_path):
+    run = promptlift.optimize("bbt", learner(), synth_task(), out=tmp_path / "run", progress=False, **{**BBT, "steps": 2})
+    ckpt = json.loads((tmp_path / "run" / "checkpoint" / "search.json").read_text())
+    saved = [c for c in ckpt["candidates"] if "saved" in c]
+    assert saved and len(saved) == len(ckpt["candidates"])
+    for c in saved:
+        p = load(tmp_path / "run" / "checkpoint" / c["saved"])
+        assert isinstance(p, SoftPrompt) and p.hash == c["key"] and len(p.meta["subspace"]["z"]) == BBT["dim"]
+    assert run.prompt.meta["subspace"]["dim"] == BBT["dim"]

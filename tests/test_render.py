@@ -9,6 +9,7 @@ import torch
 from conftest import SHARED
 from promptlift import Task
 from promptlift.artifacts import KnnPrompt, Reasoning, SoftPrompt, TextPrompt
+from promptlift.artifacts.wrappers import least_to_most
 from promptlift.engine.apply import applier_for
 from promptlift.engine.backends import Endpoint, WhiteBox
 from promptlift.errors import ConfigError
@@ -88,12 +89,19 @@ def endpoint_tokens(lm, prompt, task, inputs, prefixes=None) -> list[list[int]]:
 def _cases(task):
     train = task.train
     cot = Reasoning(inner=TextPrompt(instruction=task.instruction))
+    l2m = least_to_most(TextPrompt(instruction=task.instruction, demos=train[:2]))
+    ap = applier_for(l2m)
     return {
         "zero-shot": (TextPrompt(instruction=task.instruction), None),
         "few-shot": (TextPrompt(instruction=task.instruction, demos=train[:4]), None),
         "knn": (KnnPrompt(instruction=task.instruction, pool=train, k=3, embedder="tfidf"), None),
         "cot-stage-1": (cot, [cot.trigger]),
         "cot-stage-2": (cot, [f"{cot.trigger} It is kind.\n{cot.answer_trigger}"]),
+        # least-to-most: decompose, solve (continuing the sub-questions), answer (continuing both), as the
+        # applier builds each stage's opening
+        "l2m-decompose": (l2m, [l2m.trigger]),
+        "l2m-solve": (l2m, [ap.continued(l2m, "What is it about?\nIs it kind?", l2m.followups[0])]),
+        "l2m-answer": (l2m, ap.second_stage(l2m, [f"What is it about?\n{l2m.followups[0]} Kindness. Yes."])),
     }
 
 
@@ -114,6 +122,30 @@ def _tiny_task():
 def test_whitebox_tokens_equal_rendered_messages_tiny(tiny_lm):
     task = _tiny_task()
     _agree(tiny_lm, task, [ex.input for ex in task.test] + ["  spaces\tand tabs ", "Café — “quotes”"])
+
+
+def test_every_stage_the_least_to_most_applier_runs_renders_identically(tiny_lm, monkeypatch):
+    """The stage openings the applier itself builds (the model's own reasoning in them) give the same tokens
+    locally as the chat messages an endpoint is sent."""
+    from promptlift.engine.apply import TextApplier
+    from promptlift.lm.base import GenerationConfig
+
+    task = _tiny_task()
+    prompt = least_to_most(TextPrompt(instruction=task.instruction), reasoning_tokens=6)
+    seen = []
+    original = TextApplier.generate
+
+    def spy(self, prompt, backend, task, inputs, cfg, answer_prefixes=None):
+        seen.append(list(answer_prefixes))
+        return original(self, prompt, backend, task, inputs, cfg, answer_prefixes)
+
+    monkeypatch.setattr(TextApplier, "generate", spy)
+    inputs = [ex.input for ex in task.test[:3]]
+    applier_for(prompt).generate(prompt, WhiteBox(tiny_lm), task, inputs, GenerationConfig(max_tokens=3))
+    assert len(seen) == 3 and seen[1][0].endswith("\n" + prompt.followups[0])
+    for prefixes in seen:
+        assert whitebox_tokens(tiny_lm, prompt, task, inputs, prefixes) == endpoint_tokens(tiny_lm, prompt, task,
+                                                                                           inputs, prefixes)
 
 
 def test_soft_prompt_segments_are_the_rendered_text(tiny_lm):

@@ -9,11 +9,12 @@ import json
 import random
 
 import pytest
+import torch
 
-from promptlift.artifacts import TextPrompt
+from promptlift.artifacts import SoftPrompt, TextPrompt, load
 from promptlift.engine.search import Candidate, Limits, SearchSettings, SearchState, search
 from promptlift.engine.select import SelectConfig, estimate_calls, select
-from promptlift.errors import ConfigError
+from promptlift.errors import ArtifactError, ConfigError
 from promptlift.lm.base import LM, GenerationConfig
 from promptlift.lm.budget import Budget
 from promptlift.methods.base import RunContext
@@ -316,6 +317,63 @@ def test_duplicate_candidates_in_a_step_are_counted_and_scored_once():
     p = search(Paraphraser(steps=1, k=3), target, toy_task(), ctx(optimizer=ScriptedLM(["same", "same", "same"])))
     assert p.meta["search"]["skipped"] == {"duplicate": 2}
     assert target.answered == 16
+
+
+class SoftWalker:
+    """A search over soft prompts: each step proposes `k` random perturbations of the best so far.
+
+    `kill_at=s` raises KeyboardInterrupt in step s's proposals, as a kill would stop a run.
+    """
+
+    name = "soft-walker"
+
+    def __init__(self, hidden: int, steps: int = 4, k: int = 2, kill_at: int | None = None):
+        self.hidden, self.steps, self.k, self.kill_at = hidden, steps, k, kill_at
+
+    def search_settings(self):
+        return SearchSettings(steps=self.steps)
+
+    def initial(self, state):
+        return [SoftPrompt(instruction="Classify.", embeds=torch.zeros(3, self.hidden), model=state.target.model_id)]
+
+    def propose(self, state):
+        if state.step == self.kill_at:
+            raise KeyboardInterrupt("killed")
+        best = state.prompts[state.best()[0]]
+        g = torch.Generator().manual_seed(state.rng.randrange(2**31))
+        return [Candidate(SoftPrompt(instruction="Classify.", model=state.target.model_id,
+                                     embeds=best.embeds + torch.randn(best.embeds.shape, generator=g)))
+                for _ in range(self.k)]
+
+    def update(self, state, scored):
+        state.data.setdefault("tried", []).extend(r.key for r in scored)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_soft_prompt_candidates_are_checkpointed_and_resume_exactly(tmp_path):
+    """Tensor candidates are saved beside search.json by hash; a killed run resumes to the same result."""
+    from conftest import learner, synth_task
+
+    task, lm = synth_task(), learner()
+    full = search(SoftWalker(lm.hidden_size), lm, task, ctx(tmp_path / "a"))
+    with pytest.raises(KeyboardInterrupt):
+        search(SoftWalker(lm.hidden_size, kill_at=3), learner(), task, ctx(tmp_path / "b"))
+    ckpt = json.loads((tmp_path / "b" / "checkpoint" / "search.json").read_text())
+    assert ckpt["step"] == 2 and all(c["saved"] == f"candidates/{c['key']}" for c in ckpt["candidates"])
+    for c in ckpt["candidates"]:  # each an artifact of its own, with its content hash
+        assert load(tmp_path / "b" / "checkpoint" / c["saved"]).hash == c["key"]
+
+    resumed = search(SoftWalker(lm.hidden_size), learner(), task, ctx(tmp_path / "b", resume=True))
+    assert isinstance(resumed, SoftPrompt) and resumed.hash == full.hash
+    assert torch.equal(resumed.embeds, full.embeds)
+    assert resumed.meta["search"] == full.meta["search"] and resumed.meta["cost"] == full.meta["cost"]
+
+    # a changed candidate file is refused, not silently used
+    c = ckpt["candidates"][1]
+    (tmp_path / "b" / "checkpoint" / c["saved"] / "prompt.safetensors").write_bytes(
+        (tmp_path / "b" / "checkpoint" / ckpt["candidates"][2]["saved"] / "prompt.safetensors").read_bytes())
+    with pytest.raises(ArtifactError):
+        search(SoftWalker(lm.hidden_size), learner(), task, ctx(tmp_path / "b", resume=True))
 
 
 # --- selection ---------------------------------------------------------------------------------

@@ -169,6 +169,16 @@ class Proxy:
         return httpx.post(self.url + path, content=content, headers={"content-type": "application/json", **h},
                           timeout=20)
 
+    def requests(self, n: int, timeout: float = 10.0) -> list[dict]:
+        """The request log lines, once there are `n` (a streamed reply is logged after its last chunk
+        reaches the client, so the client can finish reading first)."""
+        end = time.monotonic() + timeout
+        while True:
+            lines = [x for x in self.lines if x.get("event") == "request"]
+            if len(lines) >= n or time.monotonic() > end:
+                return lines
+            time.sleep(0.01)
+
     def stop(self):
         self.server.stop()
 
@@ -260,7 +270,7 @@ def test_streaming_chat_and_completions_pass_through(tmp_path, fake, proxies):
     stream = client.completions.create(model="sentiment", prompt="so good", stream=True)
     assert "".join(c.choices[0].text for c in stream) == fake.reply("completions", fake.last)
     assert fake.last["prompt"].endswith("Input: so good\nOutput:")
-    log = [line for line in px.lines if line.get("event") == "request"]
+    log = px.requests(1)
     assert log[0]["stream"] and log[0]["completion_tokens"] == 3 and log[0]["status"] == 200
 
 
@@ -436,7 +446,7 @@ def test_stream_broken_off_by_the_upstream_ends_with_an_error_event(tmp_path, fa
         list(px.client().chat.completions.create(**body, stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in px.client().chat.completions.create(**body, stream=True)
                    if c.choices) == "ok:x"
-    statuses = [(x["status"], x.get("error")) for x in px.lines if x.get("event") == "request"]
+    statuses = [(x["status"], x.get("error")) for x in px.requests(2)]
     assert statuses == [(502, "upstream_unavailable"), (200, None)]
 
 

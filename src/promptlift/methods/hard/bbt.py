@@ -5,9 +5,18 @@ embeds = p0 + (A z).view(k, hidden), with p0 the embeddings of the starting
 tokens and A (k·hidden, d) a fixed random projection drawn from the run's seed.
 CMA-ES (Hansen 2016, the `cma` package) searches z with forward passes and
 scores only, never a gradient. A's entries are N(0, σ²) with
-σ = std(word embeddings) / (√d · sigma0), the scaling of BBTv2 (Sun et al.
-2022, "BBTv2: Towards a Gradient-Free Future with Large Language Models"), so
-that A z starts at the scale of the embeddings whatever d is.
+σ = alpha · std(word embeddings) / (√d · sigma0), the scaling of BBTv2 (Sun
+et al. 2022, "BBTv2: Towards a Gradient-Free Future with Large Language
+Models"), so that A z starts at the scale of the embeddings whatever d is.
+
+The start (z = 0) has the starting tokens' vectors, then an instruction:
+by default (`instruction=auto`) both the task's instruction and none are
+scored on dev and the better one is kept for the search (ties: the task's).
+A small model can be hurt by an instruction: on SST-2 SmolLM2-135M scores
+50.0 % on dev with the task's instruction and 65.6 % without one (its test
+accuracies are 47.7 and 70.3 %), and BBT from the task's instruction reached
+56.2 % dev against 71.9 % from none (seed 0). `auto` makes that choice per
+task, on dev, at the cost of one more dev evaluation.
 
 Fitness is the training loss (cross-entropy over the label words, as the paper;
 or the error rate), scored by the engine on `train_examples` training examples,
@@ -16,15 +25,18 @@ never on dev. BBT is a search method on the shared ask/tell loop
 (target calls, one per example scored), tells CMA-ES, and proposes the
 population's best; the loop scores that candidate on dev and keeps the best on
 dev (the paper's model selection), and owns the budget, checkpoints and resume.
-The CMA-ES state is rebuilt on resume by replaying the recorded fitness values
-(its sampling uses its own seeded generator, so the replay is exact).
+Candidates are the `SoftPrompt`s themselves (their z in `meta["subspace"]`); the
+loop checkpoints them as artifacts. The CMA-ES state is rebuilt on resume by
+replaying the recorded fitness values (its sampling uses its own seeded
+generator, so the replay is exact).
 
-Candidates travel through the loop as `SubspacePrompt` (z, the seed of A and
-the starting tokens: JSON only, so the loop's checkpoint holds them); the
-result is the `SoftPrompt` the best one stands for.
+`SubspaceSearch` is written for B blocks of coordinates, one CMA-ES each, run
+one generation at a time in turn: BBT has one block, BBTv2 (`bbt_v2.py`) one
+per layer. It holds what both share: the CMA-ES objects and their replay, the
+fitness, the proposals and the cost estimate.
 
 Defaults are sized for a CPU: d = 50, 10 tokens, population 8, 12 generations,
-fitness on 16 training examples (1,952 examples scored with SmolLM2-135M on
+fitness on 16 training examples (1,984 examples scored with SmolLM2-135M on
 SST-2's 32/32 split; the paper used d = 500, 50 tokens, population 20 and
 8,000 calls of the whole training set). See bench/discrete.py for timings.
 """
@@ -35,17 +47,14 @@ import math
 import random
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...artifacts import POSITIONS, Prompt, SoftPrompt, register_type
-from ...engine.apply import Applier, applier_for, applies
+from ...artifacts import POSITIONS, Prompt, SoftPrompt
 from ...engine.evaluate import classify_scores
 from ...engine.search import Candidate, SearchSettings, SearchState, dev_subset
-from ...errors import ConfigError
 from ...lm.base import model_key
 from ...registry import register
 from ..base import Method
@@ -55,53 +64,46 @@ from .common import instruction_of, run_search
 FITNESS = ("ce", "error")
 
 
-@register_type
-@dataclass
-class SubspacePrompt(Prompt):
-    """A soft prompt given by its coordinates z in a fixed random subspace around starting tokens.
-
-    embeds (k, hidden) = embed(init_ids) + scale * (A z).view(k, hidden), A (k*hidden, d) ~ N(0, 1)
-    drawn from `seed` (`projection`). Local model only, like the soft prompt it stands for.
-    """
-
-    type: ClassVar[str] = "subspace"
-    z: list[float] = field(default_factory=list)
-    seed: int = 0
-    scale: float = 1.0
-    init_ids: list[int] = field(default_factory=list)
-    instruction: str = ""
-    position: str = "after_header"
-
-
 @lru_cache(maxsize=2)
 def projection(seed: int, rows: int, d: int) -> torch.Tensor:
     """(rows, d) standard normal matrix, the same for the same seed on every machine (CPU generator)."""
     return torch.randn(rows, d, generator=torch.Generator().manual_seed(seed))
 
 
-def soft_prompt(p: SubspacePrompt, lm) -> SoftPrompt:
-    """The SoftPrompt that `p` stands for on `lm`."""
-    k, h = len(p.init_ids), lm.hidden_size
+def embedding_std(lm) -> float:
+    """Spread of the model's word embeddings (over the first 5,000 ids)."""
     with torch.no_grad():
-        p0 = lm.embed(torch.tensor(p.init_ids, dtype=torch.long, device=lm.device)).float().cpu()  # (k, h)
-        delta = projection(p.seed, k * h, len(p.z)) @ torch.tensor(p.z, dtype=torch.float32)  # (k*h,)
-    return SoftPrompt(instruction=p.instruction, position=p.position, hidden_size=h, num_layers=lm.num_layers,
-                      embeds=p0 + p.scale * delta.view(k, h), model=p.model, task=p.task)
+        sample = lm.embed(torch.arange(min(5000, lm.embedding_matrix().shape[0]), device=lm.device)).float()
+    return float(sample.std())
 
 
-@applies(SubspacePrompt)
-class SubspaceApplier(Applier):
-    """Applied as the soft prompt it stands for."""
+def cma_strategy(dim: int, sigma: float, popsize: int, seed: int, history: list[list[float]]):
+    """A CMA-ES at z = 0 sampling from its own generator (seeded by `seed`), after replaying `history`.
 
-    def check(self, prompt, backend, task):
-        if not backend.white_box:
-            raise ConfigError("a subspace prompt is soft vectors for one local model; an endpoint cannot take them")
-        soft = soft_prompt(prompt, backend.lm)
-        applier_for(soft).check(soft, backend, task)
+    history: the fitness values of each generation already told. CMA-ES's proposals depend only on
+    its generator and the fitness values it was told, so asking again and telling the same values
+    rebuilds the exact state of a run that was stopped.
+    """
+    import cma
 
-    def condition(self, prompt, backend, task, inputs, answer_prefixes=None):
-        soft = soft_prompt(prompt, backend.lm)
-        return applier_for(soft).condition(soft, backend, task, inputs, answer_prefixes)
+    rs = np.random.RandomState(seed)
+    es = cma.CMAEvolutionStrategy(np.zeros(dim), sigma, {
+        "popsize": popsize, "seed": np.nan, "randn": rs.randn, "verbose": -9, "verb_log": 0,
+        "verb_disp": 0, "tolflatfitness": 10**9})
+    for fit in history:
+        es.tell(es.ask(), fit)
+    return es
+
+
+def label_loss(lm, task, prompt: Prompt, examples, gold: torch.Tensor, kind: str) -> float:
+    """Training objective of `prompt` on `examples` (lower is better), from label scores only, no gradients.
+
+    kind: "ce" (cross-entropy over the label words) | "error" (1 - accuracy). gold: (N,) label indices.
+    """
+    scores = classify_scores(lm, task, prompt, examples)  # (N, labels)
+    if kind == "ce":
+        return float(F.cross_entropy(scores, gold))
+    return float((scores.argmax(-1) != gold).float().mean())
 
 
 @dataclass
@@ -111,12 +113,16 @@ class BBTConfig:
     tokens: int = field(default=10, metadata={"help": "number of soft prompt vectors k"})
     init: str = field(default="text", metadata={
         "help": "starting vectors p0: text (instruction tokens) | random | labels"})
-    instruction: str = field(default="", metadata={
-        "help": "instruction after the soft vectors; '' = task's, 'none' = no text"})
+    instruction: str = field(default="auto", metadata={
+        "help": "instruction after the soft vectors; '' = task's, 'none' = no text, 'auto' = whichever of "
+                "the two scores better on dev at the start (z = 0; ties: the task's)"})
     position: str = field(default="after_header", metadata={"help": "after_header | prepend"})
     dim: int = field(default=50, metadata={"help": "dimension d of the searched subspace"})
     popsize: int = field(default=8, metadata={"help": "CMA-ES population per generation"})
-    sigma: float = field(default=1.0, metadata={"help": "CMA-ES initial step size sigma0"})
+    sigma: float = field(default=1.0, metadata={
+        "help": "CMA-ES initial step size sigma0 (A is scaled by 1/sigma0, so this sets z's scale only)"})
+    alpha: float = field(default=1.0, metadata={
+        "help": "scale of A: a first-generation step A z is about alpha x the spread of what it is added to"})
     steps: int = field(default=12, metadata={"help": "CMA-ES generations"})
     fitness: str = field(default="ce", metadata={
         "help": "training objective: ce (label cross-entropy) | error (1 - accuracy)"})
@@ -130,8 +136,8 @@ class BBTConfig:
     def __post_init__(self):
         if self.tokens < 1 or self.dim < 1 or self.popsize < 2 or self.steps < 0:
             raise ValueError("tokens and dim must be >= 1, popsize >= 2, steps >= 0")
-        if not self.sigma > 0:
-            raise ValueError(f"sigma must be > 0, got {self.sigma}")
+        if not self.sigma > 0 or not self.alpha > 0:
+            raise ValueError(f"sigma and alpha must be > 0, got {self.sigma}, {self.alpha}")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
         if self.position not in POSITIONS:
@@ -142,20 +148,37 @@ class BBTConfig:
             raise ValueError("train_examples, dev_examples and patience must be >= 0")
 
 
-class BBTSearch:
-    """One BBT run as the loop's method; the CMA-ES object lives here, its history in `state.data`."""
+class SubspaceSearch:
+    """CMA-ES over `blocks` blocks of subspace coordinates, one generation of one block per step, in turn.
+
+    Subclasses say what a point is: `prompt(zs)` (the artifact for every block's z) and set
+    `blocks`. With one block (BBT) each step proposes its generation's best. With more
+    (BBTv2), the blocks not being optimised stay fixed at their current z
+    (`state.data["z"]`, zeros at the start), and a block moves to its generation's best only
+    if that lowers the training loss of the current prompt (`state.data["loss"]`); each step
+    proposes the current prompt. The fitness of every generation is in
+    `state.data["fitness"]` (generation g belongs to block g % blocks); CMA-ES objects live
+    here and are rebuilt from that record after a resume.
+    """
+
+    blocks: int = 1
 
     def __init__(self, name: str, config: BBTConfig, lm, task, seed: int):
         self.name, self.config, self.lm, self.task, self.seed = name, config, lm, task, seed
         c = config
-        self.instruction = instruction_of(c.instruction, task)
+        if c.instruction == "auto":  # both starts are scored on dev; `update` keeps the better
+            self.instructions = list(dict.fromkeys([task.instruction, ""]))
+        else:
+            self.instructions = [instruction_of(c.instruction, task)]
+        self.instruction = self.instructions[0]
         self.init_ids = init_token_ids(lm, task, c.init, c.tokens, random.Random(seed), self.instruction)
-        with torch.no_grad():  # the spread of the model's word embeddings (a sample of the vocabulary)
-            sample = lm.embed(torch.arange(min(5000, lm.embedding_matrix().shape[0]), device=lm.device)).float()
-        self.scale = float(sample.std()) / (math.sqrt(c.dim) * c.sigma)
         self.fit_examples = dev_subset(task.train, c.train_examples)
         self.gold = torch.tensor([task.label_names.index(ex.output) for ex in self.fit_examples])
-        self.es = None
+        self.es: dict[int, object] = {}
+
+    def prompt(self, zs: list[list[float]]) -> Prompt:
+        """The artifact at coordinates `zs` (one list of d floats per block)."""
+        raise NotImplementedError
 
     # --- what the loop asks ----------------------------------------------------------------
     def search_settings(self) -> SearchSettings:
@@ -163,54 +186,100 @@ class BBTSearch:
         return SearchSettings(steps=c.steps, selection="full", dev_examples=c.dev_examples, patience=c.patience)
 
     def initial(self, state: SearchState):
-        return [self.candidate(np.zeros(self.config.dim))]
+        out = []
+        for ins in self.instructions:
+            self.instruction = ins
+            out.append(self.prompt(self.current(state)))
+        self.instruction = self.instructions[0]
+        return out
 
     def propose(self, state: SearchState) -> list[Candidate]:
-        es = self.strategy(state)
+        self.instruction = state.data.get("instruction", self.instruction)
+        history = state.data.setdefault("fitness", [])
+        g = len(history)
+        b = g % self.blocks
+        es = self.strategy(state, b)
+        zs = self.current(state)
+        n = len(self.fit_examples)
+        if self.blocks > 1 and "loss" not in state.data:  # the training loss of the start, once
+            state.data["loss"] = state.target_call(lambda: self.fitness(self.prompt(zs)), n)
         xs = es.ask()  # popsize arrays (d,)
-        fit = [state.target_call(lambda: self.fitness(self.candidate(x)), len(self.fit_examples)) for x in xs]
+        fit = [state.target_call(lambda: self.fitness(self.prompt(_with(zs, b, x))), n) for x in xs]
         es.tell(xs, fit)
-        state.data.setdefault("fitness", []).append(fit)
+        history.append(fit)
         stop = {k: v for k, v in es.stop().items() if k != "maxiter"}
         if stop:
-            state.finish("cma-es: " + ", ".join(stop))
+            state.data.setdefault("stopped", {})[str(b)] = ", ".join(stop)
+            if len(state.data["stopped"]) == self.blocks:
+                state.finish("cma-es: " + "; ".join(sorted(set(state.data["stopped"].values()))))
         best = int(np.argmin(fit))
-        return [Candidate(self.candidate(xs[best]), origin=f"generation {len(state.data['fitness'])}")]
+        if self.blocks == 1:  # BBT: the generation's best
+            zs = _with(zs, b, xs[best])
+        elif fit[best] < state.data["loss"]:  # BBTv2: the block moves only if that lowers the training loss
+            zs = _with(zs, b, xs[best])
+            state.data["z"], state.data["loss"] = zs, fit[best]
+        where = f" (block {b + 1}/{self.blocks})" if self.blocks > 1 else ""
+        return [Candidate(self.prompt(zs), origin=f"generation {g + 1}{where}")]
 
     def update(self, state: SearchState, scored) -> None:
-        """Nothing: CMA-ES learnt from the training fitness in `propose`; the loop keeps the dev scores."""
+        """After the start: keep the instruction of the better starting prompt on dev (`scored` is best first).
+
+        Otherwise nothing: CMA-ES learnt from the training fitness in `propose`; the loop keeps the dev scores.
+        """
+        if "instruction" not in state.data and scored:
+            state.data["instruction"] = scored[0].prompt.instruction
 
     def estimate(self, state: SearchState) -> dict:
+        """At most: the starts on dev, the start's training loss (BBTv2), each generation on train and its pick on dev."""
         c = self.config
-        return {"target_calls": len(state.dev) + c.steps * (c.popsize * len(self.fit_examples) + len(state.dev)),
-                "optimizer_calls": 0}
+        dev, n = len(state.dev), len(self.fit_examples)
+        return {"target_calls": len(self.instructions) * dev + (n if self.blocks > 1 else 0)
+                + c.steps * (c.popsize * n + dev), "optimizer_calls": 0}
 
-    # --- CMA-ES, candidates, fitness ---------------------------------------------------------
-    def strategy(self, state: SearchState):
-        """The CMA-ES object after the generations recorded in `state.data` (replayed after a resume)."""
-        done = state.data.get("fitness", [])
-        if self.es is None or self.es.countiter != len(done):
-            import cma
+    # --- CMA-ES, coordinates, fitness --------------------------------------------------------
+    def current(self, state: SearchState) -> list[list[float]]:
+        """Every block's current z (zeros before its first generation)."""
+        return state.data.get("z") or [[0.0] * self.config.dim for _ in range(self.blocks)]
 
+    def strategy(self, state: SearchState, block: int = 0):
+        """Block `block`'s CMA-ES after the generations recorded in `state.data` (replayed after a resume)."""
+        done = state.data.get("fitness", [])[block :: self.blocks]
+        es = self.es.get(block)
+        if es is None or es.countiter != len(done):
             c = self.config
-            rs = np.random.RandomState(self.seed)
-            self.es = cma.CMAEvolutionStrategy(np.zeros(c.dim), c.sigma, {
-                "popsize": c.popsize, "seed": np.nan, "randn": rs.randn, "verbose": -9, "verb_log": 0,
-                "verb_disp": 0, "tolflatfitness": 10**9})
-            for fit in done:
-                self.es.tell(self.es.ask(), fit)
-        return self.es
+            # block 0 samples from the run's seed (BBT), the others from their own seeds
+            es = self.es[block] = cma_strategy(c.dim, c.sigma, c.popsize, self.seed + 10007 * block, done)
+        return es
 
-    def candidate(self, z) -> SubspacePrompt:
-        return SubspacePrompt(z=[float(v) for v in z], seed=self.seed, scale=self.scale, init_ids=list(self.init_ids),
-                              instruction=self.instruction, position=self.config.position, model=model_key(self.lm))
-
-    def fitness(self, prompt: SubspacePrompt) -> float:
+    def fitness(self, prompt: Prompt) -> float:
         """Training objective of `prompt` (lower is better), scored by the engine; no gradients."""
-        scores = classify_scores(self.lm, self.task, prompt, self.fit_examples)  # (N, labels)
-        if self.config.fitness == "ce":
-            return float(F.cross_entropy(scores, self.gold))
-        return float((scores.argmax(-1) != self.gold).float().mean())
+        return label_loss(self.lm, self.task, prompt, self.fit_examples, self.gold, self.config.fitness)
+
+
+def _with(zs: list[list[float]], block: int, x) -> list[list[float]]:
+    """`zs` with block `block` replaced by `x` (as plain floats)."""
+    out = list(zs)
+    out[block] = [float(v) for v in x]
+    return out
+
+
+class BBTSearch(SubspaceSearch):
+    """One BBT run as the loop's method: one block, z -> a SoftPrompt around the starting tokens."""
+
+    def __init__(self, name: str, config: BBTConfig, lm, task, seed: int):
+        super().__init__(name, config, lm, task, seed)
+        self.scale = config.alpha * embedding_std(lm) / (math.sqrt(config.dim) * config.sigma)
+        with torch.no_grad():
+            self.p0 = lm.embed(torch.tensor(self.init_ids, dtype=torch.long, device=lm.device)).float().cpu()  # (k, h)
+
+    def prompt(self, zs) -> SoftPrompt:
+        z = zs[0]
+        k, h = len(self.init_ids), self.lm.hidden_size
+        with torch.no_grad():
+            delta = projection(self.seed, k * h, len(z)) @ torch.tensor(z, dtype=torch.float32)  # (k*h,)
+        return SoftPrompt(instruction=self.instruction, position=self.config.position, hidden_size=h,
+                          num_layers=self.lm.num_layers, embeds=self.p0 + self.scale * delta.view(k, h),
+                          model=model_key(self.lm), meta={"subspace": {"dim": len(z), "seed": self.seed, "z": z}})
 
 
 @register("bbt")
@@ -224,8 +293,4 @@ class BBT(Method):
     smoke = {"steps": 2, "popsize": 3, "dim": 4, "tokens": 2}
 
     def fit(self, lm, task, ctx):
-        run = BBTSearch(self.name, self.config, lm, task, ctx.seed)
-        best = run_search(run, lm, task, ctx)
-        soft = soft_prompt(best, lm)
-        soft.meta = {**best.meta, "subspace": {"dim": len(best.z), "seed": best.seed, "z": best.z}}
-        return soft
+        return run_search(BBTSearch(self.name, self.config, lm, task, ctx.seed), lm, task, ctx)

@@ -145,3 +145,52 @@ def run_search(method, lm, task, ctx):
 
 __all__ = ["TokenOptions", "METRICS", "VOCABS", "allowed_tokens", "vocab_embeddings", "similarity", "nearest_tokens",
            "start_ids", "token_prompt", "decode", "instruction_of", "run_search"]
+
+
+def train_vocab(lm, task, allowed: torch.Tensor, n: int, instruction: str = "") -> list[int]:
+    """The `n` allowed ids that occur most often in the training inputs, the instruction and the label words.
+
+    The vocabulary subset a distribution or policy over tokens samples from (BDPL's pre-selected
+    candidate set; RLPrompt's action space). Ranked by count, ties by first appearance; ids are
+    the ones the texts encode to (word-initial pieces keep their leading space). n = 0: every
+    allowed id (the counted ones first); n > 0 may give fewer than n ids (a small task's texts).
+    Raises ConfigError when n > 0 and no text gives an allowed id.
+    """
+    from collections import Counter
+
+    from ...engine.apply import label_words, query_text
+
+    ok = allowed.tolist()
+    texts = [query_text(ex.input) for ex in task.train] + [instruction]
+    if task.is_classification:
+        texts += label_words(task)
+    counts: Counter = Counter()
+    for t in texts:
+        counts.update(i for i in lm.encode(t) if i < len(ok) and ok[i])
+    ranked = [i for i, _ in counts.most_common()]  # most_common keeps first-seen order among ties
+    if not n:
+        seen = set(ranked)
+        return ranked + [i for i in range(len(ok)) if ok[i] and i not in seen]
+    if not ranked:
+        raise ConfigError("no allowed token occurs in the training inputs; use pool=0 (every allowed token)")
+    return ranked[:n]
+
+
+__all__ += ["train_vocab"]
+
+
+def hotflip(grad: torch.Tensor, table: torch.Tensor, allowed: torch.Tensor, current: int, k: int) -> list[int]:
+    """The `k` allowed token ids whose swap into one prompt position most lowers the loss, to first order.
+
+    HotFlip (Ebrahimi et al. 2018), as AutoPrompt ranks swaps: grad (hidden,) is the loss's gradient at
+    the position's input embedding, table (V, hidden) every token's embedding; token w gains -grad · e_w.
+    The current token is never returned.
+    """
+    gain = -(table @ grad.to(table.dtype))  # (V,)
+    gain[current] = float("-inf")
+    gain = gain.masked_fill(~allowed, float("-inf"))
+    k = min(k, int(allowed.sum()) - int(bool(allowed[current])))
+    return gain.topk(max(k, 0)).indices.tolist()
+
+
+__all__ += ["hotflip"]

@@ -22,6 +22,8 @@ Needs no optimizer model.
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass, field
 
 from ...artifacts import KnnPrompt, Reasoning, TextPrompt
@@ -91,7 +93,7 @@ class BootstrapFewShot(LLMMethod):
             demos = draw(state, pools[kind], c.shots, state.rng)
             if isinstance(base, Reasoning):
                 demos = reasoned(state, base, demos)
-                prompt = Reasoning(inner=TextPrompt(instruction=instruction_of(base), demos=demos), trigger=c.trigger)
+                prompt = dataclasses.replace(base, inner=TextPrompt(instruction=instruction_of(base), demos=demos), meta={})
             else:
                 prompt = TextPrompt(instruction=instruction_of(base), demos=demos)
             out.append(Candidate(prompt, origin=f"demos:{kind}"))

@@ -20,6 +20,7 @@ from importlib import resources
 from typing import Any, ClassVar, Iterable, Sequence
 
 from ...artifacts import Prompt, Reasoning, TextPrompt
+from ...artifacts.wrappers import least_to_most
 from ...engine.search import SearchSettings, SearchState, search
 from ...engine.select import SelectConfig, estimate_calls
 from ...errors import ConfigError
@@ -263,6 +264,18 @@ def demo_pool(state: SearchState, prompt: Prompt, source: str, k: int) -> list[E
     return pool
 
 
+# --- reasoning strategies ------------------------------------------------------------------------
+COT_TRIGGER = "Let's think step by step."
+STRATEGIES = ("cot", "least-to-most")
+
+
+def reasoning_prompt(inner: Prompt, config) -> Reasoning:
+    """`inner` wrapped for the config's reasoning strategy: chain of thought after `trigger`, or least-to-most."""
+    if config.strategy == "least-to-most":
+        return least_to_most(inner)
+    return Reasoning(inner=inner, trigger=config.trigger)
+
+
 # --- the base of every method here ---------------------------------------------------------
 @dataclass
 class LLMConfig:
@@ -279,7 +292,10 @@ class LLMConfig:
     patience: int = field(default=0, metadata={"help": "stop after this many steps without a better prompt (0 = never)"})
     reasoning: bool = field(default=False, metadata={
         "help": "chain of thought: the prompt reasons after `trigger` before answering (the instruction is optimized)"})
-    trigger: str = field(default="Let's think step by step.", metadata={"help": "reasoning trigger"})
+    trigger: str = field(default=COT_TRIGGER, metadata={"help": "reasoning trigger (cot)"})
+    strategy: str = field(default="cot", metadata={
+        "help": "reasoning strategy when reasoning is on: cot (reason, then answer) | least-to-most (list simpler "
+                "sub-questions, answer them in order, then answer; Zhou et al. 2023)"})
     demos: int = field(default=0, metadata={
         "help": "demonstrations kept in the prompt while its instruction is optimized (0 = zero-shot)"})
     demo_source: str = field(default="random", metadata={
@@ -301,6 +317,12 @@ class LLMConfig:
             raise ValueError(f"demo_source must be one of {', '.join(DEMO_SOURCES)}, got {self.demo_source!r}")
         if self.reasoning and not self.trigger.strip():
             raise ValueError("reasoning needs a non-empty trigger")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.strategy != "cot" and not self.reasoning:
+            raise ValueError(f"strategy={self.strategy} is a reasoning strategy: turn reasoning on (--reasoning)")
+        if self.strategy != "cot" and self.trigger != COT_TRIGGER:
+            raise ValueError(f"trigger is the chain-of-thought trigger; strategy={self.strategy} has its own")
         if self.temperature < 0:
             raise ValueError("temperature must be >= 0")
         for name in ("dev_examples", "patience"):
@@ -338,13 +360,13 @@ class LLMMethod(Method):
 
     def initial(self, state: SearchState) -> list[Prompt]:
         """The starting prompt: the given (or the task's) instruction, with `demos` demonstrations,
-        wrapped for chain of thought if asked."""
+        wrapped for reasoning if asked (chain of thought, or least-to-most: `strategy`)."""
         c = self.config
         p = TextPrompt(instruction=c.instruction or state.task.instruction)
         if c.demos and state.train:
             pool = demo_pool(state, p, c.demo_source, c.demos)
             p = TextPrompt(instruction=p.instruction, demos=draw(state, pool, c.demos, state.rng))
-        return [Reasoning(inner=p, trigger=c.trigger) if c.reasoning else p]
+        return [reasoning_prompt(p, c) if c.reasoning else p]
 
     def propose(self, state: SearchState) -> list:
         raise NotImplementedError(f"{type(self).__name__} must define propose()")
