@@ -26,6 +26,7 @@ import argparse
 import hashlib
 import json
 import resource
+import statistics
 import sys
 from pathlib import Path
 
@@ -191,7 +192,14 @@ def report(rows, base, refusal, models, fits, args, facts, n_test, task) -> str:
     basel = [[t, pct(base[(t, "zero-shot")]), pct(base[(t, "no-instruction")])] for t in MODELS]
     loads = "; ".join(f"{k} {v['wall_s']} s (peak RSS after {v['peak_rss_mib_after']} MiB)"
                       for k, v in models.load.items()) or "none loaded (every score reused)"
-    fit_lines = [f"- fit on gemma3-270m, {m} seed {s}: {v['fit_wall_s']} s wall, dev {100 * (v['dev'] or 0):.1f} %, "
+    summary = []
+    for src, m in dict.fromkeys((r["source"], r["method"]) for r in rows):
+        rs = [r for r in rows if (r["source"], r["method"]) == (src, m)]
+        sg = [100 * (r["src"]["acc"] - base[(src, "zero-shot")]["acc"]) for r in rs]
+        tg = [100 * (r["tgt"]["acc"] - r["zs"]["acc"]) for r in rs]
+        summary.append([src, rs[0]["target"], m, len(rs), f"{statistics.mean(sg):+.1f}", f"{statistics.mean(tg):+.1f}",
+                        sum(g > 0 for g in tg)])
+    fit_lines = [f"- fit on gemma3-270m, {m} seed {s}: {v['fit_wall_s']} s wall ({v['fit_cpu_s']} s CPU), dev {100 * (v['dev'] or 0):.1f} %, "
                  f"forward {v.get('forward', 0)}, backward {v.get('backward', 0)}" for (m, s), v in fits.items() if v]
     return "\n".join([
         f"## Cross-model transfer of token prompts: smollm2-135m ↔ gemma3-270m, SST-2 ({now()})",
@@ -204,6 +212,11 @@ def report(rows, base, refusal, models, fits, args, facts, n_test, task) -> str:
         "found on a prompt's ids are applied as they are, on the other model its decoded text is the instruction.",
         "",
         md_table(["target model", "zero-shot %", "no-instruction %"], basel),
+        "",
+        md_table(["source model", "target model", "method", "prompts", "mean gain on source (pts)",
+                  "mean gain on target (pts)", "prompts with a gain on target"], summary, "lllrrrr"),
+        "",
+        "Gains are over each model's own zero-shot (the task instruction alone); every prompt, per seed:",
         "",
         md_table(["source model", "method", "seed", "source acc % (vs its zero-shot)", "target acc % [95% CI]", "target predicted",
                   "target zero-shot %", "target no-instr. %", "target vs zero-shot (pts)", "prompt text"],

@@ -44,7 +44,9 @@ def scripted(locate: str = " 2.", rewrite: str = "Judge the sentiment of the opi
 
 def run(tmp_path, optimizer, target=None, task=None, **options):
     cls = get_method("abo")
-    m = cls(**{"steps": 3, "decompositions": 1, "proposals": 1, "minibatch": 4, "tries": 2, **options})
+    # from the instruction alone (the auto start with demonstrations is tested in test_llm_methods)
+    m = cls(**{"steps": 3, "decompositions": 1, "proposals": 1, "minibatch": 4, "tries": 2, "start": "zero-shot",
+               **options})
     return m.fit(target or RuleTarget(sentiment_rule), task or toy_task(), ctx(tmp_path, optimizer=optimizer))
 
 

@@ -16,12 +16,14 @@ import pytest
 
 from conftest import SHARED, make_tiny_lm
 from promptlift.artifacts import Reasoning, TextPrompt
+from promptlift.errors import ConfigError
 from promptlift.engine.search import Limits, SearchSettings, SearchState, dev_subset
 from promptlift.methods.llm.common import clean, template, unusable
 from promptlift.methods.llm.grips import phrases
 from promptlift.methods.llm.opro import sorted_trajectory
 from promptlift.methods.llm.reflect import complementary_pair, pareto_front
 from promptlift.registry import get_method, list_methods
+from promptlift.task import Task
 from test_search import RuleTarget, ScriptedLM, ctx, sentiment_rule, toy_task
 
 LLM_METHODS = sorted(n for n, c in list_methods().items() if getattr(c, "family", "") == "llm")
@@ -46,7 +48,10 @@ def mixed(text, seed, j):
 
 
 def run(name, tmp_path=None, optimizer=None, target=None, task=None, seed=0, resume=False, **options):
+    """One search; its search logic is tested from the instruction alone unless `start` says otherwise
+    (the contract test runs the defaults, where a start with demonstrations competes too)."""
     cls = get_method(name)
+    options.setdefault("start", "zero-shot")
     m = cls(**{**cls.smoke, **options})
     return m.fit(target or RuleTarget(sentiment_rule), task or toy_task(),
                  ctx(tmp_path, seed=seed, resume=resume, optimizer=optimizer or ScriptedLM(mixed)))
@@ -83,7 +88,7 @@ def test_contract(name, capsys):
     assert re.search(r"spent \d+ calls", err)
     assert p.meta["search"]["best_dev"] >= 0.5  # the starting instruction scores 0.5 and is a candidate
     assert task == before and m.config == config and set(vars(m)) == {"config"}
-    assert cls.make_config().demos == 0  # no method's own option shadows the shared one: zero-shot start
+    assert cls.make_config().start == "auto"  # every method may start from the instruction alone or with demos
     again = m.fit(RuleTarget(sentiment_rule), task, ctx(optimizer=ScriptedLM(mixed)))
     assert again.hash == p.hash
 
@@ -221,6 +226,18 @@ def test_bootstrap_correct_demos_are_ones_the_target_gets_right(tmp_path):
     assert p.meta["cost"]["optimizer_calls"] == 0
 
 
+def test_bootstrap_correct_demos_score_a_sample_of_a_large_pool(tmp_path):
+    # 200 training rows: finding correct demos scores a seeded sample, not the whole pool (the budget would go)
+    rows = [{"text": f"a {'good' if i % 2 else 'bad'} thing {i}", "label": "positive" if i % 2 else "negative"}
+            for i in range(200)]
+    small = toy_task()
+    task = Task.from_rows({"train": rows, "dev": [{"text": e.input, "label": e.output} for e in small.dev]},
+                          name="big", labels={"negative": "negative", "positive": "positive"})
+    p = run("bootstrap-fewshot", tmp_path, task=task, shots=2, trials=2, source="correct")
+    assert len(task.dev) < p.meta["cost"]["target_calls"] <= 32 + len(task.dev) * 3
+    assert p.meta["cost"]["target_calls"] < 200
+
+
 def test_bootstrap_mixed_alternates_correct_and_random_sets(tmp_path):
     run("bootstrap-fewshot", tmp_path, shots=2, trials=4, source="mixed")
     origins = {c["origin"] for c in checkpoint(tmp_path)["candidates"]}
@@ -267,8 +284,47 @@ def test_instruction_methods_keep_the_reasoning_wrapper(tmp_path):
     assert induced and induced[0]["type"] == "reasoning" and induced[0]["inner"]["instruction"] == "Judge the sentiment"
 
 
+class DemoTarget(RuleTarget):
+    """Reads the sentiment only when it is shown demonstrations (more than one user turn); else 'negative'."""
+
+    def __init__(self):
+        super().__init__(sentiment_rule)
+
+    def generate(self, prompts, config=None):
+        out = []
+        for msgs in prompts:
+            users = [m["content"] for m in msgs if m["role"] == "user"]
+            out.append([("positive" if "good" in users[-1] else "negative") if len(users) > 1 else "negative"])
+            self.answered += 1
+            self.budget.charge(calls=1, prompt_tokens=10, completion_tokens=1)
+        return out
+
+
+@pytest.mark.parametrize("name", ["ape", "opro", "protegi", "grips", "reflect", "evoprompt"])
+def test_auto_start_builds_on_demonstrations_when_they_score_better_on_dev(name, tmp_path):
+    p = run(name, tmp_path, target=DemoTarget(), optimizer=ScriptedLM(["judge the sentiment"]), demos=2, start="auto")
+    starts = [c for c in checkpoint(tmp_path)["candidates"] if c["origin"] == "initial"]
+    assert [len(c["prompt"]["demos"]) for c in starts] == [0, 2]  # both scored on dev
+    assert len(p.demos) == 2 and p.meta["search"]["best_dev"] == 1.0  # the search kept (and built on) the demos
+
+
+def test_auto_start_keeps_the_instruction_alone_on_a_tie_and_start_options(tmp_path):
+    p = run("opro", tmp_path / "a", optimizer=ScriptedLM(["judge the sentiment"]), demos=2, start="auto")
+    assert p.demos == [] and p.instruction == "judge the sentiment"  # equal on dev: the shorter prompt is built on
+    run("opro", tmp_path / "z", optimizer=ScriptedLM(["judge the sentiment"]), demos=2, start="zero-shot")
+    assert [c["prompt"]["demos"] for c in checkpoint(tmp_path / "z")["candidates"] if c["origin"] == "initial"] == [[]]
+    run("opro", tmp_path / "d", optimizer=ScriptedLM(["judge the sentiment"]), demos=2, start="demos")
+    assert [len(c["prompt"]["demos"]) for c in checkpoint(tmp_path / "d")["candidates"]
+            if c["origin"] == "initial"] == [2]
+    with pytest.raises(ConfigError, match="start=demos needs demos"):
+        get_method("opro")(start="demos", demos=0)
+    with pytest.raises(ConfigError, match="start must be one of"):
+        get_method("opro")(start="best")
+
+
 def test_instruction_methods_keep_demonstrations(tmp_path):
-    p = run("opro", tmp_path, optimizer=ScriptedLM(["judge the sentiment"]), demos=2, demo_source="correct")
+    p = run("opro", tmp_path, optimizer=ScriptedLM(["judge the sentiment"]), demos=2, demo_source="correct",
+            start="demos")
     assert p.instruction == "judge the sentiment" and len(p.demos) == 2
     assert all(d.output == "negative" for d in p.demos)  # the start always answers negative: those are right
     start = checkpoint(tmp_path)["candidates"][0]["prompt"]
@@ -281,10 +337,10 @@ def test_optimize_api_budget_and_history(tmp_path):
     import promptlift
 
     target = RuleTarget(sentiment_rule, proposals=[f"judge the sentiment {i}" for i in range(50)])
-    r = promptlift.optimize("opro", target, toy_task(), out=tmp_path / "r", budget="calls=30", progress=False,
-                            steps=5, proposals=2)
+    r = promptlift.optimize("opro", target, toy_task(), out=tmp_path / "r", budget="calls=40", progress=False,
+                            steps=5, proposals=2)  # two starts on dev (16 calls), then 18 calls a step
     cost = r.prompt.meta["cost"]
-    assert cost["calls"] <= 30 and r.prompt.meta["search"]["stopped"] == "budget"
+    assert cost["calls"] <= 40 and r.prompt.meta["search"]["stopped"] == "budget"
     assert r.dev.accuracy == 1.0 and "sentiment" in r.prompt.instruction
     rows = [json.loads(line) for line in (tmp_path / "r" / "history.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows if "best_dev" in row][:2] == [0, 1]
@@ -406,7 +462,8 @@ def test_real_model_grips_improves_sst2_dev_over_zero_shot():
     lm = HFModel("smollm2-135m")
     task = Task.from_dir(SHARED / "sst2")
     t0 = time.perf_counter()
-    p = get_method("grips")(operations="del,swap,add", steps=2, candidates=3, dev_examples=16).fit(
+    p = get_method("grips")(operations="del,swap,add", steps=2, candidates=3, dev_examples=16,
+                            start="zero-shot").fit(
         lm, task, ctx(seed=0))
     zero = evaluate(lm, task, TextPrompt(instruction=task.instruction), examples=dev_subset(task.dev, 16),
                     progress=False)

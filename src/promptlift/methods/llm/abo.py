@@ -46,7 +46,7 @@ from ...engine.search import Candidate, SearchState
 from ...registry import register
 from ...task import Example
 from .common import (LLMConfig, LLMMethod, answer, error_pool, format_pairs, instruction_of, propose, request, sample,
-                     short, template, with_instruction)
+                     short, start_key, template, with_instruction)
 from .reflect import next_minibatch
 
 _NUMBERS = {w: i + 1 for i, w in enumerate(["one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])}
@@ -115,7 +115,7 @@ class ABO(LLMMethod):
     # --- plan: steps, one request each, then a demonstration for each ---------------------------
     def write_plans(self, state: SearchState) -> list[Candidate]:
         c = self.config
-        start = next(iter(state.prompts))
+        start = start_key(state)
         base = state.prompts[start]
         intro = instruction_of(base)
         pool = error_pool(state)

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 from ...engine.search import Candidate, SearchState
 from ...registry import register
-from .common import (LLMConfig, LLMMethod, as_instruction, format_pairs, instruction_of, propose, sample, tried,
-                     with_instruction)
+from .common import (LLMConfig, LLMMethod, as_instruction, format_pairs, instruction_of, propose, sample,
+                     start_key, tried, with_instruction)
 
 
 def induce(method: LLMMethod, state: SearchState, base) -> list[Candidate]:
@@ -53,7 +53,7 @@ class APE(LLMMethod):
                 raise ValueError("subsets, samples_per_subset and pairs must be >= 1")
 
     def propose(self, state):
-        return induce(self, state, state.prompts[next(iter(state.prompts))])
+        return induce(self, state, state.prompts[start_key(state)])
 
     def optimizer_calls_per_step(self) -> int:
         return self.config.subsets * self.config.samples_per_subset

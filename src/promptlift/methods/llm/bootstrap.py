@@ -33,7 +33,8 @@ from ...engine.search import Candidate, SearchState
 from ...lm.base import GenerationConfig
 from ...registry import register
 from ...task import Example
-from .common import DEMO_SOURCES, LLMConfig, LLMMethod, answer, demo_pool, draw, instruction_of
+from .common import (DEMO_SOURCES, LLMConfig, LLMMethod, answer, correct_sample_size, demo_pool, draw,
+                     instruction_of, start_key)
 
 SOURCES = (*DEMO_SOURCES, "mixed")
 
@@ -60,6 +61,7 @@ class BootstrapFewShot(LLMMethod):
     class Config(LLMConfig):
         steps: int = field(default=1, metadata={"help": "search steps (one draws every candidate set)"})
         selection: str = field(default="halving", metadata={"help": "candidate selection: full | ucb | halving"})
+        demos: int = field(default=0, metadata={"help": "(not used: bootstrap-fewshot draws `shots` itself)"})
         shots: int = field(default=4, metadata={"help": "demonstrations per prompt"})
         trials: int = field(default=6, metadata={"help": "demonstration sets drawn and compared on dev"})
         source: str = field(default="mixed", metadata={
@@ -81,7 +83,7 @@ class BootstrapFewShot(LLMMethod):
     def propose(self, state):
         c = self.config
         state.finish("done")  # one step draws every candidate
-        base = state.prompts[next(iter(state.prompts))]
+        base = state.prompts[start_key(state)]
         if not state.train:
             state.skip("no-train-examples")
             return []
@@ -105,6 +107,6 @@ class BootstrapFewShot(LLMMethod):
 
     def per_step(self, state):
         c = self.config
-        n_train = len(state.train)
-        extra = (n_train if c.source != "random" else 0) + (c.trials * c.shots if c.reasoning else 0)
+        n_scored = min(len(state.train), correct_sample_size(c.shots))
+        extra = (n_scored if c.source != "random" else 0) + (c.trials * c.shots if c.reasoning else 0)
         return c.trials + int(c.knn), extra

@@ -252,12 +252,20 @@ def draw(state: SearchState, pool: Sequence[Example], k: int, rng: random.Random
     return balanced_sample(state.task.with_splits(train=list(pool)), min(k, len(pool)), rng)
 
 
+def correct_sample_size(k: int) -> int:
+    """Training examples scored to find `k` the target gets right (a sample: a large pool would eat the budget)."""
+    return max(4 * k, 32)
+
+
 def demo_pool(state: SearchState, prompt: Prompt, source: str, k: int) -> list[Example]:
     """Training examples to draw demonstrations from: all of them (`random`), or those `prompt` gets
-    right on the target (`correct`; one target call each, and all of them if fewer than k are right)."""
+    right on the target (`correct`: a seeded sample of `correct_sample_size(k)` examples is scored, one
+    target call each; all of them are the pool if fewer than k are right)."""
     pool = list(state.train)
     if source == "correct" and pool:
-        right = [e for e, r in zip(pool, state.score(prompt, pool)) if r["score"] >= 1]
+        n = correct_sample_size(k)
+        sample = pool if len(pool) <= n else state.rng.sample(pool, n)
+        right = [e for e, r in zip(sample, state.score(prompt, sample)) if r["score"] >= 1]
         if len(right) >= k:
             return right
         state.skip("too-few-correct")  # the model gets too little right: fall back to any examples
@@ -277,6 +285,18 @@ def reasoning_prompt(inner: Prompt, config) -> Reasoning:
 
 
 # --- the base of every method here ---------------------------------------------------------
+# A 135M model answers a generation task in sentences with an instruction alone ("The plural form of
+# the word "world" is "worlds.""), and in the task's format once it sees a few demonstrations
+# (singular_to_plural dev, SmolLM2-135M). So the search may start from either; dev decides.
+STARTS = ("auto", "zero-shot", "demos")
+
+
+def start_key(state: SearchState) -> str:
+    """The starting prompt the search builds on: the best starting prompt on dev (ties: the first)."""
+    keys = [k for k in state.prompts if state.info[k]["origin"] == "initial"]
+    return max(keys, key=lambda k: (state.dev_score(k) or 0.0, -keys.index(k)))
+
+
 @dataclass
 class LLMConfig:
     """Options every LLM-optimizer method has (each method adds its own and its defaults)."""
@@ -296,8 +316,11 @@ class LLMConfig:
     strategy: str = field(default="cot", metadata={
         "help": "reasoning strategy when reasoning is on: cot (reason, then answer) | least-to-most (list simpler "
                 "sub-questions, answer them in order, then answer; Zhou et al. 2023)"})
-    demos: int = field(default=0, metadata={
-        "help": "demonstrations kept in the prompt while its instruction is optimized (0 = zero-shot)"})
+    demos: int = field(default=4, metadata={
+        "help": "demonstrations of the demo start, kept while its instruction is optimized (0 = none)"})
+    start: str = field(default="auto", metadata={
+        "help": "starting prompt: auto (the instruction alone and with `demos` demonstrations are both scored "
+                "on dev; the search builds on the better, ties: alone) | zero-shot | demos"})
     demo_source: str = field(default="random", metadata={
         "help": "where the demos come from: random | correct (training examples the target answers correctly)"})
     min_examples: int = field(default=4, metadata={"help": "halving: examples per candidate in the first round"})
@@ -313,6 +336,10 @@ class LLMConfig:
             raise ValueError(f"proposer_format must be one of {', '.join(FORMATS)}, got {self.proposer_format!r}")
         if self.demos < 0:
             raise ValueError("demos must be >= 0")
+        if self.start not in STARTS:
+            raise ValueError(f"start must be one of {', '.join(STARTS)}, got {self.start!r}")
+        if self.start == "demos" and not self.demos:
+            raise ValueError("start=demos needs demos >= 1")
         if self.demo_source not in DEMO_SOURCES:
             raise ValueError(f"demo_source must be one of {', '.join(DEMO_SOURCES)}, got {self.demo_source!r}")
         if self.reasoning and not self.trigger.strip():
@@ -359,14 +386,17 @@ class LLMMethod(Method):
                                                   ucb_sample=c.ucb_sample, ucb_pulls=c.ucb_pulls))
 
     def initial(self, state: SearchState) -> list[Prompt]:
-        """The starting prompt: the given (or the task's) instruction, with `demos` demonstrations,
-        wrapped for reasoning if asked (chain of thought, or least-to-most: `strategy`)."""
+        """The starting prompts (`start`): the given (or the task's) instruction alone, and/or with `demos`
+        demonstrations; each wrapped for reasoning if asked (chain of thought, or least-to-most: `strategy`).
+        The loop scores them on dev; `start_key` is the better one."""
         c = self.config
-        p = TextPrompt(instruction=c.instruction or state.task.instruction)
-        if c.demos and state.train:
-            pool = demo_pool(state, p, c.demo_source, c.demos)
-            p = TextPrompt(instruction=p.instruction, demos=draw(state, pool, c.demos, state.rng))
-        return [reasoning_prompt(p, c) if c.reasoning else p]
+        alone = TextPrompt(instruction=c.instruction or state.task.instruction)
+        with_demos = bool(c.demos and state.train and c.start != "zero-shot")
+        starts = [] if with_demos and c.start == "demos" else [alone]
+        if with_demos:
+            pool = demo_pool(state, alone, c.demo_source, c.demos)
+            starts.append(TextPrompt(instruction=alone.instruction, demos=draw(state, pool, c.demos, state.rng)))
+        return [reasoning_prompt(p, c) if c.reasoning else p for p in starts]
 
     def propose(self, state: SearchState) -> list:
         raise NotImplementedError(f"{type(self).__name__} must define propose()")
@@ -391,7 +421,10 @@ class LLMMethod(Method):
     def initial_calls(self, state: SearchState) -> int:
         """Target calls of the starting prompt: its dev score (and choosing its demos from correct answers)."""
         c = self.config
-        return len(state.dev) + (len(state.train) if c.demos and c.demo_source == "correct" else 0)
+        with_demos = bool(c.demos and state.train and c.start != "zero-shot")
+        starts = 1 if not with_demos or c.start == "demos" else 2
+        return starts * len(state.dev) + (min(len(state.train), correct_sample_size(c.demos))
+                                          if with_demos and c.demo_source == "correct" else 0)
 
     def per_step(self, state: SearchState) -> tuple[int, int]:
         """(candidates per step, other target calls per step)."""
