@@ -238,6 +238,24 @@ def test_bootstrap_correct_demos_score_a_sample_of_a_large_pool(tmp_path):
     assert p.meta["cost"]["target_calls"] < 200
 
 
+def test_correct_demos_stop_scoring_once_enough_are_right_and_fall_back_when_none_are():
+    from promptlift.methods.llm.common import correct_sample_size, demo_pool
+
+    rows = [{"text": f"a {'good' if i % 2 else 'bad'} thing {i}", "label": "positive" if i % 2 else "negative"}
+            for i in range(200)]
+    task = Task.from_rows({"train": rows, "dev": rows[:4]}, name="big",
+                          labels={"negative": "negative", "positive": "positive"})
+    target = RuleTarget(sentiment_rule)  # without "sentiment" in the instruction: always "negative", half right
+    state = SearchState("t", task, target, target, SearchSettings(), 0, Limits())
+    pool = demo_pool(state, TextPrompt(instruction="Classify."), "correct", 2)
+    assert len(pool) >= 4 and all(e.output == "negative" for e in pool)
+    assert target.answered < correct_sample_size(2)  # stopped once 2k were right
+    never = RuleTarget(lambda instruction, text: "neutral")  # gets nothing right
+    state = SearchState("t", task, never, never, SearchSettings(), 0, Limits())
+    assert demo_pool(state, TextPrompt(instruction="Classify."), "correct", 2) == task.train
+    assert never.answered == correct_sample_size(2) and state.skipped == {"too-few-correct": 1}
+
+
 def test_bootstrap_mixed_alternates_correct_and_random_sets(tmp_path):
     run("bootstrap-fewshot", tmp_path, shots=2, trials=4, source="mixed")
     origins = {c["origin"] for c in checkpoint(tmp_path)["candidates"]}

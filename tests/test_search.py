@@ -13,7 +13,7 @@ import torch
 
 from promptlift.artifacts import SoftPrompt, TextPrompt, load
 from promptlift.engine.search import Candidate, Limits, SearchSettings, SearchState, search
-from promptlift.engine.select import SelectConfig, estimate_calls, select
+from promptlift.engine.select import SelectConfig, cost_to_finish, estimate_calls, select
 from promptlift.errors import ArtifactError, ConfigError
 from promptlift.lm.base import LM, GenerationConfig
 from promptlift.lm.budget import Budget
@@ -304,6 +304,28 @@ def test_budget_stop_checkpoints_paid_scores_and_resume_continues(tmp_path):
     full = search(Paraphraser(steps=3), RuleTarget(sentiment_rule), task, ctx(optimizer=ScriptedLM(numbered)))
     assert done.meta["search"]["candidates"] == full.meta["search"]["candidates"]
     assert target.answered + target2.answered == full.meta["cost"]["target_calls"]  # nothing scored twice
+
+
+def test_a_selection_the_budget_cannot_finish_is_cut_to_what_it_can_and_its_best_kept(tmp_path):
+    # dev 8: the start costs 8; halving among all four proposals could cost 24 more, 16 are left: the
+    # first two are selected to the end (12 at most) and the better one, scored on all of dev, is kept
+    script = ["judge the sentiment", "variant a", "variant b", "variant c"]
+    target = RuleTarget(sentiment_rule)
+    target.budget = Budget(limits={"target_calls": 24})
+    p = search(Paraphraser(steps=3, k=4, selection="halving"), target, toy_task(),
+               ctx(tmp_path, optimizer=ScriptedLM(lambda text, seed, j: script[j])))
+    assert p.instruction == "judge the sentiment" and p.meta["search"]["best_dev"] == 1.0
+    assert p.meta["search"]["stopped"] == "budget" and target.answered <= 24
+    assert cost_to_finish("halving", 2, 8) == 12 < 16 < cost_to_finish("halving", 3, 8) == 20
+
+
+def test_cost_to_finish_includes_the_top_s_whole_dev_score():
+    cfg = SelectConfig(min_examples=4)
+    assert cost_to_finish("full", 3, 8, cfg) == 24 == estimate_calls("full", 3, 8, cfg)
+    assert cost_to_finish("halving", 1, 32, cfg) == 32  # one candidate: its first round, then the rest of dev
+    assert cost_to_finish("halving", 8, 32, cfg) == estimate_calls("halving", 8, 32, cfg)  # survivors see all
+    assert cost_to_finish("ucb", 4, 40, cfg) == estimate_calls("ucb", 4, 40, cfg) + 40
+    assert cost_to_finish("ucb", 2, 4, cfg) == 8 and cost_to_finish("full", 0, 8) == 0
 
 
 def test_patience_stops_a_search_without_progress():

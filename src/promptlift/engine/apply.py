@@ -110,6 +110,22 @@ def _prefixes(inputs, answer_prefixes) -> list[str]:
     return list(answer_prefixes) if answer_prefixes is not None else [""] * len(inputs)
 
 
+def rows_after(lm, rendered, start: Sequence[int], what: str) -> list[list[int]]:
+    """Each rendered input's token ids after `start` (the chat header and the prompt's own slot).
+
+    A token, soft or prefix prompt sits right after the chat header it was found or trained with; an
+    input whose ids do not begin with that header (a request with its own system message) is refused.
+    """
+    rows = []
+    for i, r in enumerate(rendered):
+        ids = to_ids(lm, r)
+        if ids[: len(start)] != start or len(ids) <= len(start):
+            raise ConfigError(f"input {i}: {what} sits after the chat header it was made with; "
+                              "a request with its own system message changes that header")
+        rows.append(ids[len(start):])
+    return rows
+
+
 @applies(TextPrompt)
 class TextApplier(Applier):
     """Instruction and fixed demonstrations, rendered by `promptlift.render`."""
@@ -186,13 +202,7 @@ class TokenApplier(Applier):
         lay = self.layout(lm, labels, lm.encode(TOKEN_SLOT))
         start = lay.header + lay.body
         rendered = [render(TOKEN_SLOT, [], x, labels, a) for x, a in zip(inputs, prefixes)]
-        rows = []
-        for i, r in enumerate(rendered):
-            ids = to_ids(lm, r)
-            if ids[: len(start)] != start or len(ids) <= len(start):
-                raise ConfigError(f"input {i}: a token prompt's ids sit after the chat header they were found with; "
-                                  "a request with its own system message changes that header")
-            rows.append(ids[len(start):])
+        rows = rows_after(lm, rendered, start, "a token prompt")
         head = lay.header + list(prompt.ids)
         kv = lm.forward(ids=torch.tensor([head], device=lm.device))[1] if head else None
         return Cond(kv, rows, answer_sep(lm, rendered[0]) if rendered else "",

@@ -74,7 +74,7 @@ from ..lm.budget import COUNTERS, Budget
 from ..runs import truncate_history, write_json
 from ..task import Example, Task
 from .evaluate import evaluate
-from .select import STRATEGIES, SelectConfig, select
+from .select import STRATEGIES, SelectConfig, cost_to_finish, select
 
 CHECKPOINT = "search.json"
 CANDIDATES = "candidates"  # beside search.json: one folder per tensor-holding candidate, by hash
@@ -324,6 +324,10 @@ class SearchState:
             rec = self.scores.get(model, key, k)
             out.append({"input": e.input, "gold": e.output, "pred": rec["pred"], "score": rec["score"]})
         return out
+
+    def target_calls_left(self) -> float:
+        """Target calls the budget can still pay for (inf without a limit)."""
+        return min(self.limits.target_calls - self.spend.target_calls, self.limits.calls - self.spend.calls)
 
     def target_call(self, fn: Callable[[], Any], n: int) -> Any:
         """Run `fn` (any other use of the target model by a method), counted as `n` target calls."""
@@ -577,6 +581,8 @@ def _one_step(method: SearchMethod, state: SearchState) -> int:
         cands.append(c)
     if not cands:
         return 0
+    n_proposed = len(cands)
+    cands = _affordable(state, cands)
     for c in cands:
         state.add(c)
     ranked = select(state.settings.selection, len(cands), state.dev,
@@ -587,8 +593,45 @@ def _one_step(method: SearchMethod, state: SearchState) -> int:
     if top.n < len(state.dev):
         state.score(top.prompt, state.dev)
         top.score, top.n = state.dev_score(top.key) or 0.0, len(state.dev)
+    if len(cands) < n_proposed:  # the step is cut short: what was scored counts, the step is done again on resume
+        raise BudgetExceeded(f"budget exhausted: {n_proposed - len(cands)} of {n_proposed} candidates of step "
+                             f"{state.step} left unscored ({state.limits.describe()})")
     method.update(state, results)
     return len(cands)
+
+
+def _affordable(state: SearchState, cands: list[Candidate]) -> list[Candidate]:
+    """The candidates whose selection the budget can pay for to the end, in the order proposed.
+
+    A selection the budget stops half-way has paid for scores that choose nothing (no newcomer
+    reaches the whole dev set), so the loop starts only one it can finish: candidates already
+    scored on all of dev are free and always kept; new ones are kept in order while the most
+    that selecting among them can cost (`select.cost_to_finish`: the top's whole-dev score
+    included) fits the target calls left. If any are left out, the step ends the search once
+    the kept ones are scored (a budget stop: resuming with a larger budget does the whole step
+    again, its scores cached); with no new one affordable it ends it at once.
+    """
+    left = state.target_calls_left()
+    if not math.isfinite(left):
+        return cands
+    n_dev, settings = len(state.dev), state.settings
+
+    def cost(n_new: int) -> int:
+        return cost_to_finish(settings.selection, n_new, n_dev, settings.select)
+
+    kept, n_new, wanted = [], 0, 0
+    for c in cands:
+        if state.dev_score(c.prompt.hash) is not None:
+            kept.append(c)
+            continue
+        wanted += 1
+        if cost(n_new + 1) <= left:
+            kept.append(c)
+            n_new += 1
+    if wanted and not n_new:
+        raise BudgetExceeded(f"budget exhausted: selecting among new candidates costs up to {cost(1)} target "
+                             f"calls, {max(0, int(left))} left ({state.limits.describe()})")
+    return kept
 
 
 def _initial(method: SearchMethod, state: SearchState, ctx) -> None:

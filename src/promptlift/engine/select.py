@@ -181,3 +181,17 @@ def estimate_calls(strategy: str, n_candidates: int, n_examples: int, config: Se
         prev, k = k, min(m, k * 2)
         if alive <= config.keep:
             k = m
+
+
+def cost_to_finish(strategy: str, n_candidates: int, n_examples: int, config: SelectConfig | None = None) -> int:
+    """Most example scorings `select` can pay for plus topping its best up to all `n_examples`: what a
+    search step pays to choose among `n_candidates` on the whole selection set (before cache hits)."""
+    config = config or SelectConfig()
+    n, m = n_candidates, n_examples
+    base = estimate_calls(strategy, n, m, config)
+    if n == 0 or m == 0 or strategy == "full":
+        return base
+    if strategy == "ucb":
+        return min(n * m, base + m)
+    # halving ends with its survivors on every example, unless it starts with no more than `keep`
+    return base + (m - min(config.min_examples, m) if n <= config.keep else 0)

@@ -23,8 +23,8 @@ from ..errors import ArtifactError, ConfigError
 from ..kv import KV
 from ..lm.base import same_model
 from ..render import render
-from ..template import answer_sep, build_layout, to_ids
-from .apply import Applier, _labels_map, _prefixes, applies
+from ..template import answer_sep, build_layout
+from .apply import Applier, _labels_map, _prefixes, applies, rows_after
 from .backends import Cond
 
 
@@ -103,15 +103,9 @@ class TensorApplier(Applier):
         labels = _labels_map(task)
         layout = build_layout(lm, prompt.instruction, [], labels)
         start = layout.header + layout.body
-        rows = []
         rendered = [render(prompt.instruction, [], x, labels, a)
                     for x, a in zip(inputs, _prefixes(inputs, answer_prefixes))]
-        for i, r in enumerate(rendered):
-            ids = to_ids(lm, r)
-            if ids[: len(start)] != start or len(ids) <= len(start):
-                raise ConfigError(f"input {i}: a {prompt.type} prompt sits after the chat header it was trained "
-                                  "with; a request with its own system message changes that header")
-            rows.append(ids[len(start):])
+        rows = rows_after(lm, rendered, start, f"a {prompt.type} prompt")
         return Cond(self.prefix(prompt, lm, layout), rows, answer_sep(lm, rendered[0]) if rendered else "",
                     [] if lm.has_chat_template else ["\n"])
 

@@ -69,7 +69,9 @@ def _server_message(e: Exception) -> str:
     return msg[:500] + ("..." if len(msg) > 500 else "")
 
 
-def _retryable_status(status: int) -> bool:
+def retryable_status(status: int) -> bool:
+    """Whether an HTTP status is worth retrying (rate limits, conflicts, timeouts, 5xx but 501): the one rule
+    for the client here and the serving proxy's upstream."""
     return status in _RETRY_STATUS or (status >= 500 and status != 501)
 
 
@@ -206,7 +208,7 @@ class OpenAIModel(LM):
                         response = fn()
                 except _openai.APIStatusError as e:
                     status, msg = e.status_code, _server_message(e)
-                    if not _retryable_status(status) or attempt >= self.max_retries:
+                    if not retryable_status(status) or attempt >= self.max_retries:
                         raise _RequestFailed(status, msg, attempt + 1) from None
                     delay = _retry_after(e)
                 except _openai.APIConnectionError as e:  # APITimeoutError is a subclass
@@ -229,7 +231,7 @@ class OpenAIModel(LM):
         """A one-line error: UpstreamError (exit code 4) for failures that retries could not cure."""
         status = f"HTTP {err.status}" if err.status is not None else "connection error"
         tries = f" after {err.attempts} attempts" if err.attempts > 1 else ""
-        cls = UpstreamError if (err.status is None or _retryable_status(err.status)) else ModelError
+        cls = UpstreamError if (err.status is None or retryable_status(err.status)) else ModelError
         return cls(f"{self.model_id}: {what} failed{tries}: {status}: {err.message}")
 
     def _map(self, jobs: Sequence[Callable[[], Any]]) -> list[Any]:

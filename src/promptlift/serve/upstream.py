@@ -1,8 +1,9 @@
 """Requests to an OpenAI-compatible HTTP upstream: pooled connections, timeouts, bounded retries.
 
 Retried (at most `limits.upstream_retries` times, exponential backoff from
-50 ms, capped at 2 s, `Retry-After` honoured up to that cap): a 429, a 5xx
-other than 501, a refused connection, a connect timeout, a connection the
+50 ms, capped at 2 s, `Retry-After` honoured up to that cap): the statuses
+`lm.openai.retryable_status` retries (408, 409, 425, 429, a 5xx other than
+501), a refused connection, a connect timeout, a connection the
 server dropped before answering. Not retried: a read timeout (the upstream may
 still be working on it) and other 4xx. What is left after the retries becomes
 a `ServeError` (see `protocol`): 504 on a timeout, 502 when the upstream is down
@@ -18,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from ..lm.openai import retry_after
+from ..lm.openai import retry_after, retryable_status
 from .config import Limits
 from .protocol import ServeError
 
@@ -137,7 +138,7 @@ class HttpUpstream:
                 return resp
             body = await resp.aread()
             await resp.aclose()
-            retryable = status == 429 or (status >= 500 and status != 501)
+            retryable = retryable_status(status)
             if retryable and not last:
                 await self._backoff(attempt, retry_after(resp.headers))
                 continue

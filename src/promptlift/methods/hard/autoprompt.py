@@ -32,10 +32,11 @@ from ...engine.apply import TokenApplier
 from ...engine.evaluate import classify_scores, label_candidates
 from ...engine.search import Candidate, SearchSettings, SearchState
 from ...engine.scoring import score_candidates
-from ...engine.soft import header_kv, soft_prefix_kv
+from ...engine.soft import header_kv
 from ...registry import register
 from ..base import Method
-from .common import TokenOptions, allowed_tokens, instruction_of, run_search, start_ids, token_prompt, vocab_embeddings
+from .common import (TokenOptions, allowed_tokens, instruction_of, run_search, start_ids, token_gradient, token_prompt,
+                     vocab_embeddings)
 
 
 @dataclass
@@ -120,19 +121,16 @@ class AutoPromptSearch:
 
     def gradient(self, found: list[int], batch) -> tuple[torch.Tensor, float]:
         """Gradient of the batch's label loss at each prompt token's embedding (k, hidden), and the loss."""
-        lm = self.lm
         if self._header is None:
             with torch.no_grad():
-                self._header = header_kv(lm, self.layout)
-        emb = self.table[torch.tensor(found, device=lm.device)].clone().requires_grad_(True)  # (k, hidden)
-        with torch.enable_grad():
-            prefix = soft_prefix_kv(lm, self.layout, emb, "after_header", -1, self._header)
-            rows = [self.layout.example(ex.input) for ex in batch]
-            scores = score_candidates(lm, prefix, rows, [self.cands] * len(batch))  # (B, labels)
-            loss = F.cross_entropy(scores, self.labels_of(batch))
-            loss.backward()
-        lm.budget.charge(backward=1)
-        return emb.grad.detach(), loss.item()
+                self._header = header_kv(self.lm, self.layout)
+        rows = [self.layout.example(ex.input) for ex in batch]
+
+        def loss_of(prefix):
+            scores = score_candidates(self.lm, prefix, rows, [self.cands] * len(batch))  # (B, labels)
+            return F.cross_entropy(scores, self.labels_of(batch))
+
+        return token_gradient(self.lm, self.layout, self._header, self.table, found, loss_of)
 
     def batch_loss(self, prompt, batch) -> float:
         """The batch's label loss under `prompt`, scored by the engine."""

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ...artifacts import TokenPrompt
 from ...engine.search import search
+from ...engine.soft import soft_prefix_kv
 from ...errors import ConfigError
 from ...lm.base import model_key
 from ..soft.common import INITS, init_token_ids
@@ -194,3 +195,18 @@ def hotflip(grad: torch.Tensor, table: torch.Tensor, allowed: torch.Tensor, curr
 
 
 __all__ += ["hotflip"]
+
+
+def token_gradient(lm, layout, header, table: torch.Tensor, found: list[int], loss_of) -> tuple[torch.Tensor, float]:
+    """Gradient of a loss at each prompt token's embedding (k, hidden), and the loss (HotFlip's signal).
+
+    The token prompt `found` sits after the chat header (`header`: its cached key/values) as vectors
+    taken from `table`; `loss_of(prefix)` scores the task's rows after that prefix and returns a scalar
+    tensor. One backward pass, charged to the model's budget.
+    """
+    emb = table[torch.tensor(found, device=lm.device)].clone().requires_grad_(True)  # (k, hidden)
+    with torch.enable_grad():
+        loss = loss_of(soft_prefix_kv(lm, layout, emb, "after_header", -1, header))
+        loss.backward()
+    lm.budget.charge(backward=1)
+    return emb.grad.detach(), loss.item()

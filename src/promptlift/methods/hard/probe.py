@@ -45,13 +45,13 @@ from ...engine.backends import backend_for
 from ...engine.evaluate import generate_with_prompt
 from ...engine.scoring import score_candidates
 from ...engine.search import Candidate, SearchSettings, SearchState, example_key
-from ...engine.soft import header_kv, soft_prefix_kv
+from ...engine.soft import header_kv
 from ...errors import ConfigError
 from ...registry import register
 from ...task import Example, Task
 from ..base import Method
-from .common import (TokenOptions, allowed_tokens, hotflip, instruction_of, run_search, start_ids, token_prompt,
-                     vocab_embeddings)
+from .common import (TokenOptions, allowed_tokens, hotflip, instruction_of, run_search, start_ids, token_gradient,
+                     token_prompt, vocab_embeddings)
 
 
 @dataclass
@@ -183,19 +183,16 @@ class ProbeSearch:
     def gradient(self, found: list[int]) -> tuple[torch.Tensor, float]:
         """Gradient of the target's mean negative log-likelihood at each prompt token's embedding (k, hidden),
         and the mean log-likelihood."""
-        lm = self.lm
         if self._header is None:
             with torch.no_grad():
-                self._header = header_kv(lm, self.layout)
-        emb = self.table[torch.tensor(found, device=lm.device)].clone().requires_grad_(True)  # (k, hidden)
-        with torch.enable_grad():
-            prefix = soft_prefix_kv(lm, self.layout, emb, "after_header", -1, self._header)
-            rows = [self.layout.example(ex.input) for ex in self.examples]
-            logp = score_candidates(lm, prefix, rows, [[self.answer]] * len(rows))[:, 0]  # (N,)
-            loss = -logp.mean()
-            loss.backward()
-        lm.budget.charge(backward=1)
-        return emb.grad.detach(), -loss.item()
+                self._header = header_kv(self.lm, self.layout)
+        rows = [self.layout.example(ex.input) for ex in self.examples]
+
+        def loss_of(prefix):  # the target string's mean negative log-likelihood
+            return -score_candidates(self.lm, prefix, rows, [[self.answer]] * len(rows))[:, 0].mean()  # (N,) -> ()
+
+        grad, loss = token_gradient(self.lm, self.layout, self._header, self.table, found, loss_of)
+        return grad, -loss
 
 
 @register("probe")

@@ -253,19 +253,27 @@ def draw(state: SearchState, pool: Sequence[Example], k: int, rng: random.Random
 
 
 def correct_sample_size(k: int) -> int:
-    """Training examples scored to find `k` the target gets right (a sample: a large pool would eat the budget)."""
-    return max(4 * k, 32)
+    """Most training examples scored to find the ones the target gets right (a large pool would eat the budget)."""
+    return max(4 * k, 16)
 
 
 def demo_pool(state: SearchState, prompt: Prompt, source: str, k: int) -> list[Example]:
     """Training examples to draw demonstrations from: all of them (`random`), or those `prompt` gets
-    right on the target (`correct`: a seeded sample of `correct_sample_size(k)` examples is scored, one
-    target call each; all of them are the pool if fewer than k are right)."""
+    right on the target (`correct`).
+
+    `correct` scores a seeded order of the training examples k at a time (one target call each) and
+    stops once 2k are right (enough for different demonstration sets; DSPy's bootstrapping stops early
+    too) or `correct_sample_size(k)` are scored; if fewer than k are right, every training example is
+    the pool (a start that gets nothing right must not spend the budget looking)."""
     pool = list(state.train)
     if source == "correct" and pool:
-        n = correct_sample_size(k)
-        sample = pool if len(pool) <= n else state.rng.sample(pool, n)
-        right = [e for e, r in zip(sample, state.score(prompt, sample)) if r["score"] >= 1]
+        order = state.rng.sample(pool, min(len(pool), correct_sample_size(k)))
+        right: list[Example] = []
+        for i in range(0, len(order), k):
+            chunk = order[i : i + k]
+            right += [e for e, r in zip(chunk, state.score(prompt, chunk)) if r["score"] >= 1]
+            if len(right) >= 2 * k:
+                break
         if len(right) >= k:
             return right
         state.skip("too-few-correct")  # the model gets too little right: fall back to any examples
