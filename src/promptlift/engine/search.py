@@ -26,7 +26,11 @@ The loop owns:
   models), read from the target's `lm.budget.limits` (what `--budget` sets) and
   the `limits=` argument. A call that would pass a call limit is not made; the token
   limit is checked before each call. `BudgetExceeded` ends the search and keeps the
-  best prompt so far, never losing the result.
+  best prompt so far, never losing the result. A selection is started only with the
+  candidates whose selection the calls left can finish (`select.cost_to_finish`,
+  the top's whole-dev score included): calls spent on a selection the budget cut
+  half-way would choose nothing. If some are left out, the step ends the search
+  once the others are scored.
 - **Budget objects.** For the search, each model gets a fresh `Budget` that
   enforces only the per-pass limits (`forward`, `backward`, `prompt_tokens`,
   `completion_tokens`); its counters are added back to the model's own budget at
