@@ -335,7 +335,7 @@ class SearchState:
 
     def target_call(self, fn: Callable[[], Any], n: int) -> Any:
         """Run `fn` (any other use of the target model by a method), counted as `n` target calls."""
-        left = min(self.limits.target_calls - self.spend.target_calls, self.limits.calls - self.spend.calls)
+        left = self.target_calls_left()
         self._check_tokens()
         if n > left:
             raise BudgetExceeded(f"budget exhausted: {n} more target calls needed, {max(0, int(left))} left "

@@ -293,9 +293,9 @@ def reasoning_prompt(inner: Prompt, config) -> Reasoning:
 
 
 # --- the base of every method here ---------------------------------------------------------
-# A 135M model answers a generation task in sentences with an instruction alone ("The plural form of
-# the word "world" is "worlds.""), and in the task's format once it sees a few demonstrations
-# (singular_to_plural dev, SmolLM2-135M). So the search may start from either; dev decides.
+# A 135M model answers a generation task in sentences with an instruction alone, and in the task's
+# format once it sees a few demonstrations (SmolLM2-135M on singular_to_plural dev: 0 % alone, 47-56 %
+# with 4 random demonstrations; bench/LLM_PEERS_RESULTS.md). So the search may start from either; dev decides.
 STARTS = ("auto", "zero-shot", "demos")
 
 
@@ -399,12 +399,18 @@ class LLMMethod(Method):
         The loop scores them on dev; `start_key` is the better one."""
         c = self.config
         alone = TextPrompt(instruction=c.instruction or state.task.instruction)
-        with_demos = bool(c.demos and state.train and c.start != "zero-shot")
-        starts = [] if with_demos and c.start == "demos" else [alone]
+        keep_alone, with_demos = self.start_kinds(state)
+        starts = [alone] if keep_alone else []
         if with_demos:
             pool = demo_pool(state, alone, c.demo_source, c.demos)
             starts.append(TextPrompt(instruction=alone.instruction, demos=draw(state, pool, c.demos, state.rng)))
         return [reasoning_prompt(p, c) if c.reasoning else p for p in starts]
+
+    def start_kinds(self, state: SearchState) -> tuple[bool, bool]:
+        """Which starts `initial` scores: (the instruction alone, the instruction with `demos` demonstrations)."""
+        c = self.config
+        with_demos = bool(c.demos and state.train and c.start != "zero-shot")
+        return (not (with_demos and c.start == "demos"), with_demos)
 
     def propose(self, state: SearchState) -> list:
         raise NotImplementedError(f"{type(self).__name__} must define propose()")
@@ -429,10 +435,9 @@ class LLMMethod(Method):
     def initial_calls(self, state: SearchState) -> int:
         """Target calls of the starting prompt: its dev score (and choosing its demos from correct answers)."""
         c = self.config
-        with_demos = bool(c.demos and state.train and c.start != "zero-shot")
-        starts = 1 if not with_demos or c.start == "demos" else 2
-        return starts * len(state.dev) + (min(len(state.train), correct_sample_size(c.demos))
-                                          if with_demos and c.demo_source == "correct" else 0)
+        keep_alone, with_demos = self.start_kinds(state)
+        return (keep_alone + with_demos) * len(state.dev) + (min(len(state.train), correct_sample_size(c.demos))
+                                                             if with_demos and c.demo_source == "correct" else 0)
 
     def per_step(self, state: SearchState) -> tuple[int, int]:
         """(candidates per step, other target calls per step)."""
