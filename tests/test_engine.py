@@ -10,7 +10,7 @@ from conftest import make_tiny_lm
 from promptlift import Task, TextPrompt
 from promptlift.artifacts import Calibrated, KnnPrompt
 from promptlift.engine.decode import decode
-from promptlift.engine.evaluate import calibrate, classify_scores, evaluate
+from promptlift.engine.evaluate import answer_scores, calibrate, classify_scores, evaluate, example_losses
 from promptlift.engine.neighbors import nearest_demos
 from promptlift.engine.scoring import score_candidates
 from promptlift.kv import KV
@@ -153,6 +153,29 @@ def test_evaluate_scores_equal_plain_forward(chat):
         assert p["pred"] == max(want, key=want.get)
         assert p["score"] == float(p["pred"] == ex.output)
     assert r.accuracy == pytest.approx(sum(p["score"] for p in r.predictions) / r.n)
+
+
+@pytest.mark.parametrize("chat", [True, False], ids=["chat", "plain"])
+def test_reference_answer_scores_equal_plain_forward(chat):
+    """The generation objective of forward-only searches: log p(reference + end of answer | prompt, input)."""
+    lm = make_tiny_lm(chat=chat)
+    task = Task.demo("demo_antonyms")
+    exs = task.test[:5]
+    prompt = TextPrompt(instruction=task.instruction, demos=task.train[:1])
+    got = answer_scores(lm, task, prompt, exs, batch_size=2)
+    layout = build_layout(lm, prompt.instruction, prompt.demos)
+    want = [plain_logprob(lm, layout.header + layout.body + layout.example(ex.input),
+                          layout.answer(ex.output, close=True)) for ex in exs]
+    assert got.shape == (5,) and torch.allclose(got, torch.tensor(want), atol=ATOL)
+    assert torch.allclose(example_losses(lm, task, prompt, exs), -got, atol=ATOL)
+
+
+def test_example_losses_of_a_classification_task_are_the_label_cross_entropy():
+    lm, task = make_tiny_lm(), _tiny_task()
+    prompt = TextPrompt(instruction=task.instruction)
+    scores = classify_scores(lm, task, prompt, task.test)
+    gold = torch.tensor([task.label_names.index(ex.output) for ex in task.test])
+    assert torch.allclose(example_losses(lm, task, prompt, task.test), F.cross_entropy(scores, gold, reduction="none"))
 
 
 def test_length_sorted_batching_keeps_order(tiny_lm):

@@ -4,7 +4,10 @@ synthetic task, each method must beat the prompt it starts from."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
+import math
 import random
 
 import pytest
@@ -127,7 +130,7 @@ def test_pez_improves_over_its_start(tmp_path):
     lm, task = learner(), synth_task()
     before = dev_accuracy(lm, task, start_prompt(lm, task, 4, seed=0))
     run = promptlift.optimize("pez", lm, task, out=tmp_path / "run", progress=False, seed=0, tokens=4, epochs=10,
-                              lr=0.3)
+                              lr=0.3, instruction="")
     assert run.prompt.meta["best_dev"] > before
     assert run.dev.accuracy == run.prompt.meta["best_dev"]  # the trainer selected on the shipped token prompt
     assert_token_prompt_is_honest(lm, run.prompt)
@@ -136,11 +139,58 @@ def test_pez_improves_over_its_start(tmp_path):
     assert load(tmp_path / "run").hash == run.prompt.hash
 
 
+# --- instruction=auto: the better start on dev keeps its instruction ------------------------
+AUTO = {"pez": ({"epochs": 2, "batch_size": 8}, "random"),
+        "autoprompt": ({"steps": 3, "candidates": 4, "batch_size": 8}, "text"),
+        "bdpl": ({"steps": 3, "samples": 4, "batch_size": 8}, "text"),
+        "rlprompt": ({"steps": 3, "samples": 4, "batch_size": 8}, "text")}
+
+
+@pytest.mark.parametrize("name", sorted(AUTO))
+def test_instruction_auto_keeps_whichever_start_scores_better_on_dev(name, tmp_path):
+    lm, task = learner(), synth_task()
+    opts, init = AUTO[name]
+    start = start_prompt(lm, task, 4, seed=0, init=init)
+    body = lm.encode(task.instruction)
+    with_, without = dev_accuracy(lm, task, start), dev_accuracy(lm, task, token_prompt(lm, start.ids[:4], []))
+    assert with_ != without  # the choice matters on this task (the tiny model reads better without it)
+    run = promptlift.optimize(name, lm, task, out=tmp_path / "run", progress=False, seed=0, tokens=4, init=init,
+                              instruction="auto", **opts)
+    assert run.prompt.ids[4:] == (body if with_ >= without else [])
+    if name != "pez":  # search methods: both starts are the loop's step 0, the better one is kept on resume too
+        first = [h for h in history(tmp_path / "run") if "best_dev" in h][0]
+        assert first["best_dev"] == max(with_, without)
+        ckpt = json.loads((tmp_path / "run" / "checkpoint" / "search.json").read_text())
+        assert ckpt["data"]["body"] == run.prompt.ids[4:]
+    forced = promptlift.optimize(name, lm, task, progress=False, seed=0, tokens=4, init=init, instruction="",
+                                 eval_splits=(), **opts)
+    assert forced.prompt.ids[4:] == body
+
+
+def test_instruction_auto_ties_and_no_dev_keep_the_task_s_instruction(monkeypatch):
+    import types
+
+    import promptlift.engine.evaluate as ev
+    from promptlift.methods.hard.common import best_body, instruction_choices
+
+    lm, task = make_tiny_lm(), synth_task()
+    assert instruction_choices("auto", task) == [task.instruction, ""]
+    assert instruction_choices("none", task) == [""] and instruction_choices("Say.", task) == ["Say."]
+    rows = []
+    ctx = types.SimpleNamespace(record=lambda **r: rows.append(r))
+    blank = dataclasses.replace(task, dev=[])  # no dev set: nothing to choose on, the first is kept
+    assert best_body(lm, blank, [5, 6], instruction_choices("auto", task), ctx) == lm.encode(task.instruction)
+    monkeypatch.setattr(ev, "evaluate", lambda *a, **k: types.SimpleNamespace(accuracy=0.5))  # a tie
+    assert best_body(lm, task, [5, 6], instruction_choices("auto", task), ctx) == lm.encode(task.instruction)
+    assert rows == [{"event": "instruction", "dev": {task.instruction: 0.5, "none": 0.5},
+                     "kept": task.instruction}]
+
+
 # --- AutoPrompt -----------------------------------------------------------------------------
 def test_autoprompt_improves_over_its_start(tmp_path):
     lm, task = learner(), synth_task()
     run = promptlift.optimize("autoprompt", lm, task, out=tmp_path / "run", progress=False, seed=0, steps=10,
-                              tokens=4, candidates=8, batch_size=16)
+                              tokens=4, candidates=8, batch_size=16, instruction="")
     steps = [h for h in history(tmp_path / "run") if "best_dev" in h]
     start = dev_accuracy(lm, task, start_prompt(lm, task, 4, seed=0, init="text"))
     assert steps[0]["best_dev"] == start and run.prompt.meta["search"]["best_dev"] > start
@@ -169,6 +219,26 @@ def test_project_recovers_tokens_from_nearby_vectors_and_keeps_their_gain(tmp_pa
     assert run.prompt.meta["dev_after"] == dev_accuracy(lm, task, pez.prompt) > start
     assert run.prompt.meta["dev_before"] == dev_accuracy(lm, task, load(tmp_path / "soft"))
     assert_token_prompt_is_honest(lm, run.prompt)
+
+
+def test_project_keeps_the_instruction_only_if_dev_says_so(tmp_path):
+    lm, task = learner(), synth_task()
+    found = start_prompt(lm, task, 4, seed=0).ids[:4]
+    body = lm.encode(task.instruction)
+    SoftPrompt(instruction=task.instruction, embeds=vocab_embeddings(lm)[found], hidden_size=lm.hidden_size,
+               num_layers=lm.num_layers, model=lm.model_id).save(tmp_path / "soft")
+    with_ = dev_accuracy(lm, task, token_prompt(lm, found, body))
+    without = dev_accuracy(lm, task, token_prompt(lm, found, []))
+    assert with_ != without
+
+    def project(keep):
+        return promptlift.optimize("project", lm, task, progress=False, source=str(tmp_path / "soft"),
+                                   keep_instruction=keep, eval_splits=()).prompt
+
+    auto = project("auto")
+    assert auto.ids == found + (body if with_ >= without else []) and auto.meta["dev_after"] == max(with_, without)
+    assert auto.meta["instruction_kept"] == (with_ >= without)
+    assert project("yes").ids == found + body and project("no").ids == found
 
 
 def test_project_trains_a_soft_prompt_when_given_none_and_reports_before_and_after(tmp_path):
@@ -239,3 +309,71 @@ def test_bbt_checkpoints_its_soft_prompt_candidates_as_artifacts(tmp_path):
         p = load(tmp_path / "run" / "checkpoint" / c["saved"])
         assert isinstance(p, SoftPrompt) and p.hash == c["key"] and len(p.meta["subspace"]["z"]) == BBT["dim"]
     assert run.prompt.meta["subspace"]["dim"] == BBT["dim"]
+
+
+# --- generation tasks: forward-only searches minimise minus the reference's log-probability ------
+def gen_task():
+    """synth_task as generation: the model must write the label word ('hot' / 'cold') itself."""
+    from promptlift.task import Example, Task
+
+    t = synth_task()
+
+    def conv(exs):
+        return [Example(e.input, t.labels[e.output]) for e in exs]
+
+    return Task(name="synth-gen", kind="generation", train=conv(t.train), dev=conv(t.dev), test=conv(t.test),
+                instruction="Answer.")
+
+
+def reference_loss(lm, task, prompt, exs) -> float:
+    from promptlift.engine.evaluate import example_losses
+
+    return float(example_losses(lm, task, prompt, exs).mean())
+
+
+def test_bbt_lowers_the_reference_loss_on_a_generation_task(tmp_path):
+    from promptlift.engine.search import dev_subset
+    from promptlift.methods.hard.bbt import BBTConfig, BBTSearch
+
+    lm, task = learner(), gen_task()
+    opts = {"steps": 4, "popsize": 6, "dim": 8, "tokens": 3, "train_examples": 16, "instruction": ""}
+    promptlift.optimize("bbt", lm, task, out=tmp_path / "run", progress=False, seed=0, **opts)
+    fitness = json.loads((tmp_path / "run" / "checkpoint" / "search.json").read_text())["data"]["fitness"]
+    start = BBTSearch("bbt", BBTConfig(**opts), lm, task, 0).prompt([[0.0] * 8])  # z = 0
+    fit_examples = dev_subset(task.train, 16)
+    assert len(fitness) == 4 and min(min(g) for g in fitness) < reference_loss(lm, task, start, fit_examples)
+    with pytest.raises(ConfigError, match="fitness=error needs a classification task"):
+        promptlift.optimize("bbt", lm, task, progress=False, fitness="error", **opts)
+
+
+def test_autoprompt_swaps_lower_the_reference_loss_on_a_generation_task(tmp_path):
+    lm, task = learner(), gen_task()
+    run = promptlift.optimize("autoprompt", lm, task, out=tmp_path / "run", progress=False, seed=0, steps=4,
+                              tokens=3, candidates=6, batch_size=48, instruction="")
+    found = json.loads((tmp_path / "run" / "checkpoint" / "search.json").read_text())["data"]["found"]
+    start = start_prompt(lm, task, 3, seed=0, init="text")
+    assert found != start.ids[:3]  # a swap was kept: on the whole train set (the batch), it lowered the loss
+    assert reference_loss(lm, task, token_prompt(lm, found, []), task.train) < \
+        reference_loss(lm, task, token_prompt(lm, start.ids[:3], []), task.train)
+    assert_token_prompt_is_honest(lm, run.prompt)
+    assert run.cost["backward"] == 4
+
+
+@pytest.mark.parametrize("name", ["bdpl", "rlprompt", "bbt-v2"])
+def test_policy_and_deep_searches_learn_from_the_reference_loss_on_a_generation_task(name, tmp_path):
+    lm, task = learner(), gen_task()
+    opts = {"bdpl": {"steps": 3, "tokens": 3, "samples": 4, "batch_size": 8, "instruction": ""},
+            "rlprompt": {"steps": 3, "tokens": 3, "samples": 4, "batch_size": 8, "instruction": ""},
+            "bbt-v2": {"steps": 2, "popsize": 4, "dim": 4, "tokens": 2, "train_examples": 8, "instruction": ""}}[name]
+    run = promptlift.optimize(name, lm, task, out=tmp_path / "run", progress=False, seed=0, **opts)
+    data = json.loads((tmp_path / "run" / "checkpoint" / "search.json").read_text())["data"]
+    record = {"bdpl": "losses", "rlprompt": "rewards", "bbt-v2": "fitness"}[name]
+    values = [v for step in data[record] for v in step]
+    assert len(data[record]) == opts["steps"] and all(math.isfinite(v) for v in values)
+    assert len(set(values)) > 1  # the samples' objectives differ: there is a signal to learn from
+    if name == "bdpl":  # the distribution moved off uniform toward the lower-loss samples
+        probs = torch.tensor(data["probs"])
+        assert not torch.allclose(probs, torch.full_like(probs, 1 / probs.shape[1]))
+    if name != "bbt-v2":  # rewards are minus the losses of the reference (rlprompt) or the losses (bdpl)
+        assert all(v > 0 for v in values) if name == "bdpl" else all(v < 0 for v in values)
+    assert run.cost["backward"] == 0 and run.prompt.meta["cost"]["target_calls"] > 0

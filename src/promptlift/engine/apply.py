@@ -100,6 +100,10 @@ class Applier:
         """(N, labels) scores of each label's words (log-probabilities, or calibrated ones)."""
         return backend.label_scores(self.condition(prompt, backend, task, inputs, answer_prefixes), label_words(task))
 
+    def answer_scores(self, prompt: Prompt, backend, task, inputs: Sequence[Any], answers: Sequence[str]) -> torch.Tensor:
+        """(N,) log-probability of each input's reference answer (generation tasks)."""
+        return backend.answer_scores(self.condition(prompt, backend, task, inputs), list(answers))
+
     def generate(self, prompt: Prompt, backend, task, inputs: Sequence[Any], cfg: GenerationConfig,
                  answer_prefixes: Sequence[str] | None = None) -> list[str]:
         """One answer per input."""

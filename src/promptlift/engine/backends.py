@@ -103,6 +103,23 @@ class WhiteBox:
         return out
 
     @torch.no_grad()
+    def answer_scores(self, cond: Cond, answers: Sequence[str]) -> torch.Tensor:
+        """(N,) total log-probability of each row's own answer, closed by the end-of-answer tokens.
+
+        The reference a generation task is trained and searched towards: the same tokens the
+        shared trainer's "lm" loss reads (`Layout.answer(..., close=True)`).
+        """
+        from ..template import build_layout
+
+        close = build_layout(self.lm, "").end_of_answer
+        targets = [self.lm.encode(cond.sep + a) + close for a in answers]
+        out = torch.empty(len(cond.rows))
+        for idx in self._order(cond.rows):
+            s = score_candidates(self.lm, cond.prefix, [cond.rows[i] for i in idx], [[targets[i]] for i in idx])
+            out[torch.tensor(idx)] = s[:, 0].float().cpu()
+        return out
+
+    @torch.no_grad()
     def generate(self, cond: Cond, cfg: GenerationConfig) -> list[str]:
         """One completion per row (the first of `cfg.n`)."""
         cfg = GenerationConfig(n=cfg.n, temperature=cfg.temperature, max_tokens=cfg.max_tokens,
@@ -182,6 +199,19 @@ class Endpoint:
             return torch.tensor(rows, dtype=torch.float32)
         tops = self.lm.first_token_logprobs(prompts, getattr(self.lm, "top_logprobs", 20))
         return torch.tensor([first_token_scores(top, targets, self.lm.model_id) for top in tops])
+
+    def answer_scores(self, cond: EndpointCond, answers: Sequence[str]) -> torch.Tensor:
+        """(N,) total log-probability of each row's own answer (then a newline, where generation stops).
+
+        Completions API only (`echo` + `logprobs` score a given continuation); a chat endpoint
+        cannot score text it did not write.
+        """
+        if self.chat or not self.can_score_labels:
+            raise UnsupportedError(f"{self.lm.model_id}: scoring a reference answer needs the completions API "
+                                   "with log-probabilities (--api completions)")
+        prompts = self._prompts(cond)
+        rows = self.lm.score_pairs(prompts, [cond.sep + a + "\n" for a in answers])
+        return torch.tensor(rows, dtype=torch.float32)
 
     def generate(self, cond: EndpointCond, cfg: GenerationConfig) -> list[str]:
         cfg = GenerationConfig(n=cfg.n, temperature=cfg.temperature, max_tokens=cfg.max_tokens,

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..artifacts import Prompt, TextPrompt
@@ -178,6 +179,31 @@ def classify_scores(lm, task: Task, prompt: Prompt, exs: Sequence[Example], batc
     check_model(prompt, lm)
     ap.check(prompt, backend, task)
     return ap.label_scores(prompt, backend, task, [ex.input for ex in exs])
+
+
+def answer_scores(lm, task: Task, prompt: Prompt, exs: Sequence[Example], batch_size: int = 16) -> torch.Tensor:
+    """(N,) total log-probability of each example's reference output under `prompt` (then the end of the answer)."""
+    backend = backend_for(lm, batch_size, False)
+    ap = applier_for(prompt)
+    check_model(prompt, lm)
+    ap.check(prompt, backend, task)
+    return ap.answer_scores(prompt, backend, task, [ex.input for ex in exs], [ex.output for ex in exs])
+
+
+def example_losses(lm, task: Task, prompt: Prompt, exs: Sequence[Example]) -> torch.Tensor:
+    """(N,) what a forward-only search minimises for each example, one definition for every task kind.
+
+    Classification: cross-entropy of the gold label over the label scores (the label-word
+    objective of BBT, BDPL and AutoPrompt). Generation: minus the log-probability of the reference
+    output, its tokens and the end of the answer (the objective the shared trainer's "lm" loss
+    uses), summed over tokens so that an endpoint, which scores text and not token counts, gives
+    the same number.
+    """
+    if task.is_classification:
+        scores = classify_scores(lm, task, prompt, exs)  # (N, labels)
+        gold = torch.tensor([task.label_names.index(ex.output) for ex in exs])
+        return F.cross_entropy(scores, gold, reduction="none")
+    return -answer_scores(lm, task, prompt, exs)
 
 
 def label_candidates(layout, task: Task) -> list[list[int]]:

@@ -156,9 +156,15 @@ def train(module: SoftModule, lm, task: Task, layout, cfg: TrainConfig, ctx,
         truncate_history(ctx.run_dir, lambda r: r.get("epoch", -1) < start_epoch)
         print(f"promptlift: resuming from {ckpt} at epoch {start_epoch}", file=sys.stderr)
 
-    with torch.no_grad():
-        header = header_kv(lm, layout)
-        header = header.detach() if header is not None else None
+    stopped = ""
+    try:
+        lm.budget.check()  # a budget already spent (e.g. on choosing a start) charges nothing more
+        with torch.no_grad():
+            header = header_kv(lm, layout)
+            header = header.detach() if header is not None else None
+    except BudgetExceeded as e:  # spent before training (e.g. on choosing a start): the start is kept
+        header, stopped, start_epoch = None, "budget", cfg.epochs
+        print(f"promptlift: {e}; keeping the starting prompt", file=sys.stderr)
 
     def dev_score() -> float:
         module.eval()
@@ -170,7 +176,6 @@ def train(module: SoftModule, lm, task: Task, layout, cfg: TrainConfig, ctx,
 
     bar = tqdm(total=total, initial=start_epoch * steps_per_epoch, desc="train", unit="step",
                disable=not ctx.progress, leave=False)
-    stopped = ""
     t0 = time.perf_counter()
     module.train()
     last_good = {k: v.detach().clone() for k, v in module.state_dict().items()}

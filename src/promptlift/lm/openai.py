@@ -547,6 +547,10 @@ class OpenAIModel(LM):
         """`score` of the same continuations after each plain-text prompt: (N, C) log-probabilities."""
         return self._map([lambda p=p: self.score(p, continuations) for p in prompts])
 
+    def score_pairs(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[float]:
+        """`score` of each plain-text prompt's own continuation: (N,) log-probabilities, requests in parallel."""
+        return self._map([lambda p=p, c=c: self.score(p, [c])[0] for p, c in zip(prompts, continuations)])
+
     def close(self) -> None:
         """Close the HTTP client."""
         try:

@@ -12,8 +12,13 @@ A swap is a discrete move, not an optimizer step on parameters, so AutoPrompt
 is a search method on the shared ask/tell loop (`engine.search`): `propose`
 makes the swap (its model calls counted as target calls, one per example
 scored), the loop scores the kept prompt on dev, keeps the best prompt on dev,
-budgets, checkpoints and resumes. Classification only (the loss is over the
-label words, as the paper's label-token objective).
+budgets, checkpoints and resumes. The loss is the paper's over the label words
+(classification) or minus the reference output's log-probability (generation),
+as `engine.evaluate.example_losses` defines both.
+
+The fixed instruction after the tokens is the task's or none, whichever start scores better on
+dev (`instruction=auto`, `common.FixedInstruction`: both starts are the loop's step 0; ties: the
+task's), as BBT's.
 
 Defaults are sized for a CPU (20 steps, 8 candidates, batches of 8: about
 2,200 examples scored with SmolLM2-135M on SST-2's 32/32 split).
@@ -29,19 +34,21 @@ import torch
 import torch.nn.functional as F
 
 from ...engine.apply import TokenApplier
-from ...engine.evaluate import classify_scores, label_candidates
+from ...engine.evaluate import example_losses, label_candidates
 from ...engine.search import Candidate, SearchSettings, SearchState
 from ...engine.scoring import score_candidates
 from ...engine.soft import header_kv
 from ...registry import register
 from ..base import Method
-from .common import (TokenOptions, allowed_tokens, instruction_of, run_search, start_ids, token_gradient, token_prompt,
-                     vocab_embeddings)
+from .common import (INSTRUCTION_HELP, FixedInstruction, TokenOptions, allowed_tokens, run_search, start_ids,
+                     token_gradient, token_prompt, vocab_embeddings)
 
 
 @dataclass
 class AutoPromptConfig(TokenOptions):
     """AutoPrompt options: the tokens searched and the swap search."""
+
+    instruction: str = field(default="auto", metadata={"help": INSTRUCTION_HELP})
 
     steps: int = field(default=20, metadata={"help": "swap steps (one position, one batch each)"})
     candidates: int = field(default=8, metadata={"help": "top HotFlip swaps scored per step"})
@@ -58,19 +65,18 @@ class AutoPromptConfig(TokenOptions):
             raise ValueError("dev_examples and patience must be >= 0")
 
 
-class AutoPromptSearch:
+class AutoPromptSearch(FixedInstruction):
     """One AutoPrompt run as the loop's method: what it knows of the model, built once per run."""
 
     def __init__(self, name: str, config: AutoPromptConfig, lm, task, seed: int):
         self.name, self.config, self.lm, self.task = name, config, lm, task
         c = config
-        instruction = instruction_of(c.instruction, task)
-        self.body = lm.encode(instruction) if instruction else []
-        self.layout = TokenApplier.layout(lm, task.labels, self.body)
+        instruction = self.set_instructions(lm, task, c.instruction)
+        self.layout = TokenApplier.layout(lm, labels_of_task(task), self.body)
         self.allowed = allowed_tokens(lm, c.vocab)
         self.table = vocab_embeddings(lm)  # (V, hidden)
         self.start = start_ids(lm, task, c.init, c.tokens, random.Random(seed), instruction, self.allowed)
-        self.cands = label_candidates(self.layout, task)
+        self.cands = label_candidates(self.layout, task) if task.is_classification else None
         self._header = None
 
     # --- what the loop asks ----------------------------------------------------------------
@@ -79,15 +85,20 @@ class AutoPromptSearch:
         return SearchSettings(steps=c.steps, selection="full", dev_examples=c.dev_examples, patience=c.patience)
 
     def initial(self, state: SearchState):
-        return [self.prompt(self.start)]
+        return self.starts(self.start)
 
     def update(self, state: SearchState, scored) -> None:
         """The kept swap becomes the current prompt (the loop keeps the best one on dev)."""
+        self.keep_body(state, scored)
         if scored:
             state.data["found"] = scored[0].prompt.ids[: self.config.tokens]
 
+    def on_body(self) -> None:
+        self.layout = TokenApplier.layout(self.lm, labels_of_task(self.task), self.body)
+
     def propose(self, state: SearchState) -> list[Candidate]:
         c = self.config
+        self.use_body(state)
         found = list(state.data["found"])
         batch = state.rng.sample(state.train, min(c.batch_size, len(state.train)))
         pos = state.rng.randrange(len(found))
@@ -110,7 +121,8 @@ class AutoPromptSearch:
     def estimate(self, state: SearchState) -> dict:
         c = self.config
         per_step = min(c.batch_size, len(state.train)) * (1 + c.candidates) + len(state.dev)
-        return {"target_calls": len(state.dev) + c.steps * per_step, "optimizer_calls": 0}
+        return {"target_calls": len(state.dev) + self.extra_start_calls(state) + c.steps * per_step,
+                "optimizer_calls": 0}
 
     # --- model calls -------------------------------------------------------------------------
     def prompt(self, found: list[int]):
@@ -127,15 +139,23 @@ class AutoPromptSearch:
         rows = [self.layout.example(ex.input) for ex in batch]
 
         def loss_of(prefix):
-            scores = score_candidates(self.lm, prefix, rows, [self.cands] * len(batch))  # (B, labels)
-            return F.cross_entropy(scores, self.labels_of(batch))
+            if self.task.is_classification:
+                scores = score_candidates(self.lm, prefix, rows, [self.cands] * len(batch))  # (B, labels)
+                return F.cross_entropy(scores, self.labels_of(batch))
+            # generation: minus the log-probability of each reference output (`example_losses`)
+            targets = [[self.layout.answer(ex.output, close=True)] for ex in batch]
+            return -score_candidates(self.lm, prefix, rows, targets)[:, 0].mean()
 
         return token_gradient(self.lm, self.layout, self._header, self.table, found, loss_of)
 
     def batch_loss(self, prompt, batch) -> float:
-        """The batch's label loss under `prompt`, scored by the engine."""
-        scores = classify_scores(self.lm, self.task, prompt, batch)  # (B, labels)
-        return float(F.cross_entropy(scores, self.labels_of(batch).cpu()))
+        """The batch's loss under `prompt` (`example_losses`: label cross-entropy or the reference's), by the engine."""
+        return float(example_losses(self.lm, self.task, prompt, batch).mean())
+
+
+def labels_of_task(task):
+    """The label words a layout answers with (None for a generation task)."""
+    return task.labels if task.is_classification else None
 
 
 @register("autoprompt")
@@ -144,7 +164,6 @@ class AutoPrompt(Method):
 
     family = "hard"
     white_box = True
-    task_kinds = ("classification",)
     Config = AutoPromptConfig
     smoke = {"steps": 2, "tokens": 2, "candidates": 2, "batch_size": 4}
 

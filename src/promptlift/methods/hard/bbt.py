@@ -18,8 +18,9 @@ accuracies are 47.7 and 70.3 %), and BBT from the task's instruction reached
 56.2 % dev against 71.9 % from none (seed 0). `auto` makes that choice per
 task, on dev, at the cost of one more dev evaluation.
 
-Fitness is the training loss (cross-entropy over the label words, as the paper;
-or the error rate), scored by the engine on `train_examples` training examples,
+Fitness is the training loss (cross-entropy over the label words, as the paper,
+or the error rate; for a generation task minus the reference output's
+log-probability, `engine.evaluate.example_losses`), scored by the engine on `train_examples` training examples,
 never on dev. BBT is a search method on the shared ask/tell loop
 (`engine.search`): each step asks CMA-ES for a population, scores it on train
 (target calls, one per example scored), tells CMA-ES, and proposes the
@@ -50,11 +51,11 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ...artifacts import POSITIONS, Prompt, SoftPrompt
-from ...engine.evaluate import classify_scores
+from ...engine.evaluate import classify_scores, example_losses
 from ...engine.search import Candidate, SearchSettings, SearchState, dev_subset
+from ...errors import ConfigError
 from ...lm.base import model_key
 from ...registry import register
 from ..base import Method
@@ -95,14 +96,16 @@ def cma_strategy(dim: int, sigma: float, popsize: int, seed: int, history: list[
     return es
 
 
-def label_loss(lm, task, prompt: Prompt, examples, gold: torch.Tensor, kind: str) -> float:
-    """Training objective of `prompt` on `examples` (lower is better), from label scores only, no gradients.
+def task_loss(lm, task, prompt: Prompt, examples, kind: str) -> float:
+    """Training objective of `prompt` on `examples` (lower is better), from scores only, no gradients.
 
-    kind: "ce" (cross-entropy over the label words) | "error" (1 - accuracy). gold: (N,) label indices.
+    kind: "ce": the mean of `engine.evaluate.example_losses` (cross-entropy over the label words;
+    generation: minus the reference output's log-probability) | "error" (1 - accuracy; classification).
     """
-    scores = classify_scores(lm, task, prompt, examples)  # (N, labels)
     if kind == "ce":
-        return float(F.cross_entropy(scores, gold))
+        return float(example_losses(lm, task, prompt, examples).mean())
+    gold = torch.tensor([task.label_names.index(ex.output) for ex in examples])
+    scores = classify_scores(lm, task, prompt, examples)  # (N, labels)
     return float((scores.argmax(-1) != gold).float().mean())
 
 
@@ -125,7 +128,8 @@ class BBTConfig:
         "help": "scale of A: a first-generation step A z is about alpha x the spread of what it is added to"})
     steps: int = field(default=12, metadata={"help": "CMA-ES generations"})
     fitness: str = field(default="ce", metadata={
-        "help": "training objective: ce (label cross-entropy) | error (1 - accuracy)"})
+        "help": "training objective: ce (label cross-entropy; generation: minus the reference's log-probability) "
+                "| error (1 - accuracy; classification)"})
     train_examples: int = field(default=16, metadata={
         "help": "training examples each candidate is scored on: N drawn once with a fixed seed (0 = all)"})
     dev_examples: int = field(default=0, metadata={
@@ -172,8 +176,10 @@ class SubspaceSearch:
             self.instructions = [instruction_of(c.instruction, task)]
         self.instruction = self.instructions[0]
         self.init_ids = init_token_ids(lm, task, c.init, c.tokens, random.Random(seed), self.instruction)
+        if c.fitness == "error" and not task.is_classification:
+            raise ConfigError("fitness=error needs a classification task (generation: fitness=ce, minus the "
+                              "reference output's log-probability)")
         self.fit_examples = dev_subset(task.train, c.train_examples)
-        self.gold = torch.tensor([task.label_names.index(ex.output) for ex in self.fit_examples])
         self.es: dict[int, object] = {}
 
     def prompt(self, zs: list[list[float]]) -> Prompt:
@@ -253,7 +259,7 @@ class SubspaceSearch:
 
     def fitness(self, prompt: Prompt) -> float:
         """Training objective of `prompt` (lower is better), scored by the engine; no gradients."""
-        return label_loss(self.lm, self.task, prompt, self.fit_examples, self.gold, self.config.fitness)
+        return task_loss(self.lm, self.task, prompt, self.fit_examples, self.config.fitness)
 
 
 def _with(zs: list[list[float]], block: int, x) -> list[list[float]]:
@@ -288,7 +294,6 @@ class BBT(Method):
 
     family = "blackbox"
     white_box = True
-    task_kinds = ("classification",)
     Config = BBTConfig
     smoke = {"steps": 2, "popsize": 3, "dim": 4, "tokens": 2}
 

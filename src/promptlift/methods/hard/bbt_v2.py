@@ -113,7 +113,6 @@ class BBTv2(Method):
 
     family = "blackbox"
     white_box = True
-    task_kinds = ("classification",)
     Config = BBTv2Config
     smoke = {"steps": 3, "popsize": 3, "dim": 4, "tokens": 2}
 

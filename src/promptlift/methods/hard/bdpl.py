@@ -8,7 +8,9 @@ most often in the training inputs, the instruction and the label words
 
 Each step samples I prompts s_1..s_I (one token per position from p_i),
 scores each on the same training batch through the engine (label
-cross-entropy L(s_k), from scores only: the model is never differentiated) and
+cross-entropy L(s_k); for a generation task minus the reference output's
+log-probability, `engine.evaluate.example_losses`; from scores only: the model
+is never differentiated) and
 moves p with the variance-reduced policy-gradient estimator of the paper:
 
     g_i = 1/I · Σ_k (L(s_k) − b_k) · ∇_{p_i} log P(s_k),   b_k = mean of the other samples' losses
@@ -46,13 +48,12 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 
-from ...engine.evaluate import classify_scores
+from ...engine.evaluate import example_losses
 from ...engine.search import Candidate, SearchSettings, SearchState
 from ...registry import register
 from ..base import Method
-from .common import TokenOptions, allowed_tokens, instruction_of, run_search, start_ids, token_prompt, train_vocab
+from .common import FixedInstruction, TokenOptions, allowed_tokens, run_search, start_ids, token_prompt, train_vocab
 
 
 @dataclass
@@ -61,7 +62,8 @@ class BDPLConfig(TokenOptions):
 
     instruction: str = field(default="none", metadata={
         "help": "fixed instruction after the searched tokens; 'none' = no text (the paper: the learned tokens are "
-                "the whole prompt), '' = the task's"})
+                "the whole prompt), '' = the task's, 'auto' = whichever of the two scores better on dev after the "
+                "starting tokens (ties: the task's)"})
     pool: int = field(default=100, metadata={
         "help": "vocabulary subset: the N allowed tokens most frequent in the training inputs, instruction and "
                 "label words (0 = every allowed token)"})
@@ -117,14 +119,13 @@ def pg_step(probs: torch.Tensor, samples: torch.Tensor, losses: torch.Tensor, lr
 
 
 # --- the search ----------------------------------------------------------------------------------
-class BDPLSearch:
+class BDPLSearch(FixedInstruction):
     """One BDPL run as the loop's method; the distribution lives in `state.data["probs"]`."""
 
     def __init__(self, name: str, config: BDPLConfig, lm, task, seed: int):
         self.name, self.config, self.lm, self.task = name, config, lm, task
         c = config
-        instruction = instruction_of(c.instruction, task)
-        self.body = lm.encode(instruction) if instruction else []
+        instruction = self.set_instructions(lm, task, c.instruction)
         allowed = allowed_tokens(lm, c.vocab)
         self.pool = train_vocab(lm, task, allowed, c.pool, instruction)  # (P,) token ids
         self.start = start_ids(lm, task, c.init, c.tokens, random.Random(seed), instruction, allowed)
@@ -139,20 +140,20 @@ class BDPLSearch:
         P = len(self.pool)
         state.data["probs"] = [[1.0 / P] * P for _ in range(self.config.tokens)]
         state.data["losses"] = []
-        return [self.prompt(self.start)]
+        return self.starts(self.start)
 
     def propose(self, state: SearchState) -> list[Candidate]:
         c = self.config
+        self.use_body(state)
         probs = self.probs(state)  # (k, P)
         samples = [[state.rng.choices(range(len(self.pool)), weights=row)[0] for row in probs.tolist()]
                    for _ in range(c.samples)]  # I x k indices into the pool
         batch = state.rng.sample(state.train, min(c.batch_size, len(state.train)))
-        gold = torch.tensor([self.task.label_names.index(ex.output) for ex in batch])
         losses = []
         for s in samples:
             p = self.prompt(self.ids(s))
-            scores = state.target_call(lambda: classify_scores(self.lm, self.task, p, batch), len(batch))  # (B, L)
-            losses.append(float(F.cross_entropy(scores, gold)))
+            losses.append(state.target_call(lambda: float(example_losses(self.lm, self.task, p, batch).mean()),
+                                            len(batch)))
         self._pending = (samples, losses)
         best = min(range(len(samples)), key=lambda i: losses[i])
         mode = probs.argmax(-1).tolist()
@@ -162,7 +163,8 @@ class BDPLSearch:
 
     def update(self, state: SearchState, scored) -> None:
         """The projected policy-gradient step from this step's training losses (the loop keeps dev scores)."""
-        if self._pending is None:  # the starting prompt's evaluation: nothing sampled yet
+        self.keep_body(state, scored)
+        if self._pending is None:  # the starting prompts' evaluation: nothing sampled yet
             return
         samples, losses = self._pending
         self._pending = None
@@ -174,7 +176,8 @@ class BDPLSearch:
     def estimate(self, state: SearchState) -> dict:
         c = self.config
         per_step = c.samples * min(c.batch_size, len(state.train)) + 2 * len(state.dev)
-        return {"target_calls": len(state.dev) + c.steps * per_step, "optimizer_calls": 0}
+        return {"target_calls": len(state.dev) + self.extra_start_calls(state) + c.steps * per_step,
+                "optimizer_calls": 0}
 
     # --- helpers -------------------------------------------------------------------------------
     def probs(self, state: SearchState) -> torch.Tensor:
@@ -194,7 +197,6 @@ class BDPL(Method):
 
     family = "blackbox"
     white_box = True
-    task_kinds = ("classification",)
     Config = BDPLConfig
     smoke: ClassVar[dict] = {"steps": 2, "tokens": 2, "samples": 3, "batch_size": 4, "pool": 20}
 

@@ -9,6 +9,7 @@ found and read as text anywhere else.
 from __future__ import annotations
 
 import random
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,12 +19,14 @@ import torch.nn.functional as F
 from ...artifacts import TokenPrompt
 from ...engine.search import search
 from ...engine.soft import soft_prefix_kv
-from ...errors import ConfigError
+from ...errors import BudgetExceeded, ConfigError
 from ...lm.base import model_key
 from ..soft.common import INITS, init_token_ids
 
 METRICS = ("cosine", "l2")
 VOCABS = ("readable", "all")
+INSTRUCTION_HELP = ("fixed instruction after the searched tokens; '' = task's, 'none' = no text, 'auto' = "
+                    "whichever of the two scores better on dev after the starting tokens (ties: the task's)")
 
 
 @dataclass
@@ -33,8 +36,7 @@ class TokenOptions:
     tokens: int = field(default=5, metadata={"help": "number of prompt tokens searched"})
     init: str = field(default="text", metadata={
         "help": "starting tokens: text (the instruction's, repeated) | random (readable vocabulary) | labels"})
-    instruction: str = field(default="", metadata={
-        "help": "fixed instruction after the searched tokens; '' = task's, 'none' = no text"})
+    instruction: str = field(default="", metadata={"help": INSTRUCTION_HELP})
     vocab: str = field(default="readable", metadata={
         "help": "tokens allowed: readable (printable ASCII, not special) | all (any non-special token)"})
 
@@ -48,8 +50,87 @@ class TokenOptions:
 
 
 def instruction_of(option: str, task) -> str:
-    """The fixed instruction: the option's text, the task's ('' option) or none ('none')."""
-    return "" if option == "none" else (option or task.instruction)
+    """The fixed instruction: the option's text, the task's ('' or 'auto' option) or none ('none').
+
+    With 'auto' this is the first of `instruction_choices`: the one the starting tokens are drawn from.
+    """
+    return "" if option == "none" else (task.instruction if option in ("", "auto") else option)
+
+
+def instruction_choices(option: str, task) -> list[str]:
+    """The fixed instructions a run may keep: `instruction_of(option)`, or for 'auto' the task's and none.
+
+    A small model can be hurt by an instruction (SmolLM2-135M on SST-2's dev set: 50.0 % with the
+    task's, 65.6 % with none), so 'auto' scores both on dev after the starting tokens and keeps the
+    better (`FixedInstruction`), as BBT's `instruction=auto` does.
+    """
+    if option == "auto":
+        return list(dict.fromkeys([task.instruction, ""]))
+    return [instruction_of(option, task)]
+
+
+class FixedInstruction:
+    """The fixed instruction tokens (`self.body`) of a token search on the shared loop.
+
+    With one choice the body is fixed from the start. With `instruction=auto` every choice is a
+    starting prompt (`starts`); the loop scores them on dev and `keep_body`, called from `update`,
+    keeps the best one's body in `state.data["body"]` (best first, so ties keep the task's), where
+    `use_body`, called from `propose`, reads it back (also after a resume). `on_body` is called
+    when the body changes, for what a method derives from it.
+    """
+
+    def set_instructions(self, lm, task, option: str) -> str:
+        """Set the choices and the first body; return the first instruction (the starting tokens' text)."""
+        self.instructions = instruction_choices(option, task)
+        self.bodies = [lm.encode(i) if i else [] for i in self.instructions]
+        self.body = list(self.bodies[0])
+        return self.instructions[0]
+
+    def starts(self, found: list[int]) -> list[TokenPrompt]:
+        """The starting prompts: `found` before each fixed instruction."""
+        return [token_prompt(self.lm, found, b) for b in self.bodies]
+
+    def keep_body(self, state, scored) -> None:
+        """After the starts are scored (`scored` best first): keep the best start's body, once."""
+        if "body" not in state.data:
+            state.data["body"] = list(scored[0].prompt.ids[self.config.tokens:]) if scored else list(self.body)
+        self.use_body(state)
+
+    def use_body(self, state) -> None:
+        body = list(state.data.get("body", self.body))
+        if body != self.body:
+            self.body = body
+            self.on_body()
+
+    def on_body(self) -> None:
+        """What depends on the body is rebuilt here (nothing by default)."""
+
+    def extra_start_calls(self, state) -> int:
+        """Target calls the extra starts cost (for `estimate`)."""
+        return (len(self.bodies) - 1) * len(state.dev)
+
+
+def best_body(lm, task, found: list[int], instructions: list[str], ctx) -> list[int]:
+    """The fixed instruction tokens of the best start on dev, for a method that trains rather than searches.
+
+    Each of `instructions` after the starting tokens `found` is scored on dev through the engine
+    (ties: the first). One choice, no dev set, or a budget that runs out: the first.
+    """
+    from ...engine.evaluate import evaluate
+
+    bodies = [lm.encode(i) if i else [] for i in instructions]
+    if len(bodies) == 1 or not task.dev:
+        return bodies[0]
+    try:
+        scores = [evaluate(lm, task, token_prompt(lm, found, b), split="dev", progress=False).accuracy
+                  for b in bodies]
+    except BudgetExceeded as e:
+        print(f"promptlift: {e}; keeping the task's instruction", file=sys.stderr)
+        return bodies[0]
+    best = max(range(len(bodies)), key=lambda i: (scores[i], -i))
+    ctx.record(event="instruction", dev={(i or "none"): s for i, s in zip(instructions, scores)},
+               kept=instructions[best] or "none")
+    return bodies[best]
 
 
 def vocab_size(lm) -> int:
@@ -144,7 +225,7 @@ def run_search(method, lm, task, ctx):
     return search(method, lm, task, ctx)
 
 
-__all__ = ["TokenOptions", "METRICS", "VOCABS", "allowed_tokens", "vocab_embeddings", "similarity", "nearest_tokens",
+__all__ = ["TokenOptions", "METRICS", "VOCABS", "INSTRUCTION_HELP", "instruction_choices", "FixedInstruction", "best_body", "allowed_tokens", "vocab_embeddings", "similarity", "nearest_tokens",
            "start_ids", "token_prompt", "decode", "instruction_of", "run_search"]
 
 

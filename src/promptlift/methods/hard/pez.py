@@ -9,6 +9,12 @@ space while the model only ever sees real tokens. The shared trainer runs the
 loop; each epoch's dev score is the projected token prompt's, through the
 engine, so the best epoch is chosen on the prompt that is shipped. The result
 is a `TokenPrompt`. Defaults follow the paper: AdamW lr 0.1, weight decay 0.1.
+
+The fixed instruction after the tokens is chosen before training (`instruction=auto`,
+`common.best_body`): the random starting tokens followed by the task's instruction, and
+followed by nothing, are scored on dev and the better is kept (ties: the task's). On SST-2
+SmolLM2-135M scores 50.0 % on dev with the task's instruction and 65.6 % without; PEZ run with
+the instruction reached 59-69 % dev, run without it 65.6 % (2026-11-25, one seed).
 """
 
 from __future__ import annotations
@@ -25,8 +31,8 @@ from ...engine.train import SoftModule, TrainConfig, train
 from ...errors import ConfigError
 from ...registry import register
 from ..base import Method
-from .common import (METRICS, TokenOptions, allowed_tokens, instruction_of, nearest_tokens, start_ids, token_prompt,
-                     vocab_embeddings)
+from .common import (INSTRUCTION_HELP, METRICS, TokenOptions, allowed_tokens, best_body, instruction_choices,
+                     instruction_of, nearest_tokens, start_ids, token_prompt, vocab_embeddings)
 
 
 class PEZModule(SoftModule):
@@ -62,6 +68,7 @@ class PEZConfig(TokenOptions):
 
     init: str = field(default="random", metadata={
         "help": "starting tokens: random (readable vocabulary, as the paper) | text (the instruction's) | labels"})
+    instruction: str = field(default="auto", metadata={"help": INSTRUCTION_HELP})
     metric: str = field(default="cosine", metadata={"help": "projection to the nearest token: cosine | l2"})
     epochs: int = field(default=10, metadata={"help": "passes over train"})
     batch_size: int = field(default=8, metadata={"help": "examples per step"})
@@ -99,10 +106,10 @@ class PEZ(Method):
     def fit(self, lm, task, ctx):
         c = self.config
         instruction = instruction_of(c.instruction, task)
-        body = lm.encode(instruction) if instruction else []
-        layout = TokenApplier.layout(lm, task.labels if task.is_classification else None, body)
         allowed = allowed_tokens(lm, c.vocab)
         init = start_ids(lm, task, c.init, c.tokens, ctx.rng(), instruction, allowed)
+        body = best_body(lm, task, init, instruction_choices(c.instruction, task), ctx)
+        layout = TokenApplier.layout(lm, task.labels if task.is_classification else None, body)
         torch.manual_seed(ctx.seed)
         module = PEZModule(lm, init, body, c.metric, allowed)
         return train(module, lm, task, layout, c.train_config(), ctx).prompt

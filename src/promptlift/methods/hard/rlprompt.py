@@ -21,7 +21,9 @@ model is never differentiated): with P(c) the label probabilities of an example
 
     gap = P(gold) − max_{c ≠ gold} P(c),   r = gap · (200 if correct else 180)
 
-averaged over the step's training batch. The prompts of a step all answer the
+averaged over the step's training batch. A generation task's reward is the
+reference output's log-probability (minus `engine.evaluate.example_losses`),
+averaged the same way; the z-score makes its scale irrelevant. The prompts of a step all answer the
 policy's one input (classification prompts do not see the example), so the
 paper's input-specific z-score normalises each step's rewards across its
 sampled prompts. The policy learns by REINFORCE (not the paper's soft
@@ -63,12 +65,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...engine.evaluate import classify_scores
+from ...engine.evaluate import classify_scores, example_losses
 from ...engine.search import Candidate, SearchSettings, SearchState
 from ...errors import ConfigError
 from ...registry import register
 from ..base import Method
-from .common import TokenOptions, allowed_tokens, instruction_of, run_search, start_ids, token_prompt, train_vocab
+from .common import FixedInstruction, TokenOptions, allowed_tokens, run_search, start_ids, token_prompt, train_vocab
 
 CORRECT, WRONG = 200.0, 180.0  # the paper's reward scales (lambda_2, lambda_1)
 
@@ -79,7 +81,8 @@ class RLPromptConfig(TokenOptions):
 
     instruction: str = field(default="none", metadata={
         "help": "fixed instruction after the searched tokens; 'none' = no text (the paper: the learned tokens are "
-                "the whole prompt), '' = the task's"})
+                "the whole prompt), '' = the task's, 'auto' = whichever of the two scores better on dev after the "
+                "starting tokens (ties: the task's)"})
     pool: int = field(default=100, metadata={
         "help": "action space: the N allowed tokens most frequent in the training inputs, instruction and label "
                 "words (0 = every allowed token)"})
@@ -161,14 +164,13 @@ def adam_step(params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor], m
 
 
 # --- the search ------------------------------------------------------------------------------------
-class RLPromptSearch:
+class RLPromptSearch(FixedInstruction):
     """One RLPrompt run as the loop's method; the policy's weights live in `state.data["policy"]`."""
 
     def __init__(self, name: str, config: RLPromptConfig, lm, task, seed: int):
         self.name, self.config, self.lm, self.task, self.seed = name, config, lm, task, seed
         c = config
-        instruction = instruction_of(c.instruction, task)
-        self.body = lm.encode(instruction) if instruction else []
+        instruction = self.set_instructions(lm, task, c.instruction)
         allowed = allowed_tokens(lm, c.vocab)
         self.pool = train_vocab(lm, task, allowed, c.pool, instruction)  # (P,) token ids
         self.pool_t = torch.tensor(self.pool, dtype=torch.long)
@@ -188,20 +190,19 @@ class RLPromptSearch:
     def initial(self, state: SearchState):
         self.save(state)
         state.data["rewards"] = []
-        return [self.prompt(self.start)]
+        return self.starts(self.start)
 
     def propose(self, state: SearchState) -> list[Candidate]:
         c = self.config
+        self.use_body(state)
         self.load(state)
         gen = torch.Generator().manual_seed(state.rng.randrange(2**31))
         hs, acts = state.target_call(lambda: self.rollout(c.samples, gen), 0)  # (I, k, hidden), (I, k)
         batch = state.rng.sample(state.train, min(c.batch_size, len(state.train)))
-        gold = torch.tensor([self.task.label_names.index(ex.output) for ex in batch])
         rewards = []
         for a in acts.tolist():
             p = self.prompt(self.ids(a))
-            scores = state.target_call(lambda: classify_scores(self.lm, self.task, p, batch), len(batch))  # (B, L)
-            rewards.append(float(gap_reward(scores, gold).mean()))
+            rewards.append(state.target_call(lambda: self.reward(p, batch), len(batch)))
         self._pending = (hs, acts, rewards)
         _, greedy = state.target_call(lambda: self.rollout(1, None), 0)  # (1, k)
         best = max(range(len(rewards)), key=lambda i: rewards[i])
@@ -211,7 +212,8 @@ class RLPromptSearch:
 
     def update(self, state: SearchState, scored) -> None:
         """One REINFORCE step on this step's z-scored rewards (the loop keeps the dev scores)."""
-        if self._pending is None:  # the starting prompt's evaluation: nothing sampled yet
+        self.keep_body(state, scored)
+        if self._pending is None:  # the starting prompts' evaluation: nothing sampled yet
             return
         hs, acts, rewards = self._pending
         self._pending = None
@@ -224,10 +226,19 @@ class RLPromptSearch:
         state.data["rewards"].append(rewards)
         self.save(state, m, v, t + 1)
 
+    def reward(self, prompt, batch) -> float:
+        """The batch's mean reward: the label gap (classification) or the reference's log-probability (generation)."""
+        if self.task.is_classification:
+            gold = torch.tensor([self.task.label_names.index(ex.output) for ex in batch])
+            scores = classify_scores(self.lm, self.task, prompt, batch)  # (B, L)
+            return float(gap_reward(scores, gold).mean())
+        return float(-example_losses(self.lm, self.task, prompt, batch).mean())
+
     def estimate(self, state: SearchState) -> dict:
         c = self.config
         per_step = c.samples * min(c.batch_size, len(state.train)) + 2 * len(state.dev)
-        return {"target_calls": len(state.dev) + c.steps * per_step, "optimizer_calls": 0}
+        return {"target_calls": len(state.dev) + self.extra_start_calls(state) + c.steps * per_step,
+                "optimizer_calls": 0}
 
     # --- the policy: rollouts and its JSON state -----------------------------------------------
     @torch.no_grad()
@@ -298,7 +309,6 @@ class RLPrompt(Method):
 
     family = "blackbox"
     white_box = True
-    task_kinds = ("classification",)
     Config = RLPromptConfig
     smoke: ClassVar[dict] = {"steps": 2, "tokens": 2, "samples": 3, "batch_size": 4, "pool": 20, "hidden_size": 8}
 
