@@ -90,6 +90,20 @@ def test_completions_api_scores_whole_label_words_like_local_engine():
     assert scored and all(r["prompt"].startswith("Classify the input.\n\nInput: ") for r in scored)
 
 
+def test_reference_answers_score_through_the_completions_api_like_local_engine():
+    """A generation task's search objective (`example_losses`) from an endpoint: echo + logprobs of the reference."""
+    from promptlift.engine.evaluate import answer_scores
+
+    lm, task = make_tiny_lm(chat=False), gen_task()
+    prompt = TextPrompt(instruction=task.instruction)
+    with serving(lm) as srv:
+        remote = answer_scores(endpoint(srv, api="completions"), task, prompt, task.test)
+        with pytest.raises(UnsupportedError, match="completions API"):
+            answer_scores(endpoint(srv), task, prompt, task.test)  # a chat endpoint cannot score given text
+    local = answer_scores(lm, task, prompt, task.test)
+    assert torch.allclose(remote, local, atol=1e-3)
+
+
 def test_calibration_sends_content_free_inputs_and_matches_local():
     lm, task = make_tiny_lm(), single_token_task()
     prompt = Calibrated(inner=TextPrompt(instruction=task.instruction))
