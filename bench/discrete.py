@@ -13,9 +13,12 @@ full test split of 1,821 rows) or an instruction-induction task
 (`../shared/datasets/instruction_induction/<task>`, generation, exact match): its
 train and dev are fixed slices of `train.jsonl` (rows 0-31 and 32-63 after a
 seed-0 shuffle; `--ii-train`/`--ii-dev` change the sizes), its test the task's
-100 test rows, never used for selection. A method that does not apply to the
-task (e.g. a classification-only method on a generation task) is listed as
-not applicable, with its own reason.
+100 test rows, never used for selection. On a generation task the forward-only
+searches (AutoPrompt's swap scores, BBT, BBTv2, BDPL, RLPrompt) minimise minus
+the reference output's log-probability (`engine.evaluate.example_losses`) and
+select on dev by exact match. A method that does not apply to the task (e.g.
+calibration on a generation task) is listed as not applicable, with its own
+reason.
 
 Each method runs through `promptlift.optimize` with its defaults (unless `--set`),
 selecting on train/dev only; the chosen prompt is then scored once on the
