@@ -258,6 +258,10 @@ def make_dspy_lm(batcher: "Batcher", meter: Meter, cap: int, name: str):
             temperature = float(merged.get("temperature") or 0.0)
             n = int(merged.get("n") or 1)
             p0, o0 = meter.prompt_tokens, meter.completion_tokens
+            # DSPy itself sends no stop string; this one only saves CPU time. A full ChatAdapter answer is 16
+            # tokens ("[[ ## label ## ]]\nnegative\n\n[[ ## completed ## ]]"), the JSON one 10, so the cap fits
+            # both. Checked 2026-12-05 without the stop (128 tokens): what SmolLM2 writes after the marker has no
+            # output field header ("```" repeated, code, prose), so stopping there changes no parse.
             texts = [batcher(msgs, max_tokens=max_tokens, temperature=temperature, stop=["[[ ## completed ## ]]"],
                              meter=meter) for _ in range(n)]
             usage = {"prompt_tokens": meter.prompt_tokens - p0, "completion_tokens": meter.completion_tokens - o0,
@@ -371,6 +375,7 @@ def run_dspy(method: str, hf: HFModel, task: Task, seed: int, caps: dict, gepa_c
     search_tokens = target.snapshot()[1] + opt.snapshot()[1]
     search_wall = time.perf_counter() - t
     test_acc, parse_fail, n = dspy_score(task, program, dspy_examples(task, task.test))
+    result["test_calls"] = target.calls - search_target  # > n_test by the JSONAdapter retries at test time
     with contextlib.suppress(Exception):
         pred = program.predictors()[0]
         result["prompt"] = (pred.signature.instructions or "")[:120].replace("\n", " ") + \
