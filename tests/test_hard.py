@@ -155,13 +155,13 @@ def test_instruction_auto_keeps_whichever_start_scores_better_on_dev(name, tmp_p
     with_, without = dev_accuracy(lm, task, start), dev_accuracy(lm, task, token_prompt(lm, start.ids[:4], []))
     assert with_ != without  # the choice matters on this task (the tiny model reads better without it)
     run = promptlift.optimize(name, lm, task, out=tmp_path / "run", progress=False, seed=0, tokens=4, init=init,
-                              instruction="auto", **opts)
-    assert run.prompt.ids[4:] == (body if with_ >= without else [])
+                              instruction="auto", demos=0, **opts)
+    assert run.prompt.ids[4:] == (body if with_ >= without else []) and run.prompt.demos == []
     if name != "pez":  # search methods: both starts are the loop's step 0, the better one is kept on resume too
         first = [h for h in history(tmp_path / "run") if "best_dev" in h][0]
         assert first["best_dev"] == max(with_, without)
         ckpt = json.loads((tmp_path / "run" / "checkpoint" / "search.json").read_text())
-        assert ckpt["data"]["body"] == run.prompt.ids[4:]
+        assert ckpt["data"]["fixed"] == (0 if with_ >= without else 1)
     forced = promptlift.optimize(name, lm, task, progress=False, seed=0, tokens=4, init=init, instruction="",
                                  eval_splits=(), **opts)
     assert forced.prompt.ids[4:] == body
@@ -171,18 +171,26 @@ def test_instruction_auto_ties_and_no_dev_keep_the_task_s_instruction(monkeypatc
     import types
 
     import promptlift.engine.evaluate as ev
-    from promptlift.methods.hard.common import best_body, instruction_choices
+    from promptlift.methods.hard.common import Fixed, best_body, instruction_choices
 
     lm, task = make_tiny_lm(), synth_task()
-    assert instruction_choices("auto", task) == [task.instruction, ""]
-    assert instruction_choices("none", task) == [""] and instruction_choices("Say.", task) == ["Say."]
+    assert instruction_choices("auto", task) == [Fixed(task.instruction), Fixed("")]
+    assert instruction_choices("none", task) == [Fixed("")] and instruction_choices("Say.", task) == [Fixed("Say.")]
+    auto = instruction_choices("auto", task, demos=3, seed=1)
+    assert [f.instruction for f in auto] == [task.instruction, "", task.instruction]
+    assert [len(f.demos) for f in auto] == [0, 0, 3] and all(d in task.train for d in auto[2].demos)
+    assert auto[2].demos == instruction_choices("demos", task, demos=3, seed=1)[0].demos  # seeded, own generator
+    assert instruction_choices("demos", task, demos=3, seed=2)[0].demos != auto[2].demos
+    assert instruction_choices("auto", dataclasses.replace(task, train=[]), demos=3) == auto[:2]
     rows = []
     ctx = types.SimpleNamespace(record=lambda **r: rows.append(r))
     blank = dataclasses.replace(task, dev=[])  # no dev set: nothing to choose on, the first is kept
-    assert best_body(lm, blank, [5, 6], instruction_choices("auto", task), ctx) == lm.encode(task.instruction)
+    body = lm.encode(task.instruction)
+    assert best_body(lm, blank, [5, 6], auto, ctx) == (body, [])
     monkeypatch.setattr(ev, "evaluate", lambda *a, **k: types.SimpleNamespace(accuracy=0.5))  # a tie
-    assert best_body(lm, task, [5, 6], instruction_choices("auto", task), ctx) == lm.encode(task.instruction)
-    assert rows == [{"event": "instruction", "dev": {task.instruction: 0.5, "none": 0.5},
+    assert best_body(lm, task, [5, 6], auto, ctx) == (body, [])
+    assert rows == [{"event": "instruction", "dev": {task.instruction: 0.5, "none": 0.5,
+                                                     f"{task.instruction} + 3 demos": 0.5},
                      "kept": task.instruction}]
 
 
@@ -377,3 +385,63 @@ def test_policy_and_deep_searches_learn_from_the_reference_loss_on_a_generation_
     if name != "bbt-v2":  # rewards are minus the losses of the reference (rlprompt) or the losses (bdpl)
         assert all(v > 0 for v in values) if name == "bdpl" else all(v < 0 for v in values)
     assert run.cost["backward"] == 0 and run.prompt.meta["cost"]["target_calls"] > 0
+
+
+# --- demonstrations after the tokens (instruction=demos, or tried by auto) ------------------
+@pytest.mark.parametrize("chat", [True, False])
+def test_token_prompt_with_demos_reads_as_its_layout_and_as_text_elsewhere(chat, tmp_path):
+    lm, task = make_tiny_lm(chat=chat), synth_task()
+    demos, body = task.train[:3], lm.encode(task.instruction)
+    p = token_prompt(lm, [5, 6, 7], body, demos=demos)
+    assert p.demos == demos and p.ids == [5, 6, 7] + body
+    p.save(tmp_path / "p")
+    assert load(tmp_path / "p") == p and load(tmp_path / "p").hash == p.hash  # round trip, demos included
+    exs = task.dev[:4]
+    # on its model: [header][ids][demos' turns][input][answer opening], as the methods' layout lays it out
+    cond = applier_for(p).condition(p, backend_for(lm), task, [e.input for e in exs])
+    layout = TokenApplier.layout(lm, task.labels, p.ids, demos)
+    for row, e in zip(cond.rows, exs):
+        assert cond.prefix_ids + row == layout.header + layout.body + layout.example(e.input)
+    module = PEZModule(lm, [5, 6, 7], body, "cosine", allowed_tokens(lm), demos)
+    layout = TokenApplier.layout(lm, task.labels, body, demos)  # the module's tokens go before `body`
+    scores = score_candidates(lm, module.prefix(lm, layout, None), [layout.example(e.input) for e in exs],
+                              [label_candidates(layout, task)] * len(exs))
+    assert module.to_prompt().demos == demos
+    assert torch.allclose(scores.detach(), classify_scores(lm, task, p, exs), atol=1e-5)
+    assert not torch.allclose(classify_scores(lm, task, p, exs), classify_scores(lm, task, token_prompt(lm, p.ids, []), exs))
+    # elsewhere: its text and demos, as a text prompt's
+    other = dataclasses.replace(p, model="another-model")
+    assert torch.equal(classify_scores(lm, task, other, exs), classify_scores(lm, task, TextPrompt(p.text, demos), exs))
+
+
+@pytest.mark.parametrize("name", sorted(AUTO))
+def test_instruction_auto_also_tries_demonstrations_and_keeps_the_best_on_dev(name, tmp_path):
+    from promptlift.methods.hard.common import instruction_choices
+
+    lm, task = learner(), synth_task()
+    opts, init = AUTO[name]
+    found = start_prompt(lm, task, 4, seed=0, init=init).ids[:4]
+    choices = instruction_choices("auto", task, demos=2, seed=0)
+    devs = [dev_accuracy(lm, task, token_prompt(lm, found, lm.encode(f.instruction) if f.instruction else [],
+                                                 demos=f.demos)) for f in choices]
+    best = max(range(3), key=lambda i: (devs[i], -i))
+    run = promptlift.optimize(name, lm, task, out=tmp_path / "run", progress=False, seed=0, tokens=4, init=init,
+                              instruction="auto", demos=2, **opts)
+    kept = choices[best]
+    assert run.prompt.demos == kept.demos
+    assert run.prompt.ids[4:] == (lm.encode(kept.instruction) if kept.instruction else [])
+    if name != "pez":
+        first = [h for h in history(tmp_path / "run") if "best_dev" in h][0]
+        assert first["best_dev"] == max(devs)
+    forced = promptlift.optimize(name, lm, task, progress=False, seed=0, tokens=4, init=init, instruction="demos",
+                                 demos=2, eval_splits=(), **opts)
+    assert forced.prompt.demos == choices[2].demos and forced.prompt.ids[4:] == lm.encode(task.instruction)
+    assert best == 2  # on this task the examples help the tiny model, so the kept demos are what is checked
+
+
+def test_probe_refuses_demonstrations():
+    from promptlift.methods.hard.probe import ProbeConfig
+
+    for bad in ({"demos": 2}, {"instruction": "auto"}, {"instruction": "demos"}):
+        with pytest.raises(ValueError, match="no demonstrations"):
+            ProbeConfig(**bad)

@@ -177,16 +177,26 @@ TOKEN_SLOT = "x"  # a non-empty stand-in instruction: a token prompt's ids take 
 class TokenApplier(Applier):
     """Token ids on the model they were found on; their text, as the instruction, anywhere else.
 
-    On that model the sequence is [chat header][ids][blank line, input, answer opening]: a text
-    prompt's layout with the ids in place of the instruction's tokens, as the methods that found
-    them scored them (`layout`). On another model or an endpoint `text` is rendered as a text
+    On that model the sequence is [chat header][ids][demonstrations' turns, input, answer opening]:
+    a text prompt's layout with the ids in place of the instruction's tokens, as the methods that
+    found them scored them (`layout`). On another model or an endpoint `text` is rendered as a text
     prompt's instruction (`evaluate` notes that the prompt was found on another model).
     """
 
     @staticmethod
-    def layout(lm, labels=None, body: Sequence[int] = ()):
-        """The layout a token prompt follows on `lm`: a text prompt's, with `body` as the instruction's tokens."""
-        return dataclasses.replace(build_layout(lm, TOKEN_SLOT, [], labels), body=list(body))
+    def layout(lm, labels=None, body: Sequence[int] = (), demos: Sequence = ()):
+        """The layout a token prompt follows on `lm`: a text prompt's, with `body` as the instruction's tokens.
+
+        With `demos` the body goes on with their turns, exactly as `condition` lays them out.
+        """
+        plain = build_layout(lm, TOKEN_SLOT, [], labels)
+        if not demos:
+            return dataclasses.replace(plain, body=list(body))
+        full = build_layout(lm, TOKEN_SLOT, demos, labels)
+        if full.header != plain.header or full.body[: len(plain.body)] != plain.body:
+            raise ConfigError(f"{lm.model_id}'s template does not put demonstrations after the instruction; "
+                              "a token prompt cannot carry demonstrations on it")
+        return dataclasses.replace(full, body=list(body) + full.body[len(plain.body):])
 
     def exact(self, prompt: TokenPrompt, backend) -> bool:
         """True if the ids apply as they are: a local model, the one the prompt was found on."""
@@ -201,13 +211,15 @@ class TokenApplier(Applier):
         labels = _labels_map(task)
         prefixes = _prefixes(inputs, answer_prefixes)
         if not self.exact(prompt, backend):
-            return backend.condition_text([render(prompt.text, [], x, labels, a) for x, a in zip(inputs, prefixes)])
+            return backend.condition_text([render(prompt.text, prompt.demos, x, labels, a)
+                                           for x, a in zip(inputs, prefixes)])
         lm = backend.lm
-        lay = self.layout(lm, labels, lm.encode(TOKEN_SLOT))
-        start = lay.header + lay.body
-        rendered = [render(TOKEN_SLOT, [], x, labels, a) for x, a in zip(inputs, prefixes)]
-        rows = rows_after(lm, rendered, start, "a token prompt")
-        head = lay.header + list(prompt.ids)
+        slot = lm.encode(TOKEN_SLOT)
+        lay = self.layout(lm, labels, slot, prompt.demos)
+        shots = lay.body[len(slot):]  # the demonstrations' turns: constant, so they go in the cached head
+        rendered = [render(TOKEN_SLOT, prompt.demos, x, labels, a) for x, a in zip(inputs, prefixes)]
+        rows = rows_after(lm, rendered, lay.header + lay.body, "a token prompt")
+        head = lay.header + list(prompt.ids) + shots
         kv = lm.forward(ids=torch.tensor([head], device=lm.device))[1] if head else None
         return Cond(kv, rows, answer_sep(lm, rendered[0]) if rendered else "",
                     [] if lm.has_chat_template else ["\n"], head)

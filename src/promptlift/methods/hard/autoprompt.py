@@ -71,8 +71,8 @@ class AutoPromptSearch(FixedInstruction):
     def __init__(self, name: str, config: AutoPromptConfig, lm, task, seed: int):
         self.name, self.config, self.lm, self.task = name, config, lm, task
         c = config
-        instruction = self.set_instructions(lm, task, c.instruction)
-        self.layout = TokenApplier.layout(lm, labels_of_task(task), self.body)
+        instruction = self.set_instructions(lm, task, c.instruction, c.demos, seed)
+        self.layout = TokenApplier.layout(lm, labels_of_task(task), self.body, self.demos)
         self.allowed = allowed_tokens(lm, c.vocab)
         self.table = vocab_embeddings(lm)  # (V, hidden)
         self.start = start_ids(lm, task, c.init, c.tokens, random.Random(seed), instruction, self.allowed)
@@ -94,7 +94,7 @@ class AutoPromptSearch(FixedInstruction):
             state.data["found"] = scored[0].prompt.ids[: self.config.tokens]
 
     def on_body(self) -> None:
-        self.layout = TokenApplier.layout(self.lm, labels_of_task(self.task), self.body)
+        self.layout = TokenApplier.layout(self.lm, labels_of_task(self.task), self.body, self.demos)
 
     def propose(self, state: SearchState) -> list[Candidate]:
         c = self.config
@@ -126,7 +126,7 @@ class AutoPromptSearch(FixedInstruction):
 
     # --- model calls -------------------------------------------------------------------------
     def prompt(self, found: list[int]):
-        return token_prompt(self.lm, found, self.body)
+        return token_prompt(self.lm, found, self.body, demos=self.demos)
 
     def labels_of(self, batch) -> torch.Tensor:
         return torch.tensor([self.task.label_names.index(ex.output) for ex in batch], device=self.lm.device)

@@ -25,8 +25,9 @@ from ..soft.common import INITS, init_token_ids
 
 METRICS = ("cosine", "l2")
 VOCABS = ("readable", "all")
-INSTRUCTION_HELP = ("fixed instruction after the searched tokens; '' = task's, 'none' = no text, 'auto' = "
-                    "whichever of the two scores better on dev after the starting tokens (ties: the task's)")
+INSTRUCTION_HELP = ("fixed instruction after the searched tokens; '' = task's, 'none' = no text, 'demos' = the "
+                    "task's with `demos` random training examples after it, 'auto' = whichever of the task's, none "
+                    "and (demos > 0) demos scores best on dev after the starting tokens (ties: that order)")
 
 
 @dataclass
@@ -37,12 +38,16 @@ class TokenOptions:
     init: str = field(default="text", metadata={
         "help": "starting tokens: text (the instruction's, repeated) | random (readable vocabulary) | labels"})
     instruction: str = field(default="", metadata={"help": INSTRUCTION_HELP})
+    demos: int = field(default=4, metadata={
+        "help": "training examples kept after the instruction by instruction=demos (and tried by auto); 0 = none"})
     vocab: str = field(default="readable", metadata={
         "help": "tokens allowed: readable (printable ASCII, not special) | all (any non-special token)"})
 
     def __post_init__(self):
         if self.tokens < 1:
             raise ValueError("tokens must be >= 1")
+        if self.demos < 0:
+            raise ValueError("demos must be >= 0")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
         if self.vocab not in VOCABS:
@@ -50,87 +55,124 @@ class TokenOptions:
 
 
 def instruction_of(option: str, task) -> str:
-    """The fixed instruction: the option's text, the task's ('' or 'auto' option) or none ('none').
+    """The fixed instruction: the option's text, the task's ('', 'auto' or 'demos' option) or none ('none').
 
     With 'auto' this is the first of `instruction_choices`: the one the starting tokens are drawn from.
     """
-    return "" if option == "none" else (task.instruction if option in ("", "auto") else option)
+    return "" if option == "none" else (task.instruction if option in ("", "auto", "demos") else option)
 
 
-def instruction_choices(option: str, task) -> list[str]:
-    """The fixed instructions a run may keep: `instruction_of(option)`, or for 'auto' the task's and none.
+@dataclass
+class Fixed:
+    """What follows the searched tokens: an instruction's text and demonstrations (earlier turns)."""
+
+    instruction: str = ""
+    demos: list = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        """How a run's record names this choice."""
+        text = self.instruction or "none"
+        return f"{text} + {len(self.demos)} demos" if self.demos else text
+
+
+def training_demos(task, k: int, seed: int) -> list:
+    """`k` training examples drawn with their own generator (seeded), so no other draw of a run moves."""
+    return random.Random(seed).sample(list(task.train), min(k, len(task.train)))
+
+
+def instruction_choices(option: str, task, demos: int = 0, seed: int = 0) -> list[Fixed]:
+    """What a run may keep after its tokens: `instruction_of(option)`, or for 'auto' the task's, none,
+    and the task's with `demos` training examples (when demos > 0 and the task has training examples).
 
     A small model can be hurt by an instruction (SmolLM2-135M on SST-2's dev set: 50.0 % with the
-    task's, 65.6 % with none), so 'auto' scores both on dev after the starting tokens and keeps the
-    better (`FixedInstruction`), as BBT's `instruction=auto` does.
+    task's, 65.6 % with none), and on a generation task it answers in the task's format only once it
+    sees examples (singular_to_plural's dev: 0 % with the instruction alone, 47-56 % with 4 examples,
+    in the LLM-optimizer bench), so 'auto' scores each choice on dev after the starting tokens and
+    keeps the best (`FixedInstruction`, `best_body`).
     """
+    shots = training_demos(task, demos, seed) if demos and task.train else []
     if option == "auto":
-        return list(dict.fromkeys([task.instruction, ""]))
-    return [instruction_of(option, task)]
+        out = [Fixed(task.instruction)]
+        if task.instruction:
+            out.append(Fixed(""))
+        if shots:
+            out.append(Fixed(task.instruction, shots))
+        return out
+    if option == "demos":
+        return [Fixed(task.instruction, shots)]
+    return [Fixed(instruction_of(option, task))]
 
 
 class FixedInstruction:
-    """The fixed instruction tokens (`self.body`) of a token search on the shared loop.
+    """The fixed part (`self.body` tokens and `self.demos`) after the tokens of a search on the shared loop.
 
-    With one choice the body is fixed from the start. With `instruction=auto` every choice is a
-    starting prompt (`starts`); the loop scores them on dev and `keep_body`, called from `update`,
-    keeps the best one's body in `state.data["body"]` (best first, so ties keep the task's), where
+    With one choice it is fixed from the start. With `instruction=auto` every choice is a starting
+    prompt (`starts`); the loop scores them on dev and `keep_body`, called from `update`, keeps the
+    best one's index in `state.data["fixed"]` (best first, so ties keep the earlier choice), where
     `use_body`, called from `propose`, reads it back (also after a resume). `on_body` is called
-    when the body changes, for what a method derives from it.
+    when the choice changes, for what a method derives from it.
     """
 
-    def set_instructions(self, lm, task, option: str) -> str:
-        """Set the choices and the first body; return the first instruction (the starting tokens' text)."""
-        self.instructions = instruction_choices(option, task)
-        self.bodies = [lm.encode(i) if i else [] for i in self.instructions]
-        self.body = list(self.bodies[0])
-        return self.instructions[0]
+    def set_instructions(self, lm, task, option: str, demos: int = 0, seed: int = 0) -> str:
+        """Set the choices and the first one; return the first instruction (the starting tokens' text)."""
+        self.fixed = instruction_choices(option, task, demos, seed)
+        self.bodies = [lm.encode(f.instruction) if f.instruction else [] for f in self.fixed]
+        self.choice = 0
+        self.body, self.demos = list(self.bodies[0]), list(self.fixed[0].demos)
+        return self.fixed[0].instruction
 
     def starts(self, found: list[int]) -> list[TokenPrompt]:
-        """The starting prompts: `found` before each fixed instruction."""
-        return [token_prompt(self.lm, found, b) for b in self.bodies]
+        """The starting prompts: `found` before each fixed choice."""
+        return [token_prompt(self.lm, found, b, demos=f.demos) for b, f in zip(self.bodies, self.fixed)]
 
     def keep_body(self, state, scored) -> None:
-        """After the starts are scored (`scored` best first): keep the best start's body, once."""
-        if "body" not in state.data:
-            state.data["body"] = list(scored[0].prompt.ids[self.config.tokens:]) if scored else list(self.body)
+        """After the starts are scored (`scored` best first): keep the best start's choice, once."""
+        if "fixed" not in state.data:
+            best = 0
+            if scored:
+                p = scored[0].prompt
+                body = list(p.ids[self.config.tokens:])
+                best = next((i for i, (b, f) in enumerate(zip(self.bodies, self.fixed))
+                             if b == body and f.demos == list(p.demos)), 0)
+            state.data["fixed"] = best
         self.use_body(state)
 
     def use_body(self, state) -> None:
-        body = list(state.data.get("body", self.body))
-        if body != self.body:
-            self.body = body
+        i = int(state.data.get("fixed", self.choice))
+        if i != self.choice:
+            self.choice = i
+            self.body, self.demos = list(self.bodies[i]), list(self.fixed[i].demos)
             self.on_body()
 
     def on_body(self) -> None:
-        """What depends on the body is rebuilt here (nothing by default)."""
+        """What depends on the fixed part is rebuilt here (nothing by default)."""
 
     def extra_start_calls(self, state) -> int:
         """Target calls the extra starts cost (for `estimate`)."""
         return (len(self.bodies) - 1) * len(state.dev)
 
 
-def best_body(lm, task, found: list[int], instructions: list[str], ctx) -> list[int]:
-    """The fixed instruction tokens of the best start on dev, for a method that trains rather than searches.
+def best_body(lm, task, found: list[int], choices: list[Fixed], ctx) -> tuple[list[int], list]:
+    """The fixed part (instruction tokens, demos) of the best start on dev, for a method that trains.
 
-    Each of `instructions` after the starting tokens `found` is scored on dev through the engine
+    Each of `choices` after the starting tokens `found` is scored on dev through the engine
     (ties: the first). One choice, no dev set, or a budget that runs out: the first.
     """
     from ...engine.evaluate import evaluate
 
-    bodies = [lm.encode(i) if i else [] for i in instructions]
+    bodies = [lm.encode(f.instruction) if f.instruction else [] for f in choices]
     if len(bodies) == 1 or not task.dev:
-        return bodies[0]
+        return bodies[0], list(choices[0].demos)
     try:
-        scores = [evaluate(lm, task, token_prompt(lm, found, b), split="dev", progress=False).accuracy
-                  for b in bodies]
+        scores = [evaluate(lm, task, token_prompt(lm, found, b, demos=f.demos), split="dev", progress=False).accuracy
+                  for b, f in zip(bodies, choices)]
     except BudgetExceeded as e:
         print(f"promptlift: {e}; keeping the task's instruction", file=sys.stderr)
-        return bodies[0]
+        return bodies[0], list(choices[0].demos)
     best = max(range(len(bodies)), key=lambda i: (scores[i], -i))
-    ctx.record(event="instruction", dev={(i or "none"): s for i, s in zip(instructions, scores)},
-               kept=instructions[best] or "none")
-    return bodies[best]
+    ctx.record(event="instruction", dev={f.label: s for f, s in zip(choices, scores)}, kept=choices[best].label)
+    return bodies[best], list(choices[best].demos)
 
 
 def vocab_size(lm) -> int:
@@ -202,15 +244,15 @@ def decode(lm, ids: list[int]) -> str:
     return lm.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
 
-def token_prompt(lm, found: list[int], body: list[int], **meta) -> TokenPrompt:
-    """The artifact of `found` tokens followed by the fixed instruction tokens `body`.
+def token_prompt(lm, found: list[int], body: list[int], demos=(), **meta) -> TokenPrompt:
+    """The artifact of `found` tokens followed by the fixed instruction tokens `body`, then `demos`.
 
     meta["reencodes"]: whether the text encodes back to exactly these ids (so a text
     consumer of the same model reads the same tokens); meta["tokens"]: how many were searched.
     """
     ids = [int(i) for i in found] + list(body)
     text = decode(lm, ids)
-    return TokenPrompt(ids=ids, text=text, model=model_key(lm),
+    return TokenPrompt(ids=ids, text=text, demos=list(demos), model=model_key(lm),
                        meta={"tokens": len(found), "reencodes": lm.encode(text) == ids, **meta})
 
 
@@ -225,7 +267,7 @@ def run_search(method, lm, task, ctx):
     return search(method, lm, task, ctx)
 
 
-__all__ = ["TokenOptions", "METRICS", "VOCABS", "INSTRUCTION_HELP", "instruction_choices", "FixedInstruction", "best_body", "allowed_tokens", "vocab_embeddings", "similarity", "nearest_tokens",
+__all__ = ["TokenOptions", "METRICS", "VOCABS", "INSTRUCTION_HELP", "instruction_choices", "Fixed", "training_demos", "FixedInstruction", "best_body", "allowed_tokens", "vocab_embeddings", "similarity", "nearest_tokens",
            "start_ids", "token_prompt", "decode", "instruction_of", "run_search"]
 
 

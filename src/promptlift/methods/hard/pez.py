@@ -38,7 +38,7 @@ from .common import (INSTRUCTION_HELP, METRICS, TokenOptions, allowed_tokens, be
 class PEZModule(SoftModule):
     """k continuous vectors; the model reads their nearest allowed tokens (straight-through gradient)."""
 
-    def __init__(self, lm, init_ids: list[int], body: list[int], metric: str, allowed: torch.Tensor):
+    def __init__(self, lm, init_ids: list[int], body: list[int], metric: str, allowed: torch.Tensor, demos=()):
         super().__init__()
         table = vocab_embeddings(lm)  # (V, hidden)
         self.register_buffer("table", table, persistent=False)  # not in checkpoints: the model's own
@@ -46,6 +46,7 @@ class PEZModule(SoftModule):
         self.embeds = nn.Parameter(table[torch.tensor(init_ids, device=table.device)].clone())  # (k, hidden)
         self.metric = metric
         self.body = list(body)
+        self.demos = list(demos)
         self._lm = lm  # to decode the found ids in `to_prompt`
 
     def project(self) -> torch.Tensor:
@@ -59,7 +60,7 @@ class PEZModule(SoftModule):
         return soft_prefix_kv(lm, layout, x, "after_header", -1, header)
 
     def to_prompt(self) -> TokenPrompt:
-        return token_prompt(self._lm, self.project().tolist(), self.body)
+        return token_prompt(self._lm, self.project().tolist(), self.body, demos=self.demos)
 
 
 @dataclass
@@ -108,8 +109,8 @@ class PEZ(Method):
         instruction = instruction_of(c.instruction, task)
         allowed = allowed_tokens(lm, c.vocab)
         init = start_ids(lm, task, c.init, c.tokens, ctx.rng(), instruction, allowed)
-        body = best_body(lm, task, init, instruction_choices(c.instruction, task), ctx)
-        layout = TokenApplier.layout(lm, task.labels if task.is_classification else None, body)
+        body, demos = best_body(lm, task, init, instruction_choices(c.instruction, task, c.demos, ctx.seed), ctx)
+        layout = TokenApplier.layout(lm, task.labels if task.is_classification else None, body, demos)
         torch.manual_seed(ctx.seed)
-        module = PEZModule(lm, init, body, c.metric, allowed)
+        module = PEZModule(lm, init, body, c.metric, allowed, demos)
         return train(module, lm, task, layout, c.train_config(), ctx).prompt

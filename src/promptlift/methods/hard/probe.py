@@ -68,11 +68,15 @@ class ProbeConfig(TokenOptions):
     stop_on_emit: bool = field(default=True, metadata={
         "help": "end the search once greedy decoding emits the target on every input"})
     patience: int = field(default=0, metadata={"help": "stop after this many steps without a better prompt"})
+    demos: int = field(default=0, metadata={"help": "unused: a probe keeps no demonstrations (0)"})
 
     def __post_init__(self):
         super().__post_init__()
         if self.steps < 0 or self.candidates < 1 or self.inputs < 1 or self.patience < 0:
             raise ValueError("steps and patience must be >= 0, candidates and inputs >= 1")
+        if self.demos or self.instruction in ("auto", "demos"):
+            raise ValueError("a probe has one fixed instruction and no demonstrations (instruction='', 'none' or a "
+                             "text; demos=0)")
 
 
 def default_target(task: Task) -> str:

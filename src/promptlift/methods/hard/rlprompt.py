@@ -40,9 +40,10 @@ resume. The MLP's weights and Adam's moments are the method's state, stored in
 the loop's JSON checkpoint as base64 float32 (`state.data["policy"]`; about
 2 MB with the defaults), so a resumed run continues exactly.
 
-The result is a `TokenPrompt`: the generated tokens, then the fixed
-instruction's (none by default, as the paper, whose prompts are the generated
-tokens alone). Defaults are sized for a CPU (5 tokens, a pool of 100, MLP
+The result is a `TokenPrompt`: the generated tokens, then what `instruction=auto`
+(the default) keeps of the task's instruction, none (the paper: the generated
+tokens alone) and the instruction with 4 training examples, whichever scores
+best on dev after the starting tokens. Defaults are sized for a CPU (5 tokens, a pool of 100, MLP
 width 128, 8 samples on batches of 8, 15 steps: about 2,000 examples scored
 with SmolLM2-135M on SST-2's 32/32 split); the paper: MLP width 2048, 16
 prompts per step, 12,000 steps. The learning rate was chosen from training
@@ -70,7 +71,7 @@ from ...engine.search import Candidate, SearchSettings, SearchState
 from ...errors import ConfigError
 from ...registry import register
 from ..base import Method
-from .common import FixedInstruction, TokenOptions, allowed_tokens, run_search, start_ids, token_prompt, train_vocab
+from .common import INSTRUCTION_HELP, FixedInstruction, TokenOptions, allowed_tokens, run_search, start_ids, token_prompt, train_vocab
 
 CORRECT, WRONG = 200.0, 180.0  # the paper's reward scales (lambda_2, lambda_1)
 
@@ -79,10 +80,7 @@ CORRECT, WRONG = 200.0, 180.0  # the paper's reward scales (lambda_2, lambda_1)
 class RLPromptConfig(TokenOptions):
     """RLPrompt options: the tokens generated, the policy and the REINFORCE steps."""
 
-    instruction: str = field(default="none", metadata={
-        "help": "fixed instruction after the searched tokens; 'none' = no text (the paper: the learned tokens are "
-                "the whole prompt), '' = the task's, 'auto' = whichever of the two scores better on dev after the "
-                "starting tokens (ties: the task's)"})
+    instruction: str = field(default="auto", metadata={"help": INSTRUCTION_HELP})
     pool: int = field(default=100, metadata={
         "help": "action space: the N allowed tokens most frequent in the training inputs, instruction and label "
                 "words (0 = every allowed token)"})
@@ -170,7 +168,7 @@ class RLPromptSearch(FixedInstruction):
     def __init__(self, name: str, config: RLPromptConfig, lm, task, seed: int):
         self.name, self.config, self.lm, self.task, self.seed = name, config, lm, task, seed
         c = config
-        instruction = self.set_instructions(lm, task, c.instruction)
+        instruction = self.set_instructions(lm, task, c.instruction, c.demos, seed)
         allowed = allowed_tokens(lm, c.vocab)
         self.pool = train_vocab(lm, task, allowed, c.pool, instruction)  # (P,) token ids
         self.pool_t = torch.tensor(self.pool, dtype=torch.long)
@@ -282,7 +280,7 @@ class RLPromptSearch(FixedInstruction):
         return [self.pool[i] for i in indices]
 
     def prompt(self, found: list[int]):
-        return token_prompt(self.lm, found, self.body)
+        return token_prompt(self.lm, found, self.body, demos=self.demos)
 
 
 def reinforce_grads(policy: PromptPolicy, lm, hs: torch.Tensor, acts: torch.Tensor, z: torch.Tensor,
