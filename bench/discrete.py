@@ -25,7 +25,9 @@ selecting on train/dev only; the chosen prompt is then scored once on the
 first `--test-limit` test rows (0 = all) by the engine. Zero-shot is the task's
 instruction; "no-instruction" is the same with an empty instruction (the input
 alone), which this model answers better; "calibrated" is promptlift's contextual
-calibration of zero-shot. For `project` without a source, prompt tuning is trained first, so
+calibration of zero-shot; "few-shot" is promptlift's few-shot baseline (the
+instruction and 4 random training examples, seeded), the fair comparison for the
+token methods, whose `instruction=auto` may keep the same kind of examples. For `project` without a source, prompt tuning is trained first, so
 its row also gives the soft prompt's dev accuracy before projection.
 
 Every run writes `bench.json` in its run directory (`--runs`); `--reuse` reads

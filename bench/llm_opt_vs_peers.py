@@ -506,6 +506,9 @@ def main() -> None:
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--note", default="")
+    ap.add_argument("--section", default=None,
+                    help="name of the results section to replace (default: 'llm_peers <first run's start>'); "
+                         "for a report that joins runs of several commands (--report-only)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rdir = Path(args.results_dir)
@@ -633,20 +636,24 @@ def report(args, rdir: Path, jobs) -> None:
                        f"{pl[cheap][1]:.0f} calls): calls ratio {ratio:.2f} ({'≤' if ratio <= 1 / 3 else '>'} 1/3)")
             else:
                 ratio, how = float("inf"), "no promptlift method reaches it"
-            if zero is not None and zero >= peers[bq][0]:
-                how += f"; promptlift's zero-shot ({zero * 100:.1f} %, 0 search calls) already reaches it"
+            # a promptlift prompt with no search at all (zero-shot, few-shot) that reaches the peer counts, named as such
+            free = [m for m in ("zero-shot", "few-shot") if m in stats and stats[m][0] >= peers[bq][0]]
+            for m in free:
+                how += f"; promptlift's {m} prompt ({stats[m][0] * 100:.1f} %, 0 search calls) already reaches it"
             lines.append(f"best promptlift: `{bp}` {pl[bp][0] * 100:.1f} % with {pl[bp][1]:.0f} calls; best peer: "
                          f"`{bq}` {peers[bq][0] * 100:.1f} % with {peers[bq][1]:.0f} calls; {how}; "
                          f"promptlift's best beats its zero-shot ({(zero or 0) * 100:.1f} %): "
                          f"{'yes' if beats else 'no'}.")
-            verdicts.append((task_name, bool(reaching) and ratio <= 1 / 3, beats))
+            verdicts.append((task_name, (bool(reaching) and ratio <= 1 / 3) or bool(free), beats,
+                             f" (with no search: {', '.join(free)})" if free and not (reaching and ratio <= 1 / 3)
+                             else ""))
         elif pl:
             zero = stats.get("zero-shot", (None,))[0]
             bp = max(pl, key=lambda m: pl[m][0])
             beats = zero is not None and pl[bp][0] > zero
             lines.append(f"best promptlift: `{bp}` {pl[bp][0] * 100:.1f} % with {pl[bp][1]:.0f} calls; no peer "
                          f"finished a run on this task; beats zero-shot: {'yes' if beats else 'no'}.")
-            verdicts.append((task_name, None, beats))
+            verdicts.append((task_name, None, beats, ""))
         per_seed = md_table(["method", "seed", "dev %", "test %", "target", "optimizer", "wall s", "prompt / crash"],
                             [[r["method"], r["seed"], f"{r['dev'] * 100:.1f}" if "dev" in r else "–",
                               f"{r['test'] * 100:.1f}" if "test" in r else "–", r["target_calls"],
@@ -663,16 +670,16 @@ def report(args, rdir: Path, jobs) -> None:
         if (m, t, sd) not in done:
             missing.setdefault(m, []).append(f"{t} s{sd}")
     verdict = []
-    for task_name, peer_ok, beats in verdicts:
+    for task_name, peer_ok, beats, how in verdicts:
         verdict.append(f"- {task_name}: reaches the best peer with ≤ 1/3 of its calls: "
-                       f"{'n/a (no peer result)' if peer_ok is None else ('yes' if peer_ok else 'no')}; "
+                       f"{'n/a (no peer result)' if peer_ok is None else ('yes' + how if peer_ok else 'no')}; "
                        f"beats zero-shot: {'yes' if beats else 'no'}.")
     body = f"""## promptlift vs DSPy and promptolution, smollm2-135m as target and proposer ({starts[0] if starts else finished})
 
 Command(s): {'; '.join(f'`{c}`' for c in commands)}  
 Date: {starts[0] if starts else '?'} (last run finished {finished})  
 Machine: {facts['cpu']}, {facts['usable_cpus']} usable CPUs, torch {facts['torch']} ({facts['torch_threads']} thread per process), transformers {facts['transformers']}, Python {facts['python']}; load average at start {facts['loadavg_start']} (a shared machine: wall times vary with other work and with the shards run side by side).{(" " + args.note) if args.note else ""}  
-Data: SST-2 16-shot split (train 32, dev 32); instruction induction (antonyms, sum, singular_to_plural): dev = the first {II_DEV} rows of a seed-0 shuffle of train.jsonl, train (the induce pool) = the rest (runs before 2026-12-05 took the first {II_DEV} rows unshuffled, which for `sum` are "0 0" ... "0 31"); test = the first {st['test_limit'] or 'all'} test rows of each task, the same rows for every system (the full SST-2 test, 1821 rows, does not fit this machine's time with DSPy's generation-based evaluation). Selection on dev only; test scored once per run.  
+Data: SST-2 16-shot split (train 32, dev 32); instruction induction (antonyms, sum, singular_to_plural): dev = the first {II_DEV} rows of a seed-0 shuffle of train.jsonl, train (the induce pool) = the rest (runs before 2026-12-05 took the first {II_DEV} rows unshuffled, which for `sum` are "0 0" ... "0 31"); test = {('the first ' + str(st['test_limit'])) if st['test_limit'] else 'all the'} test rows of each task, the same rows for every system (the full SST-2 test, 1821 rows, does not fit this machine's time with DSPy's generation-based evaluation). Selection on dev only; test scored once per run.  
 Budgets: promptlift `--budget {st['budget']}` per run (target + optimizer calls, as the search loop counts them); DSPy `BootstrapFewShotWithRandomSearch(max_bootstrapped_demos=2, max_labeled_demos=4, num_candidate_programs={st_peer['bfrs_candidates']})`, `MIPROv2(auto="light")` (valset = dev), `GEPA(max_metric_calls={st_peer['gepa_calls']})`; promptolution {st_peer['ptl_steps']} steps on a dev subsample of 8. Peers generate at most {st_peer['caps']['target']} tokens per prediction and {st_peer['caps']['optimizer']} per proposal (stopping at DSPy's `[[ ## completed ## ]]` marker); DSPy runs its default adapter (ChatAdapter, retrying a parse failure with JSONAdapter, both calls counted; runs before 2026-12-05 had the retry off); DSPy's cache is off.  
 Counting: target calls = examples scored or generated by the target model during the search (DSPy: LM calls of the task program, bootstrapping included); optimizer calls = proposal / reflection requests; tokens = prompt + completion tokens of those calls (promptlift: as its budget counts them). Final dev/test evaluation is not counted. Zero-shot rows: promptlift's default instruction through promptlift (rank classification / greedy generation) and DSPy's `Predict` with the same instruction as signature docstring, DSPy's format.
 
@@ -683,7 +690,7 @@ Counting: target calls = examples scored or generated by the target model during
 {chr(10).join(verdict)}
 {("" if not missing else chr(10) + "Not run (out of time): " + "; ".join(f"{m}: {', '.join(v)}" for m, v in missing.items()) + ".")}
 """
-    path = write_section(f"llm_peers {starts[0] if starts else finished}", body, path=args.out,
+    path = write_section(args.section or f"llm_peers {starts[0] if starts else finished}", body, path=args.out,
                          title="# promptlift vs DSPy and promptolution: measured results")
     progress(f"wrote {path}")
 
