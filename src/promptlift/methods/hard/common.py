@@ -69,6 +69,10 @@ class Fixed:
     instruction: str = ""
     demos: list = field(default_factory=list)
 
+    def ids(self, lm) -> list[int]:
+        """The instruction's tokens on `lm` (none for an empty instruction)."""
+        return lm.encode(self.instruction) if self.instruction else []
+
     @property
     def label(self) -> str:
         """How a run's record names this choice."""
@@ -117,7 +121,7 @@ class FixedInstruction:
     def set_instructions(self, lm, task, option: str, demos: int = 0, seed: int = 0) -> str:
         """Set the choices and the first one; return the first instruction (the starting tokens' text)."""
         self.fixed = instruction_choices(option, task, demos, seed)
-        self.bodies = [lm.encode(f.instruction) if f.instruction else [] for f in self.fixed]
+        self.bodies = [f.ids(lm) for f in self.fixed]
         self.choice = 0
         self.body, self.demos = list(self.bodies[0]), list(self.fixed[0].demos)
         return self.fixed[0].instruction
@@ -161,7 +165,7 @@ def best_body(lm, task, found: list[int], choices: list[Fixed], ctx) -> tuple[li
     """
     from ...engine.evaluate import evaluate
 
-    bodies = [lm.encode(f.instruction) if f.instruction else [] for f in choices]
+    bodies = [f.ids(lm) for f in choices]
     if len(bodies) == 1 or not task.dev:
         return bodies[0], list(choices[0].demos)
     try:
