@@ -249,6 +249,21 @@ def test_project_keeps_the_instruction_only_if_dev_says_so(tmp_path):
     assert project("yes").ids == found + body and project("no").ids == found
 
 
+def test_project_keeps_the_soft_prompts_demonstrations(tmp_path):
+    """Vectors that are exactly token embeddings project to those tokens; with the demos kept the scores are equal."""
+    lm, task = learner(), synth_task()
+    found = start_prompt(lm, task, 4, seed=0).ids[:4]
+    soft = SoftPrompt(instruction=task.instruction, demos=task.train[:2], embeds=vocab_embeddings(lm)[found],
+                      hidden_size=lm.hidden_size, num_layers=lm.num_layers, model=lm.model_id)
+    soft.save(tmp_path / "soft")
+    p = promptlift.optimize("project", lm, task, progress=False, source=str(tmp_path / "soft"), keep_instruction="yes",
+                            eval_splits=()).prompt
+    assert p.ids == found + lm.encode(task.instruction) and p.demos == soft.demos
+    exs = task.dev[:6]
+    assert torch.allclose(classify_scores(lm, task, p, exs), classify_scores(lm, task, soft, exs), atol=1e-5)
+    assert p.meta["dev_after"] == p.meta["dev_before"]
+
+
 def test_project_trains_a_soft_prompt_when_given_none_and_reports_before_and_after(tmp_path):
     lm, task = learner(), synth_task()
     run = promptlift.optimize("project", lm, task, out=tmp_path / "run", progress=False, epochs=2, tokens=3,
@@ -290,10 +305,10 @@ def test_bbt_improves_with_forward_passes_only(tmp_path):
     assert run.cost["backward"] == 0 and run.cost["forward"] > 0
     assert isinstance(run.prompt, SoftPrompt) and run.prompt.embeds.shape == (4, lm.hidden_size)
     assert run.dev.accuracy == run.prompt.meta["search"]["best_dev"]  # the SoftPrompt is the candidate it stands for
-    # both starts (instruction=auto: the task's, none) on dev, each candidate on its 16 training examples, each
-    # generation's best on dev (its distinct examples)
+    # the three starts (instruction=auto: the task's, none, the task's with demos) on dev, each candidate on its
+    # 16 training examples, each generation's best on dev (its distinct examples)
     dev = len({(e.input, e.output) for e in task.dev})
-    assert run.prompt.meta["cost"]["target_calls"] == 2 * dev + 8 * (6 * 16 + dev)
+    assert run.prompt.meta["cost"]["target_calls"] == 3 * dev + 8 * (6 * 16 + dev)
 
 
 def test_bbt_resumed_after_a_budget_stop_ends_as_an_uninterrupted_run(tmp_path):
@@ -445,3 +460,31 @@ def test_probe_refuses_demonstrations():
     for bad in ({"demos": 2}, {"instruction": "auto"}, {"instruction": "demos"}):
         with pytest.raises(ValueError, match="no demonstrations"):
             ProbeConfig(**bad)
+
+
+@pytest.mark.parametrize("name", ["bbt", "bbt-v2"])
+def test_bbt_instruction_auto_also_tries_demonstrations_and_keeps_the_best_on_dev(name, tmp_path):
+    from promptlift.methods.hard.bbt import BBTConfig, BBTSearch
+    from promptlift.methods.hard.bbt_v2 import BBTv2Config, BBTv2Search
+
+    lm, task = learner(), synth_task()
+    opts = {"steps": 2, "popsize": 3, "dim": 4, "tokens": 3, "train_examples": 8, "demos": 2}
+    Search, Config = (BBTSearch, BBTConfig) if name == "bbt" else (BBTv2Search, BBTv2Config)
+    s = Search(name, Config(**opts), lm, task, 0)
+    assert [(f.instruction, len(f.demos)) for f in s.fixed] == [(task.instruction, 0), ("", 0), (task.instruction, 2)]
+    devs = []
+    for f in s.fixed:  # each start at z = 0
+        s.start = f
+        devs.append(dev_accuracy(lm, task, s.prompt(s.current(type("S", (), {"data": {}})()))))
+    best = max(range(3), key=lambda i: (devs[i], -i))
+    run = promptlift.optimize(name, lm, task, out=tmp_path / "run", progress=False, seed=0, **opts)
+    kept = s.fixed[best]
+    assert run.prompt.instruction == kept.instruction and run.prompt.demos == kept.demos
+    first = [h for h in history(tmp_path / "run") if "best_dev" in h][0]
+    assert first["best_dev"] == max(devs)
+    forced = promptlift.optimize(name, lm, task, progress=False, seed=0, instruction="demos", eval_splits=(), **opts)
+    assert forced.prompt.demos == s.fixed[2].demos and forced.prompt.instruction == task.instruction
+    none = promptlift.optimize(name, lm, task, progress=False, seed=0, eval_splits=(), **{**opts, "demos": 0})
+    assert none.prompt.demos == []
+    if name == "bbt":
+        assert best == 2  # on this task the examples help the tiny model, so the kept demos are what is checked

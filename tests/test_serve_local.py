@@ -327,13 +327,15 @@ def test_soft_input_embeds_place_the_virtual_tokens_like_the_engine(lm):
     """Full forward over the spliced embeddings == the engine's cached soft prefix + row."""
     from promptlift.engine.soft import soft_prefix_kv
     from promptlift.render import render
+    from promptlift.task import Example
     from promptlift.template import build_layout, to_ids
 
-    for p in (soft(lm, 0), soft(lm, 1, k=4, split=1), soft(lm, 2, position="prepend")):
+    shots = [Example("a good day", "yes"), Example("a sad day", "no")]
+    for p in (soft(lm, 0), soft(lm, 1, k=4, split=1), soft(lm, 2, position="prepend"), soft(lm, 3, demos=shots)):
         t = soft_input_embeds(lm, p, INPUTS[0])
-        layout = build_layout(lm, p.instruction)
+        layout = build_layout(lm, p.instruction, p.demos)
         start = layout.header + layout.body
-        row = to_ids(lm, render(p.instruction, [], INPUTS[0]))[len(start):]
+        row = to_ids(lm, render(p.instruction, p.demos, INPUTS[0]))[len(start):]
         kv = soft_prefix_kv(lm, layout, p.embeds, p.position, p.split)
         h_engine, _ = lm.forward(ids=torch.tensor([row]), past=kv)
         h_full, _ = lm.forward(embeds=t.unsqueeze(0))

@@ -245,3 +245,54 @@ def test_peft_export_gives_same_scores_and_imports_back(position, tmp_path):
     assert torch.allclose(back.embeds, p.embeds, atol=1e-6)
     # the shared model is left untouched by the export
     assert not hasattr(lm.model, "peft_config") and not any(q.requires_grad for q in lm.model.parameters())
+
+
+# --- demonstrations after the instruction (BBT / BBTv2 start from a few-shot prompt) ------------------
+@pytest.mark.parametrize("chat", [True, False], ids=["chat", "plain"])
+def test_soft_prompt_with_demos_scores_as_a_full_forward_over_its_layout(chat, tmp_path):
+    """[header][soft][instruction][demos' turns][input][answer]: engine scores == one full forward each."""
+    import dataclasses
+
+    import torch.nn.functional as F
+
+    from promptlift.engine.evaluate import classify_scores
+
+    lm, task = make_tiny_lm(chat=chat), synth_task()
+    demos = task.train[:2]
+    gen = torch.Generator().manual_seed(0)
+    p = SoftPrompt(instruction=task.instruction, demos=demos, embeds=torch.randn(3, lm.hidden_size, generator=gen) * 0.3,
+                   hidden_size=lm.hidden_size, num_layers=lm.num_layers)
+    p.save(tmp_path / "p")
+    back = load(tmp_path / "p")
+    assert back.demos == demos and back.hash == p.hash and torch.equal(back.embeds, p.embeds)
+    layout = build_layout(lm, task.instruction, demos, task.labels)
+    exs = task.dev[:3]
+    scores = classify_scores(lm, task, p, exs)  # (3, labels)
+
+    def emb(ids):
+        return lm.embed(torch.tensor(ids, dtype=torch.long))
+
+    with torch.no_grad():
+        for i, e in enumerate(exs):
+            ctx = torch.cat([emb(layout.header), p.embeds, emb(layout.body), emb(layout.example(e.input))])
+            for j, words in enumerate(task.labels.values()):
+                cand = layout.answer(words)
+                lp = F.log_softmax(lm.model(inputs_embeds=torch.cat([ctx, emb(cand)]).unsqueeze(0)).logits[0].float(), -1)
+                want = sum(float(lp[len(ctx) - 1 + k, t]) for k, t in enumerate(cand))
+                assert float(scores[i, j]) == pytest.approx(want, abs=1e-4)
+    assert not torch.allclose(scores, classify_scores(lm, task, dataclasses.replace(p, demos=[]), exs))
+    pre = PrefixPrompt(instruction=task.instruction, demos=demos, keys=torch.randn(2, 2, 2, 8, generator=gen),
+                       values=torch.randn(2, 2, 2, 8, generator=gen), hidden_size=lm.hidden_size, num_layers=2)
+    assert not torch.allclose(classify_scores(lm, task, pre, exs),
+                              classify_scores(lm, task, dataclasses.replace(pre, demos=[]), exs))
+
+
+def test_peft_export_refuses_a_soft_prompt_with_demos(tmp_path):
+    from promptlift.peft_io import export_peft
+
+    lm, task = learner(), synth_task()
+    p = SoftPrompt(instruction="x", demos=task.train[:1], embeds=torch.zeros(2, lm.hidden_size),
+                   hidden_size=lm.hidden_size, num_layers=lm.num_layers)
+    with pytest.raises(ConfigError, match="demonstrations"):
+        export_peft(p, lm, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -44,6 +44,9 @@ def export_peft(prompt, lm, out: str | Path, *, base_model: str | Path | None = 
     base_model: the directory to record as the adapter's base model (default: the
     directory `lm` was loaded from, `lm.path`).
     """
+    if isinstance(prompt, (PrefixPrompt, SoftPrompt)) and prompt.demos:
+        raise ConfigError(f"this {prompt.type} prompt carries {len(prompt.demos)} demonstrations, which a PEFT "
+                          "adapter cannot hold; serve it with `promptlift serve`, or export one made without them")
     if isinstance(prompt, PrefixPrompt):
         return _export_prefix(prompt, lm, Path(out), base_model)
     if isinstance(prompt, SoftPrompt):

@@ -9,6 +9,11 @@ Where the vectors go (`position`):
     "prepend": [soft][chat header][...] — PEFT's placement.
 A SoftPrompt may split its vectors around the instruction (`split` = how many go
 before it; the rest follow it), as P-tuning's anchors do.
+
+`demos` are demonstrations after the instruction (earlier user/assistant turns,
+as a `TextPrompt`'s): a gradient-free search (BBT, BBTv2) can start from a
+few-shot prompt and keep its examples. They are part of the constant body, so
+they are cached once with it.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from ..task import Example
 from .base import Prompt, register_type
 
 POSITIONS = ("after_header", "prepend")
@@ -36,6 +42,7 @@ class _Tensors(Prompt):
     position: str = "after_header"
     hidden_size: int = 0
     num_layers: int = 0
+    demos: list[Example] = field(default_factory=list, metadata={"kind": "examples"})
 
     def __post_init__(self):
         if self.position not in POSITIONS:

@@ -5,12 +5,14 @@ prompt's constant part with soft vectors or per-layer key/values in it; the
 trainer calls them with live parameters, the appliers with an artifact's
 tensors, so training and inference place them identically.
 
-    SoftPrompt,  after_header:  [header][soft[:s]][instruction][soft[s:]] | [input ...]
-    SoftPrompt,  prepend:       [soft[:s]][header][instruction][soft[s:]] | [input ...]
-    PrefixPrompt, after_header: [header][learned k/v][instruction]        | [input ...]
-    PrefixPrompt, prepend:      [learned k/v][header][instruction]        | [input ...]
+    SoftPrompt,  after_header:  [header][soft[:s]][body][soft[s:]] | [input ...]
+    SoftPrompt,  prepend:       [soft[:s]][header][body][soft[s:]] | [input ...]
+    PrefixPrompt, after_header: [header][learned k/v][body]        | [input ...]
+    PrefixPrompt, prepend:      [learned k/v][header][body]        | [input ...]
 
-Everything left of `|` is cached once (batch 1); each input's tokens follow.
+body: the instruction, then the prompt's demonstrations as earlier turns (if any)
+(`tensor_layout`). Everything left of `|` is cached once (batch 1); each input's
+tokens follow.
 """
 
 from __future__ import annotations
@@ -84,8 +86,20 @@ def check_tensor_prompt(prompt, lm) -> None:
         raise ArtifactError(f"soft prompt has {prompt.num_layers} layers, the model {lm.num_layers}")
 
 
+def tensor_layout(lm, prompt, labels=None):
+    """The layout a soft or prefix prompt's vectors sit in on `lm`: its instruction and demonstrations."""
+    return build_layout(lm, prompt.instruction, prompt.demos, labels)
+
+
+def tensor_rows(lm, prompt, layout, inputs, labels=None, answer_prefixes=None):
+    """(rendered inputs, each input's token ids after [header][body]) under a soft or prefix prompt."""
+    rendered = [render(prompt.instruction, prompt.demos, x, labels, a)
+                for x, a in zip(inputs, _prefixes(inputs, answer_prefixes))]
+    return rendered, rows_after(lm, rendered, layout.header + layout.body, f"a {prompt.type} prompt")
+
+
 class TensorApplier(Applier):
-    """Shared by soft and prefix prompts: rows are the rendered text after [header][instruction]."""
+    """Shared by soft and prefix prompts: rows are the rendered text after [header][body] (`tensor_layout`)."""
 
     def check(self, prompt, backend, task):
         if not backend.white_box:
@@ -101,11 +115,8 @@ class TensorApplier(Applier):
     def condition(self, prompt, backend, task, inputs, answer_prefixes=None):
         lm = backend.lm
         labels = _labels_map(task)
-        layout = build_layout(lm, prompt.instruction, [], labels)
-        start = layout.header + layout.body
-        rendered = [render(prompt.instruction, [], x, labels, a)
-                    for x, a in zip(inputs, _prefixes(inputs, answer_prefixes))]
-        rows = rows_after(lm, rendered, start, f"a {prompt.type} prompt")
+        layout = tensor_layout(lm, prompt, labels)
+        rendered, rows = tensor_rows(lm, prompt, layout, inputs, labels, answer_prefixes)
         return Cond(self.prefix(prompt, lm, layout), rows, answer_sep(lm, rendered[0]) if rendered else "",
                     [] if lm.has_chat_template else ["\n"])
 
@@ -122,4 +133,4 @@ class PrefixApplier(TensorApplier):
         return prefix_prefix_kv(lm, layout, prompt.keys.to(lm.device), prompt.values.to(lm.device), prompt.position)
 
 
-__all__ = ["header_kv", "soft_prefix_kv", "prefix_prefix_kv", "check_tensor_prompt", "SoftApplier", "PrefixApplier"]
+__all__ = ["tensor_layout", "tensor_rows", "header_kv", "soft_prefix_kv", "prefix_prefix_kv", "check_tensor_prompt", "SoftApplier", "PrefixApplier"]

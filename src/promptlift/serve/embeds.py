@@ -6,10 +6,11 @@ the embeddings of the full, already chat-templated prompt. This module builds
 that tensor so the model reads exactly what `promptlift.engine.soft.soft_prefix_kv`
 gives it locally:
 
-    position "after_header":  [header][soft[:s]][instruction][soft[s:]][input ...]
-    position "prepend":       [soft[:s]][header][instruction][soft[s:]][input ...]
+    position "after_header":  [header][soft[:s]][body][soft[s:]][input ...]
+    position "prepend":       [soft[:s]][header][body][soft[s:]][input ...]
 
-where header/instruction come from `promptlift.template.build_layout` and the
+where header and body (instruction, demonstrations) come from
+`promptlift.engine.soft.tensor_layout` and the
 input tokens are the rest of the rendered request (`promptlift.render`), in the
 model's dtype. Needs the model's tokenizer and input embeddings (a local
 `HFModel` of the same model vLLM serves).
@@ -24,10 +25,7 @@ from typing import Any, Sequence
 import torch
 
 from ..artifacts import SoftPrompt
-from ..engine.soft import check_tensor_prompt
-from ..errors import ConfigError
-from ..render import render
-from ..template import build_layout, to_ids
+from ..engine.soft import check_tensor_prompt, tensor_layout, tensor_rows
 
 
 @torch.no_grad()
@@ -35,13 +33,8 @@ def soft_input_embeds(lm, prompt: SoftPrompt, conversation: str | Sequence[Any],
     """(num_tokens, hidden) input embeddings of `conversation` under `prompt`, in the model's dtype, on CPU."""
     check_tensor_prompt(prompt, lm)
     labels = task.labels if task is not None and task.is_classification else None
-    layout = build_layout(lm, prompt.instruction, [], labels)
-    start = layout.header + layout.body
-    ids = to_ids(lm, render(prompt.instruction, [], conversation, labels))
-    if ids[: len(start)] != start or len(ids) <= len(start):
-        raise ConfigError("a soft prompt sits after the chat header it was trained with; a request with its own "
-                          "system message changes that header")
-    row = ids[len(start):]
+    layout = tensor_layout(lm, prompt, labels)
+    _, (row,) = tensor_rows(lm, prompt, layout, [conversation], labels)
     dev, dtype = lm.device, lm.dtype
 
     def emb(tokens: list[int]) -> torch.Tensor:

@@ -9,14 +9,18 @@ scores only, never a gradient. A's entries are N(0, σ²) with
 et al. 2022, "BBTv2: Towards a Gradient-Free Future with Large Language
 Models"), so that A z starts at the scale of the embeddings whatever d is.
 
-The start (z = 0) has the starting tokens' vectors, then an instruction:
-by default (`instruction=auto`) both the task's instruction and none are
-scored on dev and the better one is kept for the search (ties: the task's).
-A small model can be hurt by an instruction: on SST-2 SmolLM2-135M scores
-50.0 % on dev with the task's instruction and 65.6 % without one (its test
-accuracies are 47.7 and 70.3 %), and BBT from the task's instruction reached
-56.2 % dev against 71.9 % from none (seed 0). `auto` makes that choice per
-task, on dev, at the cost of one more dev evaluation.
+The start (z = 0) has the starting tokens' vectors, then a fixed part: an
+instruction, and optionally `demos` training examples as earlier turns (the
+artifact's `demos`). By default (`instruction=auto`) the task's instruction,
+none, and the task's instruction with `demos` examples are each scored on dev
+and the best is kept for the search (ties: that order), as the token methods
+do (`common.instruction_choices`). A small model can be hurt by an
+instruction: on SST-2 SmolLM2-135M scores 50.0 % on dev with the task's
+instruction and 65.6 % without one (its test accuracies are 47.7 and 70.3 %),
+and BBT from the task's instruction reached 56.2 % dev against 71.9 % from
+none (seed 0). On a generation task it answers in the task's format only once
+it sees examples. `auto` makes that choice per task, on dev, at the cost of
+two more dev evaluations.
 
 Fitness is the training loss (cross-entropy over the label words, as the paper,
 or the error rate; for a generation task minus the reference output's
@@ -60,7 +64,7 @@ from ...lm.base import model_key
 from ...registry import register
 from ..base import Method
 from ..soft.common import INITS, init_token_ids
-from .common import instruction_of, run_search
+from .common import INSTRUCTION_HELP, Fixed, instruction_choices, run_search
 
 FITNESS = ("ce", "error")
 
@@ -117,8 +121,9 @@ class BBTConfig:
     init: str = field(default="text", metadata={
         "help": "starting vectors p0: text (instruction tokens) | random | labels"})
     instruction: str = field(default="auto", metadata={
-        "help": "instruction after the soft vectors; '' = task's, 'none' = no text, 'auto' = whichever of "
-                "the two scores better on dev at the start (z = 0; ties: the task's)"})
+        "help": INSTRUCTION_HELP.replace("searched tokens", "soft vectors").replace("starting tokens", "start (z = 0)")})
+    demos: int = field(default=4, metadata={
+        "help": "training examples kept after the instruction by instruction=demos (and tried by auto); 0 = none"})
     position: str = field(default="after_header", metadata={"help": "after_header | prepend"})
     dim: int = field(default=50, metadata={"help": "dimension d of the searched subspace"})
     popsize: int = field(default=8, metadata={"help": "CMA-ES population per generation"})
@@ -148,8 +153,8 @@ class BBTConfig:
             raise ValueError(f"position must be one of {', '.join(POSITIONS)}, got {self.position!r}")
         if self.fitness not in FITNESS:
             raise ValueError(f"fitness must be one of {', '.join(FITNESS)}, got {self.fitness!r}")
-        if self.train_examples < 0 or self.dev_examples < 0 or self.patience < 0:
-            raise ValueError("train_examples, dev_examples and patience must be >= 0")
+        if self.train_examples < 0 or self.dev_examples < 0 or self.patience < 0 or self.demos < 0:
+            raise ValueError("train_examples, dev_examples, patience and demos must be >= 0")
 
 
 class SubspaceSearch:
@@ -162,7 +167,8 @@ class SubspaceSearch:
     if that lowers the training loss of the current prompt (`state.data["loss"]`); each step
     proposes the current prompt. The fitness of every generation is in
     `state.data["fitness"]` (generation g belongs to block g % blocks); CMA-ES objects live
-    here and are rebuilt from that record after a resume.
+    here and are rebuilt from that record after a resume. The kept start (an index into
+    `self.fixed`) is `state.data["fixed"]`; `self.start` is the one in use.
     """
 
     blocks: int = 1
@@ -170,12 +176,9 @@ class SubspaceSearch:
     def __init__(self, name: str, config: BBTConfig, lm, task, seed: int):
         self.name, self.config, self.lm, self.task, self.seed = name, config, lm, task, seed
         c = config
-        if c.instruction == "auto":  # both starts are scored on dev; `update` keeps the better
-            self.instructions = list(dict.fromkeys([task.instruction, ""]))
-        else:
-            self.instructions = [instruction_of(c.instruction, task)]
-        self.instruction = self.instructions[0]
-        self.init_ids = init_token_ids(lm, task, c.init, c.tokens, random.Random(seed), self.instruction)
+        self.fixed: list[Fixed] = instruction_choices(c.instruction, task, c.demos, seed)  # auto: each start on dev
+        self.start = self.fixed[0]
+        self.init_ids = init_token_ids(lm, task, c.init, c.tokens, random.Random(seed), self.start.instruction)
         if c.fitness == "error" and not task.is_classification:
             raise ConfigError("fitness=error needs a classification task (generation: fitness=ce, minus the "
                               "reference output's log-probability)")
@@ -193,14 +196,14 @@ class SubspaceSearch:
 
     def initial(self, state: SearchState):
         out = []
-        for ins in self.instructions:
-            self.instruction = ins
+        for f in self.fixed:
+            self.start = f
             out.append(self.prompt(self.current(state)))
-        self.instruction = self.instructions[0]
+        self.start = self.fixed[0]
         return out
 
     def propose(self, state: SearchState) -> list[Candidate]:
-        self.instruction = state.data.get("instruction", self.instruction)
+        self.start = self.fixed[self.kept(state)]
         history = state.data.setdefault("fitness", [])
         g = len(history)
         b = g % self.blocks
@@ -228,18 +231,27 @@ class SubspaceSearch:
         return [Candidate(self.prompt(zs), origin=f"generation {g + 1}{where}")]
 
     def update(self, state: SearchState, scored) -> None:
-        """After the start: keep the instruction of the better starting prompt on dev (`scored` is best first).
+        """After the start: keep the fixed part of the best starting prompt on dev (`scored` is best first).
 
         Otherwise nothing: CMA-ES learnt from the training fitness in `propose`; the loop keeps the dev scores.
         """
-        if "instruction" not in state.data and scored:
-            state.data["instruction"] = scored[0].prompt.instruction
+        if "fixed" not in state.data and "instruction" not in state.data and scored:
+            p = scored[0].prompt
+            state.data["fixed"] = next((i for i, f in enumerate(self.fixed) if f.instruction == p.instruction
+                                        and f.demos == list(p.demos)), 0)
+
+    def kept(self, state: SearchState) -> int:
+        """Index of the kept start in `self.fixed` (a run checkpointed before demos kept its instruction's text)."""
+        if "fixed" in state.data:
+            return int(state.data["fixed"])
+        old = state.data.get("instruction")
+        return next((i for i, f in enumerate(self.fixed) if f.instruction == old and not f.demos), 0)
 
     def estimate(self, state: SearchState) -> dict:
         """At most: the starts on dev, the start's training loss (BBTv2), each generation on train and its pick on dev."""
         c = self.config
         dev, n = len(state.dev), len(self.fit_examples)
-        return {"target_calls": len(self.instructions) * dev + (n if self.blocks > 1 else 0)
+        return {"target_calls": len(self.fixed) * dev + (n if self.blocks > 1 else 0)
                 + c.steps * (c.popsize * n + dev), "optimizer_calls": 0}
 
     # --- CMA-ES, coordinates, fitness --------------------------------------------------------
@@ -283,7 +295,8 @@ class BBTSearch(SubspaceSearch):
         k, h = len(self.init_ids), self.lm.hidden_size
         with torch.no_grad():
             delta = projection(self.seed, k * h, len(z)) @ torch.tensor(z, dtype=torch.float32)  # (k*h,)
-        return SoftPrompt(instruction=self.instruction, position=self.config.position, hidden_size=h,
+        return SoftPrompt(instruction=self.start.instruction, demos=list(self.start.demos),
+                          position=self.config.position, hidden_size=h,
                           num_layers=self.lm.num_layers, embeds=self.p0 + self.scale * delta.view(k, h),
                           model=model_key(self.lm), meta={"subspace": {"dim": len(z), "seed": self.seed, "z": z}})
 

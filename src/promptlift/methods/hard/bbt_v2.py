@@ -27,8 +27,9 @@ scores each step's prompt on dev, keeps the best on dev, and owns the budget,
 checkpoints (the candidates are the PrefixPrompts, saved as artifacts) and
 resume (each layer's CMA-ES is rebuilt by replaying its recorded fitness).
 What BBT and BBTv2 share lives in `bbt.py` (`SubspaceSearch`): the options,
-the start (`instruction=auto` picks the task's instruction or none, by dev
-accuracy at z = 0), CMA-ES and its replay, the fitness.
+the start (`instruction=auto` picks the task's instruction, none, or the
+task's with `demos` training examples, by dev accuracy at z = 0), CMA-ES and
+its replay, the fitness.
 
 Defaults (how chosen: see `BBTv2Config`) are sized for SmolLM2-135M (30
 layers) on a 2-core CPU; the paper used d = 500, 50 tokens, population 20 and
@@ -101,7 +102,8 @@ class BBTv2Search(SubspaceSearch):
                 delta = (A[layer * rows:(layer + 1) * rows] @ torch.tensor(z, dtype=torch.float32)).view(2, H, k, D)
                 keys.append(self.k0[layer] + self.key_scale[layer] * delta[0])
                 values.append(self.v0[layer] + self.value_scale[layer] * delta[1])
-        return PrefixPrompt(instruction=self.instruction, position=self.config.position,
+        return PrefixPrompt(instruction=self.start.instruction, demos=list(self.start.demos),
+                            position=self.config.position,
                             hidden_size=self.lm.hidden_size, num_layers=L, keys=torch.stack(keys).to(self.dtype),
                             values=torch.stack(values).to(self.dtype), model=model_key(self.lm),
                             meta={"subspace": {"dim": self.config.dim, "seed": self.seed, "z": zs}})

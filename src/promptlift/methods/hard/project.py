@@ -144,9 +144,10 @@ class Project(Method):
                 how = "fluency"
             except BudgetExceeded as e:
                 print(f"promptlift: {e}; keeping the nearest tokens (no fluency term)", file=sys.stderr)
-        # a split soft prompt had its instruction between the first s vectors and the rest
+        # a split soft prompt had its instruction between the first s vectors and the rest; its demonstrations
+        # (if any) follow as the token prompt's (for a split one the last vectors' tokens move before them)
         keep = [body] if c.keep_instruction == "yes" or not body else [[]] if c.keep_instruction == "no" else [body, []]
-        prompts = [token_prompt(lm, found[:s], b + found[s:]) for b in keep]
+        prompts = [token_prompt(lm, found[:s], b + found[s:], demos=soft.demos) for b in keep]
         prompt, dev = self.dev_before_after(lm, task, soft, prompts)
         prompt.meta.update({"tokens": k, "projection": how, "source": c.source or "prompt-tuning",
                             "source_position": soft.position, "instruction_kept": bool(body) and prompt is prompts[0],
