@@ -16,8 +16,13 @@ model's zero-shot (the task's instruction) and no-instruction scores are the
 baselines. A soft prompt from the same runs (BBT) is tried on the other model
 too, to show that it is refused.
 
+A prompt that carries demonstrations is also scored on the other model as the
+same demonstrations after the task's instruction without the found tokens, so
+the table shows what the tokens add to the examples.
+
 Every score is kept in `--runs/scores/*.json`, so a second call only computes
-what is missing. Writes the `transfer` section of bench/DISCRETE_RESULTS.md.
+what is missing. Writes the `transfer` section of bench/DISCRETE_RESULTS.md
+(`--section` names another).
 """
 
 from __future__ import annotations
@@ -115,6 +120,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-fit", action="store_true", help="do not fit on gemma3-270m; use only finished runs")
     ap.add_argument("--no-write", action="store_true", help="print the section, do not write DISCRETE_RESULTS.md")
+    ap.add_argument("--section", default="transfer", help="name of the section of DISCRETE_RESULTS.md written")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     facts = machine_facts()
@@ -156,10 +162,16 @@ def main() -> None:
             key = {"target": where, "prompt_ids": p.ids, "prompt_model": p.model, "text": p.text, "n": n_test}
             res[where] = scored(cache, key, lambda: score(models, task, p, where, limit))
         zs, ni = base[(target, "zero-shot")], base[(target, "no-instruction")]
+        shots = None  # a prompt with demonstrations: the same demonstrations after the task's instruction alone
+        if p.demos:
+            demos = [{"input": d.input, "output": d.output} for d in p.demos]
+            key = {"target": target, "instruction": task.instruction, "demos": demos, "n": n_test}
+            shots = scored(cache, key, lambda: score(models, task, TextPrompt(task.instruction, list(p.demos)),
+                                                     target, limit))
         progress(f"{src} {m} seed {s}: {src} {pct(res[src])} -> {target} {pct(res[target])} "
-                 f"(zero-shot {pct(zs)})")
+                 f"(zero-shot {pct(zs)}{'' if shots is None else ', its demos alone ' + pct(shots)})")
         rows.append({"source": src, "method": m, "seed": s, "text": p.text, "src": res[src], "tgt": res[target],
-                     "target": target, "zs": zs, "ni": ni})
+                     "target": target, "zs": zs, "ni": ni, "shots": shots, "demos": len(p.demos)})
 
     # --- a soft prompt is refused on another model ---
     refusal = "not tried (no BBT run found)"
@@ -174,7 +186,7 @@ def main() -> None:
     body = report(rows, base, refusal, models, fits, args, facts, n_test, task)
     print(body)
     if not args.no_write:
-        write_section("transfer", body, RESULTS, title="# Discrete and black-box prompt results")
+        write_section(args.section, body, RESULTS, title="# Discrete and black-box prompt results")
         progress(f"wrote {RESULTS}")
 
 
@@ -184,11 +196,11 @@ def report(rows, base, refusal, models, fits, args, facts, n_test, task) -> str:
         gain = 100 * (r["tgt"]["acc"] - r["zs"]["acc"])
         lo, hi = r["tgt"]["ci95"]
         share = " · ".join(f"{k[:3]} {100 * v / r['tgt']['n']:.0f}%" for k, v in sorted(r["tgt"]["predicted"].items()))
-        text = "`" + json.dumps(r["text"])[1:-1].replace("|", "\\|") + "`"
+        text = "`" + json.dumps(r["text"])[1:-1].replace("|", "\\|") + "`" + (f" + {r['demos']} demos" if r.get("demos") else "")
         src_gain = 100 * (r["src"]["acc"] - base[(r["source"], "zero-shot")]["acc"])
         table.append([r["source"], r["method"], r["seed"], f"{pct(r['src'])} ({src_gain:+.1f})",
                       f"{pct(r['tgt'])} [{100 * lo:.1f}, {100 * hi:.1f}]", share, pct(r["zs"]), pct(r["ni"]),
-                      f"{gain:+.1f}", text])
+                      pct(r.get("shots")), f"{gain:+.1f}", text])
     basel = [[t, pct(base[(t, "zero-shot")]), pct(base[(t, "no-instruction")])] for t in MODELS]
     loads = "; ".join(f"{k} {v['wall_s']} s (peak RSS after {v['peak_rss_mib_after']} MiB)"
                       for k, v in models.load.items()) or "none loaded (every score reused)"
@@ -208,8 +220,11 @@ def report(rows, base, refusal, models, fits, args, facts, n_test, task) -> str:
         f"Machine: {facts['cpu']}, {facts['usable_cpus']} usable CPUs, torch {facts['torch']} "
         f"({facts['torch_threads']} thread(s)); load average at start {facts['loadavg_start']}, at end {loadavg()}.  ",
         f"Data: SST-2, test: the first {n_test} rows of {len(task.test)}. Token prompts found with the methods' defaults "
-        "(the task instruction kept after the searched tokens) on SST-2 16-shot train/dev; on the model it was "
-        "found on a prompt's ids are applied as they are, on the other model its decoded text is the instruction.",
+        "on SST-2 16-shot train/dev (what follows the searched tokens, when the method chooses it: the task's "
+        "instruction, none, or the instruction with 4 training examples, whichever scored best on dev); on the "
+        "model it was found on a prompt's ids are applied as they are, on the other model its decoded text is the "
+        "instruction and its examples follow as earlier turns. \"its demos alone\": the same examples after the "
+        "task's instruction, without the found tokens (what the examples give by themselves).",
         "",
         md_table(["target model", "zero-shot %", "no-instruction %"], basel),
         "",
@@ -219,8 +234,9 @@ def report(rows, base, refusal, models, fits, args, facts, n_test, task) -> str:
         "Gains are over each model's own zero-shot (the task instruction alone); every prompt, per seed:",
         "",
         md_table(["source model", "method", "seed", "source acc % (vs its zero-shot)", "target acc % [95% CI]", "target predicted",
-                  "target zero-shot %", "target no-instr. %", "target vs zero-shot (pts)", "prompt text"],
-                 table, "llrrrlrrrl"),
+                  "target zero-shot %", "target no-instr. %", "target, its demos alone %", "target vs zero-shot (pts)",
+                  "prompt text"],
+                 table, "llrrrlrrrrl"),
         "",
         f"A soft prompt (BBT, found on smollm2-135m) evaluated on gemma3-270m: {refusal}.  ",
         f"Model loads in this process: {loads}.",

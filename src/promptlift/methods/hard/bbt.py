@@ -235,17 +235,14 @@ class SubspaceSearch:
 
         Otherwise nothing: CMA-ES learnt from the training fitness in `propose`; the loop keeps the dev scores.
         """
-        if "fixed" not in state.data and "instruction" not in state.data and scored:
+        if "fixed" not in state.data and scored:
             p = scored[0].prompt
             state.data["fixed"] = next((i for i, f in enumerate(self.fixed) if f.instruction == p.instruction
                                         and f.demos == list(p.demos)), 0)
 
     def kept(self, state: SearchState) -> int:
-        """Index of the kept start in `self.fixed` (a run checkpointed before demos kept its instruction's text)."""
-        if "fixed" in state.data:
-            return int(state.data["fixed"])
-        old = state.data.get("instruction")
-        return next((i for i, f in enumerate(self.fixed) if f.instruction == old and not f.demos), 0)
+        """Index of the kept start in `self.fixed` (0 before the starts are scored)."""
+        return int(state.data.get("fixed", 0))
 
     def estimate(self, state: SearchState) -> dict:
         """At most: the starts on dev, the start's training loss (BBTv2), each generation on train and its pick on dev."""
