@@ -152,6 +152,14 @@ def run_one(lm, task, method: str, seed: int, opts: dict, run_dir: Path, test_li
     }
 
 
+def with_demos(r: dict, run_dir: Path) -> dict:
+    """The row with `demos`: how many demonstrations its prompt keeps (read from prompt.json for older rows)."""
+    if "demos" not in r:
+        f = run_dir / "prompt.json"
+        r = {**r, "demos": len(json.loads(f.read_text()).get("demos") or []) if f.exists() else 0}
+    return r
+
+
 def mean_std(xs: list[float]) -> str:
     xs = [100 * x for x in xs if x is not None]
     if not xs:
@@ -197,6 +205,8 @@ def report(rows: list[dict], args, facts: dict, test_n: int, task: Task, skipped
         if r["dev_before"] is not None:
             extra = f"soft dev {100 * r['dev_before']:.1f} → projected {100 * (r['dev_after'] or 0):.1f}"
         text = "–" if r["text"] is None else "`" + json.dumps(r["text"])[1:-1].replace("|", "\\|") + "`"
+        if r.get("demos"):  # the examples a prompt keeps after its tokens or vectors
+            text = (f"({r['type']})" if text == "–" else text) + f" + {r['demos']} demos"
         ci = f"{100 * r['test']:.1f} [{100 * r['ci95'][0]:.1f}, {100 * r['ci95'][1]:.1f}]"
         share = " · ".join(f"{k} {100 * v / r['test_n']:.0f}%" for k, v in sorted(r["predicted"].items())) or "–"
         per_run.append([r["method"], r["seed"], ci, share, "–" if r["dev"] is None else f"{100 * r['dev']:.1f}",
@@ -204,7 +214,7 @@ def report(rows: list[dict], args, facts: dict, test_n: int, task: Task, skipped
                         "–" if r["reencodes"] is None else ("yes" if r["reencodes"] else "no"), extra or "–"])
     opts = {m: o for m, o in parse_sets(args.set).items() if m in methods}
     if task.name == "sst2":
-        data = (f"Data: SST-2 16-shot (train 32 / dev 32; selection on these only), test: "
+        data = ("Data: SST-2 16-shot (train 32 / dev 32; selection on these only), test: "
                 + (f"all {test_n} rows." if test_n == len(task.test) else f"the first {test_n} rows of {len(task.test)}."))
         title = "SST-2"
     else:
@@ -235,7 +245,7 @@ def report(rows: list[dict], args, facts: dict, test_n: int, task: Task, skipped
         *(["", "  \n".join(notes)] if notes else []),
         "",
         md_table(["method", "seed", "test % [95% CI]", "predicted share", "dev %", "fit s",
-                  "prompt text (token prompts)", "re-encodes", "projection"], per_run, "lrrrrrlll"),
+                  "prompt text (token prompts), demos kept", "re-encodes", "projection"], per_run, "lrrrrrlll"),
     ])
 
 
@@ -282,22 +292,22 @@ def main() -> None:
             if args.reuse and done.exists():
                 r = json.loads(done.read_text())
                 if r.get("options") == sets.get(m, {}) and r["test_n"] == n_test:
-                    rows.append(r)
+                    rows.append(with_demos(r, run_dir))
                     progress(f"{m} seed {seed}: reused (test {100 * r['test']:.1f})")
                     continue
                 other = run_dir / f"bench-test{n_test}.json"
                 if other.exists():
-                    rows.append(json.loads(other.read_text()))
+                    rows.append(with_demos(json.loads(other.read_text()), run_dir))
                     progress(f"{m} seed {seed}: reused, {n_test} test rows (test {100 * rows[-1]['test']:.1f})")
                     continue
                 if r.get("options") == sets.get(m, {}) and (m in BASELINES or (run_dir / "prompt.json").exists()):
                     progress(f"{m} seed {seed}: score the saved prompt on {n_test} test rows (load {loadavg()})")
-                    rows.append(rescore(lm, task, r, run_dir, limit))
+                    rows.append(with_demos(rescore(lm, task, r, run_dir, limit), run_dir))
                     other.write_text(json.dumps(rows[-1], indent=1))
                     progress(f"{m} seed {seed}: test {100 * rows[-1]['test']:.1f} ({rows[-1]['test_wall_s']} s)")
                     continue
             progress(f"{m} seed {seed}: start (load {loadavg()})")
-            r = run_one(lm, task, m, seed, sets.get(m, {}), run_dir, limit)
+            r = with_demos(run_one(lm, task, m, seed, sets.get(m, {}), run_dir, limit), run_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
             done.write_text(json.dumps(r, indent=1))
             rows.append(r)
