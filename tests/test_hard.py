@@ -194,6 +194,16 @@ def test_instruction_auto_ties_and_no_dev_keep_the_task_s_instruction(monkeypatc
                      "kept": task.instruction}]
 
 
+def test_no_search_may_use_a_special_added_token(real_lm):
+    """SmolLM2 marks <file_sep>, <gh_stars>, ... special without naming them in all_special_ids; none is allowed."""
+    tok = real_lm.tokenizer
+    specials = [i for i, t in tok.added_tokens_decoder.items() if t.special]
+    assert tok.convert_tokens_to_ids("<file_sep>") in specials and len(specials) > len(tok.all_special_ids)
+    for vocab in ("all", "readable"):
+        ok = allowed_tokens(real_lm, vocab)
+        assert not ok[specials].any() and ok.sum() > 10000
+
+
 # --- AutoPrompt -----------------------------------------------------------------------------
 def test_autoprompt_improves_over_its_start(tmp_path):
     lm, task = learner(), synth_task()

@@ -187,7 +187,9 @@ def vocab_size(lm) -> int:
 def allowed_tokens(lm, vocab: str = "readable") -> torch.Tensor:
     """(V,) bool on lm.device: the ids a search may use.
 
-    Never special tokens nor padded embedding rows; "readable" also drops tokens whose text is
+    Never special tokens (the tokenizer's named ones and every added token marked special, such as
+    SmolLM2's `<file_sep>`, which a server reading the prompt as text would take as a control token)
+    nor padded embedding rows; "readable" also drops tokens whose text is
     not printable ASCII (byte pieces of multi-byte characters, control characters), which keeps
     prompts legible and decodable to the same ids more often.
     """
@@ -195,8 +197,9 @@ def allowed_tokens(lm, vocab: str = "readable") -> torch.Tensor:
     n = min(V, len(lm.tokenizer))
     ok = torch.zeros(V, dtype=torch.bool)
     ok[:n] = True
-    special = [i for i in lm.tokenizer.all_special_ids if i < V]
-    ok[special] = False
+    added = getattr(lm.tokenizer, "added_tokens_decoder", {})  # control tokens not among the named special ones
+    special = {i for i in lm.tokenizer.all_special_ids} | {i for i, t in added.items() if getattr(t, "special", False)}
+    ok[[i for i in special if i < V]] = False
     if vocab == "readable":
         texts = lm.tokenizer.batch_decode([[i] for i in range(n)], clean_up_tokenization_spaces=False)
         for i, t in enumerate(texts):
