@@ -198,7 +198,7 @@ def allowed_tokens(lm, vocab: str = "readable") -> torch.Tensor:
     ok = torch.zeros(V, dtype=torch.bool)
     ok[:n] = True
     added = getattr(lm.tokenizer, "added_tokens_decoder", {})  # control tokens not among the named special ones
-    special = {i for i in lm.tokenizer.all_special_ids} | {i for i, t in added.items() if getattr(t, "special", False)}
+    special = set(lm.tokenizer.all_special_ids) | {i for i, t in added.items() if getattr(t, "special", False)}
     ok[[i for i in special if i < V]] = False
     if vocab == "readable":
         texts = lm.tokenizer.batch_decode([[i] for i in range(n)], clean_up_tokenization_spaces=False)
