@@ -64,6 +64,7 @@ def _cases(tmp_path):
         "method_option_bad_type": (opt + ["--method", "prompt-tuning", "--tokens", "many"], 2, "tokens"),
         "method_option_out_of_range": (opt + ["--method", "prompt-tuning", "--tokens", 0], 2, "tokens"),
         "lr_zero": (opt + ["--method", "prompt-tuning", "--lr", 0], 2, "lr"),
+        "tiebreak_negative": (opt + ["--method", "ape", "--tiebreak", -1], 2, "tiebreak"),
         "epochs_zero": (opt + ["--method", "p-tuning", "--epochs", 0], 2, "epochs"),
         "bad_choice": (opt + ["--method", "p-tuning", "--encoder", "gru"], 2, "encoder"),
         "few_shot_bad_selection": (opt + ["--method", "few-shot", "--selection", "best"], 2, "selection"),
@@ -94,7 +95,8 @@ def _cases(tmp_path):
 CASES = sorted([
     "limit_zero", "limit_negative", "batch_size_zero", "shots_negative", "seed_negative", "chunk_size_zero",
     "api_unknown", "limit_not_a_number", "resume_without_predictions", "prompt_and_shots", "unknown_method",
-    "unknown_method_option", "method_option_bad_type", "method_option_out_of_range", "lr_zero", "epochs_zero",
+    "unknown_method_option", "method_option_bad_type", "method_option_out_of_range", "lr_zero", "tiebreak_negative",
+    "epochs_zero",
     "bad_choice", "few_shot_bad_selection", "option_without_value", "stray_argument", "budget_malformed",
     "budget_unknown_counter", "budget_not_number", "optimize_seed_negative", "generate_max_tokens_zero",
     "generate_temperature", "artifact_missing", "artifact_tampered", "artifact_unknown_field",

@@ -22,6 +22,7 @@ from promptlift.engine.backends import backend_for
 from promptlift.engine.evaluate import classify_scores, label_candidates
 from promptlift.engine.scoring import score_candidates
 from promptlift.errors import ArtifactError, ConfigError
+from promptlift.task import Task
 from promptlift.methods.hard.common import allowed_tokens, start_ids, token_prompt, vocab_embeddings
 from promptlift.methods.hard.pez import PEZModule
 from promptlift.methods.hard.project import fluent_tokens
@@ -192,6 +193,33 @@ def test_instruction_auto_ties_and_no_dev_keep_the_task_s_instruction(monkeypatc
     assert rows == [{"event": "instruction", "dev": {task.instruction: 0.5, "none": 0.5,
                                                      f"{task.instruction} + 3 demos": 0.5},
                      "kept": task.instruction}]
+
+
+def test_instruction_auto_ties_on_a_generation_task_go_to_the_reference_answers_log_probability(monkeypatch):
+    import types
+
+    import promptlift.engine.evaluate as ev
+    from promptlift.methods.hard.common import TIEBREAK, best_body, instruction_choices
+
+    lm = make_tiny_lm()
+    rows = [{"input": f"w{i}", "output": f"w{i}s"} for i in range(12)]
+    task = Task.from_rows({"train": rows[:6], "dev": rows[6:], "test": rows[:2]}, name="plural", kind="generation",
+                          instruction="Pluralise.")
+    auto = instruction_choices("auto", task, demos=2, seed=0)
+    ctx = types.SimpleNamespace(record=lambda **r: None)
+    monkeypatch.setattr(ev, "evaluate", lambda *a, **k: types.SimpleNamespace(accuracy=0.0))  # 0 exact matches each
+    seen = []
+
+    def logprob(lm_, task_, prompt, exs):  # the examples' start helps most here
+        seen.append(len(exs))
+        return -1.0 if prompt.demos else -5.0
+
+    monkeypatch.setattr(ev, "reference_logprob", logprob)
+    body, demos = best_body(lm, task, [5, 6], auto, ctx)
+    assert demos == auto[2].demos and body == lm.encode(task.instruction)
+    assert seen == [min(TIEBREAK, len(task.dev))] * 3
+    monkeypatch.setattr(ev, "reference_logprob", lambda *a: None)  # cannot score a given answer: the first
+    assert best_body(lm, task, [5, 6], auto, ctx) == (lm.encode(task.instruction), [])
 
 
 def test_no_search_may_use_a_special_added_token(real_lm):

@@ -457,3 +457,98 @@ def test_select_with_no_candidates_or_examples():
     scorer, _ = make_scorer([1.0], 1)
     assert select("halving", 0, [1, 2], scorer, random.Random(0)) == []
     assert select("ucb", 1, [], scorer, random.Random(0))[0].n == 0
+
+
+# --- ties on a generation task -----------------------------------------------------------------
+class AnswerEndpoint(LM):
+    """A completions endpoint with log-probabilities that never answers right (exact match 0 for every
+    prompt) but gives the reference answers more probability when the instruction says "opposite"."""
+
+    api = "completions"
+
+    def __init__(self, model_id: str = "answer-endpoint"):
+        self.model_id = model_id
+        self.budget = Budget()
+        self.generated = 0
+        self.scored = 0
+
+    def capabilities(self):
+        return {"logprobs": True}
+
+    def generate(self, prompts, config=None):
+        self.generated += len(prompts)
+        return [["no idea"] for _ in prompts]
+
+    def score_pairs(self, prompts, continuations):
+        self.scored += len(prompts)
+        return [-1.0 if "opposite" in p else -5.0 for p in prompts]
+
+
+def antonym_task(n_dev: int = 10) -> Task:
+    words = [("hot", "cold"), ("up", "down"), ("big", "small"), ("fast", "slow"), ("old", "new"), ("dark", "light"),
+             ("wet", "dry"), ("hard", "soft"), ("high", "low"), ("rich", "poor"), ("full", "empty"), ("loud", "quiet")]
+    rows = [{"input": a, "output": b} for a, b in words]
+    return Task.from_rows({"train": rows[:2], "dev": rows[2 : 2 + n_dev], "test": rows[:2]}, name="ant",
+                          kind="generation", instruction="Answer the input.")
+
+
+def test_candidates_tied_on_the_metric_are_ranked_by_the_reference_answers_log_probability():
+    target = AnswerEndpoint()
+    opt = ScriptedLM(["write a poem", "give the opposite word"])
+    p = search(Paraphraser(steps=1), target, antonym_task(), ctx(optimizer=opt))
+    assert p.instruction == "give the opposite word" and p.meta["search"]["best_dev"] == 0.0
+    # 3 candidates x 10 dev rows generated; the tie-break scores the first 8 dev rows of each tied candidate once
+    assert target.generated == 30 and target.scored == 24
+    assert p.meta["cost"]["target_calls"] == 54
+
+
+def test_tiebreak_zero_keeps_the_earlier_candidate_and_scores_no_answer():
+    class NoTies(Paraphraser):
+        def search_settings(self):
+            return SearchSettings(steps=self.steps, tiebreak=0)
+
+    target = AnswerEndpoint()
+    p = search(NoTies(steps=1), target, antonym_task(), ctx(optimizer=ScriptedLM(["write a poem", "give the opposite"])))
+    assert p.instruction == "Answer the input." and target.scored == 0 and p.meta["cost"]["target_calls"] == 30
+
+
+def test_tiebreak_is_skipped_without_calls_left_or_log_probabilities(capsys):
+    target = AnswerEndpoint()  # 10 (start) + 10 + 10 (two candidates) = 30: nothing left for tie values
+    p = search(Paraphraser(steps=1), target, antonym_task(), ctx(optimizer=ScriptedLM(["a", "give the opposite"])),
+               limits={"target_calls": 30})
+    assert p.instruction == "Answer the input." and target.scored == 0 and p.meta["cost"]["target_calls"] == 30
+    # a chat endpoint cannot score a given answer: ties go to the earlier candidate, with one note
+    chat = RuleTarget(lambda instruction, text: "no idea")
+    p = search(Paraphraser(steps=2), chat, antonym_task(), ctx(optimizer=ScriptedLM(["a", "give the opposite"])))
+    assert p.instruction == "Answer the input."
+    assert capsys.readouterr().err.count("ties go to the earlier candidate") == 1
+
+
+def test_a_rank_decided_by_tie_values_survives_resume(tmp_path):
+    def run(resume):
+        target = AnswerEndpoint()
+        p = search(Paraphraser(steps=1), target, antonym_task(),
+                   ctx(tmp_path, resume=resume, optimizer=ScriptedLM(["write a poem", "give the opposite"])))
+        return p, target
+
+    first, _ = run(False)
+    again, target = run(True)  # the finished search is read back: no model call, same answer
+    assert again.hash == first.hash and again.instruction == "give the opposite"
+    assert target.generated == target.scored == 0
+
+
+def test_reasoning_candidates_tie_by_order_since_a_given_answer_would_skip_their_reasoning(capsys):
+    from promptlift.artifacts import Reasoning
+
+    class ReasoningParaphraser(Paraphraser):
+        def initial(self, state):
+            return [Reasoning(inner=TextPrompt(instruction=state.task.instruction))]
+
+        def propose(self, state):
+            texts = state.ask("Rewrite: " + state.task.instruction, n=self.k)
+            return [Candidate(Reasoning(inner=TextPrompt(instruction=t))) for t in texts]
+
+    target = AnswerEndpoint()
+    p = search(ReasoningParaphraser(steps=1), target, antonym_task(), ctx(optimizer=ScriptedLM(["a", "give the opposite"])))
+    assert p.inner.instruction == "Answer the input." and target.scored == 0
+    assert "a reasoning prompt answers after its own reasoning" in capsys.readouterr().err

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import torch
 
 from ..artifacts import Calibrated, KnnPrompt, Prompt, Reasoning, TextPrompt, TokenPrompt
-from ..errors import ArtifactError, ConfigError
+from ..errors import ArtifactError, ConfigError, UnsupportedError
 from ..lm.base import GenerationConfig, same_model
 from ..render import normalize_messages, render
 from ..template import answer_sep, build_layout, to_ids
@@ -309,6 +309,10 @@ class ReasoningApplier(Applier):
 
     def condition(self, prompt, backend, task, inputs, answer_prefixes=None):
         return applier_for(prompt.inner).condition(prompt.inner, backend, task, inputs, answer_prefixes)
+
+    def answer_scores(self, prompt, backend, task, inputs, answers):
+        raise UnsupportedError("a reasoning prompt answers after its own reasoning; scoring a given answer "
+                               "without it would score another prompt")
 
     def label_scores(self, prompt, backend, task, inputs, answer_prefixes=None):
         reasons = self.reasons(prompt, backend, task, inputs, GenerationConfig())

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..artifacts import Prompt, TextPrompt
-from ..errors import ArtifactError
+from ..errors import ArtifactError, UnsupportedError
 from ..lm.base import GenerationConfig, same_model
 from ..metrics import get_metric, normalize, summarize
 from ..task import Example, Task
@@ -188,6 +188,16 @@ def answer_scores(lm, task: Task, prompt: Prompt, exs: Sequence[Example], batch_
     check_model(prompt, lm)
     ap.check(prompt, backend, task)
     return ap.answer_scores(prompt, backend, task, [ex.input for ex in exs], [ex.output for ex in exs])
+
+
+def reference_logprob(lm, task: Task, prompt: Prompt, exs: Sequence[Example]) -> float | None:
+    """Mean log-probability of the reference outputs of `exs` under `prompt` (generation tasks): how
+    ties on the metric are broken. None where the model cannot score a given answer (a chat endpoint,
+    a reasoning prompt)."""
+    try:
+        return float(answer_scores(lm, task, prompt, exs).mean())
+    except (UnsupportedError, NotImplementedError):
+        return None
 
 
 def example_losses(lm, task: Task, prompt: Prompt, exs: Sequence[Example]) -> torch.Tensor:

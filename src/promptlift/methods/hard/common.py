@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ...artifacts import TokenPrompt
-from ...engine.search import search
+from ...engine.search import TIEBREAK, search
 from ...engine.soft import soft_prefix_kv
 from ...errors import BudgetExceeded, ConfigError
 from ...lm.base import model_key
@@ -27,7 +27,8 @@ METRICS = ("cosine", "l2")
 VOCABS = ("readable", "all")
 INSTRUCTION_HELP = ("fixed instruction after the searched tokens; '' = task's, 'none' = no text, 'demos' = the "
                     "task's with `demos` random training examples after it, 'auto' = whichever of the task's, none "
-                    "and (demos > 0) demos scores best on dev after the starting tokens (ties: that order)")
+                    "and (demos > 0) demos scores best on dev after the starting tokens (ties: on generation tasks the "
+                    "reference answers' log-probability, then that order)")
 
 
 @dataclass
@@ -160,10 +161,12 @@ class FixedInstruction:
 def best_body(lm, task, found: list[int], choices: list[Fixed], ctx) -> tuple[list[int], list]:
     """The fixed part (instruction tokens, demos) of the best start on dev, for a method that trains.
 
-    Each of `choices` after the starting tokens `found` is scored on dev through the engine
-    (ties: the first). One choice, no dev set, or a budget that runs out: the first.
+    Each of `choices` after the starting tokens `found` is scored on dev through the engine.
+    Ties on a generation task go to the higher log-probability of the reference answers on the
+    first `TIEBREAK` dev rows, as in the search loop; other ties to the first. One choice, no dev
+    set, or a budget that runs out: the first.
     """
-    from ...engine.evaluate import evaluate
+    from ...engine.evaluate import evaluate, reference_logprob
 
     bodies = [f.ids(lm) for f in choices]
     if len(bodies) == 1 or not task.dev:
@@ -175,6 +178,12 @@ def best_body(lm, task, found: list[int], choices: list[Fixed], ctx) -> tuple[li
         print(f"promptlift: {e}; keeping the task's instruction", file=sys.stderr)
         return bodies[0], list(choices[0].demos)
     best = max(range(len(bodies)), key=lambda i: (scores[i], -i))
+    tied = [i for i in range(len(bodies)) if scores[i] == scores[best]]
+    if len(tied) > 1 and not task.is_classification:
+        ties = [reference_logprob(lm, task, token_prompt(lm, found, bodies[i], demos=choices[i].demos),
+                                  task.dev[:TIEBREAK]) for i in tied]
+        if None not in ties:
+            best = tied[max(range(len(tied)), key=lambda j: (ties[j], -j))]
     ctx.record(event="instruction", dev={f.label: s for f, s in zip(choices, scores)}, kept=choices[best].label)
     return bodies[best], list(choices[best].demos)
 

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Iterable, Sequence
 
 from ...artifacts import Prompt, Reasoning, TextPrompt
 from ...artifacts.wrappers import least_to_most
-from ...engine.search import SearchSettings, SearchState, search
+from ...engine.search import TIEBREAK, SearchSettings, SearchState, search
 from ...engine.select import SelectConfig, estimate_calls
 from ...errors import ConfigError
 from ...task import Example, Task
@@ -300,9 +300,10 @@ STARTS = ("auto", "zero-shot", "demos")
 
 
 def start_key(state: SearchState) -> str:
-    """The starting prompt the search builds on: the best starting prompt on dev (ties: the first)."""
+    """The starting prompt the search builds on: the best starting prompt on dev, as the loop ranks
+    candidates (ties: the reference answers' log-probability on generation tasks, then the first)."""
     keys = [k for k in state.prompts if state.info[k]["origin"] == "initial"]
-    return max(keys, key=lambda k: (state.dev_score(k) or 0.0, -keys.index(k)))
+    return next((k for k, _ in state.ranking() if k in keys), keys[0])
 
 
 @dataclass
@@ -318,6 +319,9 @@ class LLMConfig:
     proposer_format: str = field(default="auto", metadata={
         "help": "how the optimizer is asked: auto | text (one text it continues) | chat (messages + partial answer)"})
     patience: int = field(default=0, metadata={"help": "stop after this many steps without a better prompt (0 = never)"})
+    tiebreak: int = field(default=TIEBREAK, metadata={
+        "help": "generation tasks: candidates tied on dev are ranked by the reference answers' log-probability "
+                "on this many dev rows (one target call each, only when tied; 0 = ties go to the earlier)"})
     reasoning: bool = field(default=False, metadata={
         "help": "chain of thought: the prompt reasons after `trigger` before answering (the instruction is optimized)"})
     trigger: str = field(default=COT_TRIGGER, metadata={"help": "reasoning trigger (cot)"})
@@ -328,7 +332,7 @@ class LLMConfig:
         "help": "demonstrations of the demo start, kept while its instruction is optimized (0 = none)"})
     start: str = field(default="auto", metadata={
         "help": "starting prompt: auto (the instruction alone and with `demos` demonstrations are both scored "
-                "on dev; the search builds on the better, ties: alone) | zero-shot | demos"})
+                "on dev; the search builds on the better, ties as the loop breaks them, then alone) | zero-shot | demos"})
     demo_source: str = field(default="random", metadata={
         "help": "where the demos come from: random | correct (training examples the target answers correctly)"})
     min_examples: int = field(default=4, metadata={"help": "halving: examples per candidate in the first round"})
@@ -344,6 +348,8 @@ class LLMConfig:
             raise ValueError(f"proposer_format must be one of {', '.join(FORMATS)}, got {self.proposer_format!r}")
         if self.demos < 0:
             raise ValueError("demos must be >= 0")
+        if self.tiebreak < 0:
+            raise ValueError("tiebreak must be >= 0")
         if self.start not in STARTS:
             raise ValueError(f"start must be one of {', '.join(STARTS)}, got {self.start!r}")
         if self.start == "demos" and not self.demos:
@@ -390,6 +396,7 @@ class LLMMethod(Method):
     def search_settings(self) -> SearchSettings:
         c = self.config
         return SearchSettings(steps=c.steps, selection=c.selection, dev_examples=c.dev_examples, patience=c.patience,
+                              tiebreak=c.tiebreak,
                               select=SelectConfig(keep=self.keep(), min_examples=c.min_examples,
                                                   ucb_sample=c.ucb_sample, ucb_pulls=c.ucb_pulls))
 

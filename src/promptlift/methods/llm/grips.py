@@ -124,9 +124,8 @@ class GrIPS(LLMMethod):
         if "current" not in state.data:  # the starting instruction
             state.data.update(current=scored[0].key, deleted=[], pending={})
             return
-        cur = state.dev_score(state.data["current"])
         top = scored[0]
-        if top.n >= len(state.dev) and cur is not None and top.score > cur:
+        if top.n >= len(state.dev) and state.beats(top.key, state.data["current"]):
             state.data["deleted"] += state.data["pending"].get(top.key, [])
             state.data["current"] = top.key
         state.data["pending"] = {}
