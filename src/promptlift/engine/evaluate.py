@@ -196,7 +196,7 @@ def reference_logprob(lm, task: Task, prompt: Prompt, exs: Sequence[Example]) ->
     a reasoning prompt)."""
     try:
         return float(answer_scores(lm, task, prompt, exs).mean())
-    except (UnsupportedError, NotImplementedError):
+    except UnsupportedError:
         return None
 
 

@@ -446,7 +446,7 @@ class SearchState:
                 return
             try:
                 vals = self.target_call(lambda: answer_scores(self.target, self.task, self.prompts[key], exs), n)
-            except (UnsupportedError, NotImplementedError) as e:
+            except UnsupportedError as e:
                 self._no_tiebreak = str(e) or type(e).__name__
                 print(f"promptlift: note: {self.method_name}: ties go to the earlier candidate: {self._no_tiebreak}",
                       file=sys.stderr)
