@@ -188,11 +188,36 @@ def test_instruction_auto_ties_and_no_dev_keep_the_task_s_instruction(monkeypatc
     blank = dataclasses.replace(task, dev=[])  # no dev set: nothing to choose on, the first is kept
     body = lm.encode(task.instruction)
     assert best_body(lm, blank, [5, 6], auto, ctx) == (body, [])
-    monkeypatch.setattr(ev, "evaluate", lambda *a, **k: types.SimpleNamespace(accuracy=0.5))  # a tie
+    # a tie, labels decided without scores (generation): the first
+    monkeypatch.setattr(ev, "evaluate", lambda *a, **k: types.SimpleNamespace(accuracy=0.5, predictions=[{}]))
     assert best_body(lm, task, [5, 6], auto, ctx) == (body, [])
     assert rows == [{"event": "instruction", "dev": {task.instruction: 0.5, "none": 0.5,
                                                      f"{task.instruction} + 3 demos": 0.5},
                      "kept": task.instruction}]
+
+
+def test_instruction_auto_ties_on_classification_go_to_the_gold_label_probability_at_no_cost(monkeypatch):
+    import types
+
+    import promptlift.engine.evaluate as ev
+    from promptlift.methods.hard.common import best_body, instruction_choices
+
+    lm, task = make_tiny_lm(), synth_task()
+    auto = instruction_choices("auto", task, demos=2, seed=0)
+    labels = task.label_names
+    calls = []
+
+    def evaluate(lm_, task_, prompt, **k):  # every start predicts the first label; "none" leans to the gold one
+        calls.append(prompt)
+        margin = 0.2 if len(prompt.ids) == 2 and not prompt.demos else 3.0
+        recs = [{"gold": ex.output, "scores": {n: (0.0 if n == labels[0] else -margin) for n in labels}}
+                for ex in task_.dev]
+        return types.SimpleNamespace(accuracy=0.5, predictions=recs)
+
+    monkeypatch.setattr(ev, "evaluate", evaluate)
+    monkeypatch.setattr(ev, "reference_logprob", lambda *a: pytest.fail("classification pays no extra call"))
+    body, demos = best_body(lm, task, [5, 6], auto, types.SimpleNamespace(record=lambda **r: None))
+    assert (body, demos) == (auto[1].ids(lm), []) and len(calls) == 3
 
 
 def test_instruction_auto_ties_on_a_generation_task_go_to_the_reference_answers_log_probability(monkeypatch):

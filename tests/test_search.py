@@ -552,3 +552,40 @@ def test_reasoning_candidates_tie_by_order_since_a_given_answer_would_skip_their
     p = search(ReasoningParaphraser(steps=1), target, antonym_task(), ctx(optimizer=ScriptedLM(["a", "give the opposite"])))
     assert p.inner.instruction == "Answer the input." and target.scored == 0
     assert "a reasoning prompt answers after its own reasoning" in capsys.readouterr().err
+
+
+# --- ties on classification --------------------------------------------------------------------
+class LabelEndpoint(AnswerEndpoint):
+    """A completions endpoint that ranks 'negative' first for every input and prompt (accuracy 50 % on a
+    balanced dev set, whatever the instruction), but gives 'positive' more probability on the positive
+    inputs when the instruction mentions the sentiment."""
+
+    def score_many(self, prompts, continuations):
+        self.scored += len(prompts)
+        rows = []
+        for p in prompts:
+            near = "sentiment" in p and "good" in p.splitlines()[-2:][0]
+            rows.append([-1.0 if c.strip() == "negative" else (-1.5 if near else -3.0) for c in continuations])
+        return rows
+
+
+def test_classification_ties_go_to_the_gold_label_probability_at_no_extra_call(tmp_path):
+    target = LabelEndpoint()
+    p = search(Paraphraser(steps=1), target, toy_task(), ctx(optimizer=ScriptedLM(["write a poem", "the sentiment"])))
+    assert p.instruction == "the sentiment" and p.meta["search"]["best_dev"] == 0.5
+    # 3 candidates x 8 dev rows, each scored once; the tie values came with those scores
+    assert target.scored == 24 and target.generated == 0 and p.meta["cost"]["target_calls"] == 24
+    # tiebreak=0: the earlier candidate, as before
+    class NoTies(Paraphraser):
+        def search_settings(self):
+            return SearchSettings(steps=self.steps, tiebreak=0)
+
+    p = search(NoTies(steps=1), LabelEndpoint(), toy_task(), ctx(optimizer=ScriptedLM(["write a poem", "the sentiment"])))
+    assert p.instruction == toy_task().instruction
+    # a resumed search ranks the same way from its checkpointed scores, with no model call
+    first = search(Paraphraser(steps=1), LabelEndpoint(), toy_task(),
+                   ctx(tmp_path, optimizer=ScriptedLM(["write a poem", "the sentiment"])))
+    again_target = LabelEndpoint()
+    again = search(Paraphraser(steps=1), again_target, toy_task(),
+                   ctx(tmp_path, resume=True, optimizer=ScriptedLM(["write a poem", "the sentiment"])))
+    assert again.hash == first.hash and again.instruction == "the sentiment" and again_target.scored == 0

@@ -200,6 +200,18 @@ def reference_logprob(lm, task: Task, prompt: Prompt, exs: Sequence[Example]) ->
         return None
 
 
+def gold_label_logprob(task: Task, record: dict) -> float | None:
+    """log P(gold label) of a classification record, normalised over the task's labels (its label
+    scores through a softmax): minus the cross-entropy `example_losses` gives. It comes with every
+    record scored by log-probabilities, at no extra call, and breaks ties on accuracy. None where the
+    labels were decided by generation (no scores)."""
+    scores = record.get("scores")
+    if not scores or any(n not in scores for n in task.label_names) or record.get("gold") not in scores:
+        return None
+    row = torch.tensor([float(scores[n]) for n in task.label_names])
+    return float(torch.log_softmax(row, dim=0)[task.label_names.index(record["gold"])])
+
+
 def example_losses(lm, task: Task, prompt: Prompt, exs: Sequence[Example]) -> torch.Tensor:
     """(N,) what a forward-only search minimises for each example, one definition for every task kind.
 

@@ -27,8 +27,8 @@ METRICS = ("cosine", "l2")
 VOCABS = ("readable", "all")
 INSTRUCTION_HELP = ("fixed instruction after the searched tokens; '' = task's, 'none' = no text, 'demos' = the "
                     "task's with `demos` random training examples after it, 'auto' = whichever of the task's, none "
-                    "and (demos > 0) demos scores best on dev after the starting tokens (ties: on generation tasks the "
-                    "reference answers' log-probability, then that order)")
+                    "and (demos > 0) demos scores best on dev after the starting tokens (ties: the reference answers' "
+                    "log-probability, then that order)")
 
 
 @dataclass
@@ -158,34 +158,53 @@ class FixedInstruction:
         return (len(self.bodies) - 1) * len(state.dev)
 
 
+def best_on_dev(lm, task, prompts: list, results: list) -> int:
+    """Index of the best of `prompts` given their dev `results` (`EvalResult`s), ties broken as the
+    search loop breaks them: by the higher log-probability of the reference answers, on classification
+    the gold label's over all of dev (free with the label scores), on a generation task on the first
+    `TIEBREAK` dev rows (one more target call each). Other ties, and ties where the target gives no
+    such value, go to the first."""
+    from ...engine.evaluate import gold_label_logprob, reference_logprob
+
+    scores = [r.accuracy for r in results]
+    best = max(range(len(prompts)), key=lambda i: (scores[i], -i))
+    tied = [i for i in range(len(prompts)) if scores[i] == scores[best]]
+    if len(tied) > 1:
+        if task.is_classification:
+            ties = [_mean([gold_label_logprob(task, rec) for rec in results[i].predictions]) for i in tied]
+        else:
+            ties = [reference_logprob(lm, task, prompts[i], task.dev[:TIEBREAK]) for i in tied]
+        if None not in ties:
+            best = tied[max(range(len(tied)), key=lambda j: (ties[j], -j))]
+    return best
+
+
 def best_body(lm, task, found: list[int], choices: list[Fixed], ctx) -> tuple[list[int], list]:
     """The fixed part (instruction tokens, demos) of the best start on dev, for a method that trains.
 
-    Each of `choices` after the starting tokens `found` is scored on dev through the engine.
-    Ties on a generation task go to the higher log-probability of the reference answers on the
-    first `TIEBREAK` dev rows, as in the search loop; other ties to the first. One choice, no dev
-    set, or a budget that runs out: the first.
+    Each of `choices` after the starting tokens `found` is scored on dev through the engine; ties
+    as `best_on_dev` breaks them. One choice, no dev set, or a budget that runs out: the first.
     """
-    from ...engine.evaluate import evaluate, reference_logprob
+    from ...engine.evaluate import evaluate
 
     bodies = [f.ids(lm) for f in choices]
     if len(bodies) == 1 or not task.dev:
         return bodies[0], list(choices[0].demos)
+    prompts = [token_prompt(lm, found, b, demos=f.demos) for b, f in zip(bodies, choices)]
     try:
-        scores = [evaluate(lm, task, token_prompt(lm, found, b, demos=f.demos), split="dev", progress=False).accuracy
-                  for b, f in zip(bodies, choices)]
+        results = [evaluate(lm, task, p, split="dev", progress=False) for p in prompts]
     except BudgetExceeded as e:
         print(f"promptlift: {e}; keeping the task's instruction", file=sys.stderr)
         return bodies[0], list(choices[0].demos)
-    best = max(range(len(bodies)), key=lambda i: (scores[i], -i))
-    tied = [i for i in range(len(bodies)) if scores[i] == scores[best]]
-    if len(tied) > 1 and not task.is_classification:
-        ties = [reference_logprob(lm, task, token_prompt(lm, found, bodies[i], demos=choices[i].demos),
-                                  task.dev[:TIEBREAK]) for i in tied]
-        if None not in ties:
-            best = tied[max(range(len(tied)), key=lambda j: (ties[j], -j))]
-    ctx.record(event="instruction", dev={f.label: s for f, s in zip(choices, scores)}, kept=choices[best].label)
+    best = best_on_dev(lm, task, prompts, results)
+    ctx.record(event="instruction", dev={f.label: r.accuracy for f, r in zip(choices, results)},
+               kept=choices[best].label)
     return bodies[best], list(choices[best].demos)
+
+
+def _mean(values: list) -> float | None:
+    """The mean, or None if any value is missing."""
+    return None if not values or None in values else sum(values) / len(values)
 
 
 def vocab_size(lm) -> int:

@@ -45,7 +45,7 @@ from ...registry import register
 from ..base import Method
 from ..soft.common import SoftConfig
 from ..soft.prompt_tuning import PromptTuning
-from .common import METRICS, VOCABS, allowed_tokens, similarity, token_prompt, vocab_embeddings
+from .common import METRICS, VOCABS, allowed_tokens, best_on_dev, similarity, token_prompt, vocab_embeddings
 
 
 @dataclass
@@ -157,7 +157,7 @@ class Project(Method):
         return prompt
 
     def dev_before_after(self, lm, task, soft: SoftPrompt, prompts: list) -> tuple:
-        """The best of `prompts` on dev (ties: the first), and dev accuracy of the soft prompt and of it.
+        """The best of `prompts` on dev (ties: `common.best_on_dev`), and dev accuracy of the soft prompt and of it.
 
         Accuracies are None where there is no dev set or the budget ran out (then the first prompt is kept).
         """
@@ -166,10 +166,10 @@ class Project(Method):
             return prompts[0], out
         try:
             out["dev_before"] = evaluate(lm, task, soft, split="dev", progress=False).accuracy
-            scores = [evaluate(lm, task, p, split="dev", progress=False).accuracy for p in prompts]
+            results = [evaluate(lm, task, p, split="dev", progress=False) for p in prompts]
         except BudgetExceeded as e:
             print(f"promptlift: {e}; dev accuracy before/after projection not measured", file=sys.stderr)
             return prompts[0], out
-        best = max(range(len(prompts)), key=lambda i: (scores[i], -i))
-        out["dev_after"] = scores[best]
+        best = best_on_dev(lm, task, prompts, results)
+        out["dev_after"] = results[best].accuracy
         return prompts[best], out

@@ -301,7 +301,7 @@ STARTS = ("auto", "zero-shot", "demos")
 
 def start_key(state: SearchState) -> str:
     """The starting prompt the search builds on: the best starting prompt on dev, as the loop ranks
-    candidates (ties: the reference answers' log-probability on generation tasks, then the first)."""
+    candidates (ties: the reference answers' log-probability, then the first)."""
     keys = [k for k in state.prompts if state.info[k]["origin"] == "initial"]
     return next((k for k, _ in state.ranking() if k in keys), keys[0])
 
@@ -320,8 +320,9 @@ class LLMConfig:
         "help": "how the optimizer is asked: auto | text (one text it continues) | chat (messages + partial answer)"})
     patience: int = field(default=0, metadata={"help": "stop after this many steps without a better prompt (0 = never)"})
     tiebreak: int = field(default=TIEBREAK, metadata={
-        "help": "generation tasks: candidates tied on dev are ranked by the reference answers' log-probability "
-                "on this many dev rows (one target call each, only when tied; 0 = ties go to the earlier)"})
+        "help": "candidates tied on dev are ranked by the reference answers' log-probability: generation, on "
+                "this many dev rows (one target call each, only when tied); classification, the gold label's "
+                "probability on all of dev (free with the label scores); 0 = ties go to the earlier"})
     reasoning: bool = field(default=False, metadata={
         "help": "chain of thought: the prompt reasons after `trigger` before answering (the instruction is optimized)"})
     trigger: str = field(default=COT_TRIGGER, metadata={"help": "reasoning trigger (cot)"})
