@@ -56,10 +56,14 @@ from promptlift.lm.hf import HFModel  # noqa: E402
 from promptlift.task import Task  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "datasets"
+SHARED = Path(os.environ.get("PROMPTLIFT_BENCH_DATA") or REPO.parent / "shared" / "datasets")  # a copy elsewhere (a GPU box)
 RESULTS = Path(__file__).resolve().parent / "LLM_PEERS_RESULTS.md"
 TASKS = ["sst2", "antonyms", "sum", "singular_to_plural"]
-PL_METHODS = ["ape", "opro", "reflect", "bootstrap-fewshot"]
+# the other instruction-induction tasks of ../shared/datasets (runnable with --tasks; reported in this order)
+MORE_TASKS = ["first_word_letter", "larger_animal", "negation", "num_to_verbal"]
+ORDER = TASKS + MORE_TASKS
+PL_METHODS = ["ape", "opro", "reflect", "bootstrap-fewshot", "ape-iterative", "protegi", "evoprompt", "promptagent",
+              "abo", "grips"]
 DSPY_METHODS = ["dspy-bfrs", "dspy-gepa", "dspy-mipro-light"]
 PTL_METHODS = ["promptolution-opro", "promptolution-evoprompt-ga"]
 SYSTEMS = ["promptlift", "dspy", "promptolution"]
@@ -230,7 +234,8 @@ def run_promptlift(method: str, hf: HFModel, task: Task, seed: int, budget: str)
         return {"test": test, "dev": dev, "target_calls": 0, "optimizer_calls": 0, "tokens": 0,
                 "wall": time.perf_counter() - t, "prompt": task.instruction}
     t = time.perf_counter()
-    run = promptlift.optimize(method, hf, task, seed=seed, budget=budget, progress=False)
+    run = promptlift.optimize(method, hf, task, seed=seed, budget=None if budget == "default" else budget,
+                              progress=False)
     wall = time.perf_counter() - t
     cost = run.prompt.meta.get("cost", {})
     instr = getattr(run.prompt, "instruction", None) or getattr(getattr(run.prompt, "inner", None), "instruction", "")
@@ -493,7 +498,10 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--peer-seeds", nargs="+", type=int, default=None, help="seeds for the peers (default: --seeds)")
     ap.add_argument("--test-limit", type=int, default=100, help="first N test rows of every task (0 = all)")
-    ap.add_argument("--budget", default="calls=100", help="promptlift's search budget per run (--budget syntax)")
+    ap.add_argument("--budget", default="calls=100",
+                    help="promptlift's search budget per run (--budget syntax; 'default': each method's own, no cap)")
+    ap.add_argument("--device", default="auto", help="the target model's device (auto: CUDA, else CPU)")
+    ap.add_argument("--dtype", default="float32", help="its dtype: float32 everywhere, so devices compare")
     ap.add_argument("--gepa-calls", type=int, default=100, help="dspy.GEPA max_metric_calls")
     ap.add_argument("--bfrs-candidates", type=int, default=2, help="BootstrapFewShotWithRandomSearch candidates")
     ap.add_argument("--peer-call-cap", type=int, default=0,
@@ -533,12 +541,14 @@ def main() -> None:
     # cheapest and most telling first, so a run cut short by time still compares something on every task
     rank = {m: i for i, m in enumerate(["zero-shot", "few-shot", *PL_METHODS, "dspy-zero-shot", "dspy-bfrs", "dspy-gepa",
                                         "promptolution-opro", "dspy-mipro-light", "promptolution-evoprompt-ga"])}
-    jobs.sort(key=lambda j: (j[3], TASKS.index(j[2]) if j[2] in TASKS else 99, rank[j[1]]))
+    jobs.sort(key=lambda j: (j[3], ORDER.index(j[2]) if j[2] in ORDER else 99, rank[j[1]]))
     if not args.report_only:
-        facts = machine_facts()
-        (rdir / f"machine_{os.getpid()}.json").write_text(json.dumps({**facts, "started": now(),
-                                                                       "command": command_line()}))
-        hf = HFModel("smollm2-135m")
+        facts, started = machine_facts(), now()
+        hf = HFModel("smollm2-135m", device=args.device, dtype=args.dtype)
+        gpu = f" ({torch.cuda.get_device_name(hf.device)})" if hf.device.type == "cuda" else ""
+        (rdir / f"machine_{os.getpid()}.json").write_text(json.dumps({
+            **facts, "started": started, "device": f"{hf.device}{gpu} {str(hf.dtype).removeprefix('torch.')}",
+            "command": command_line()}))
         tasks: dict[str, Task] = {}
         todo = [j for j in jobs if not result_path(rdir, j[1], j[2], j[3]).exists()]
         progress(f"{len(jobs)} runs, {len(jobs) - len(todo)} already done, {len(todo)} to go; load {loadavg()}")
@@ -567,6 +577,39 @@ def main() -> None:
     report(args, rdir, jobs)
 
 
+def task_order(done: dict) -> list[str]:
+    """The tasks of the finished runs: the benchmark's own first, then any other, by name."""
+    names = {r["task"] for r in done.values()}
+    return [t for t in ORDER if t in names] + sorted(names - set(ORDER))
+
+
+def method_checks(done: dict) -> str:
+    """A table: every promptlift method on every task, its mean dev and test against the zero-shot instruction's."""
+    tasks = [t for t in task_order(done) if any(r["task"] == t for r in done.values())]
+    zero = {t: r for (m, t, _), r in done.items() if m == "zero-shot" and "test" in r}
+    rows = []
+    for m in ["few-shot", *PL_METHODS]:
+        cells, any_run = [], False
+        for t in tasks:
+            rs = [r for (mm, tt, _), r in done.items() if mm == m and tt == t and "test" in r]
+            if not rs or t not in zero:
+                cells.append("–")
+                continue
+            any_run = True
+            dev = statistics.mean(r["dev"] for r in rs)
+            test = statistics.mean(r["test"] for r in rs)
+            z = zero[t]
+            ok = dev > z["dev"] and test > z["test"]
+            cells.append(f"dev {dev * 100:.1f} / test {test * 100:.1f} ({len(rs)} seeds): {'yes' if ok else 'no'}")
+        if any_run:
+            rows.append([m, *cells])
+    if not rows:
+        return "(no run to compare)"
+    head = ["method", *[f"{t} (zero-shot dev {zero[t]['dev'] * 100:.1f} / test {zero[t]['test'] * 100:.1f})"
+                        if t in zero else t for t in tasks]]
+    return md_table(head, rows, "l" + "l" * len(tasks))
+
+
 def fmt_ms(xs: list[float]) -> str:
     if not xs:
         return "–"
@@ -592,7 +635,7 @@ def report(args, rdir: Path, jobs) -> None:
     st_peer = next((r["settings"] for r in done.values() if r["system"] != "promptlift"), st)
     sections, verdicts = [], []
     order = ["zero-shot", "few-shot", *PL_METHODS, "dspy-zero-shot", *DSPY_METHODS, *PTL_METHODS]
-    for task_name in TASKS:
+    for task_name in task_order(done):
         rows_t = [r for r in done.values() if r["task"] == task_name]
         if not rows_t:
             continue
@@ -669,6 +712,7 @@ def report(args, rdir: Path, jobs) -> None:
     for _, m, t, sd in jobs:
         if (m, t, sd) not in done:
             missing.setdefault(m, []).append(f"{t} s{sd}")
+    checks = method_checks(done)
     verdict = []
     for task_name, peer_ok, beats, how in verdicts:
         verdict.append(f"- {task_name}: reaches the best peer with ≤ 1/3 of its calls: "
@@ -678,12 +722,17 @@ def report(args, rdir: Path, jobs) -> None:
 
 Command(s): {'; '.join(f'`{c}`' for c in commands)}  
 Date: {starts[0] if starts else '?'} (last run finished {finished})  
-Machine: {facts['cpu']}, {facts['usable_cpus']} usable CPUs, torch {facts['torch']} ({facts['torch_threads']} thread per process), transformers {facts['transformers']}, Python {facts['python']}; load average at start {facts['loadavg_start']} (a shared machine: wall times vary with other work and with the shards run side by side).{(" " + args.note) if args.note else ""}  
+Machine: {facts['cpu']}, {facts['usable_cpus']} usable CPUs; target model on {facts.get('device') or 'cpu float32'}; torch {facts['torch']} ({facts['torch_threads']} thread per process), transformers {facts['transformers']}, Python {facts['python']}; load average at start {facts['loadavg_start']} (a shared machine: wall times vary with other work and with the shards run side by side).{(" " + args.note) if args.note else ""}  
 Data: SST-2 16-shot split (train 32, dev 32); instruction induction (antonyms, sum, singular_to_plural): dev = the first {II_DEV} rows of a seed-0 shuffle of train.jsonl, train (the induce pool) = the rest (runs before 2026-12-05 took the first {II_DEV} rows unshuffled, which for `sum` are "0 0" ... "0 31"); test = {('the first ' + str(st['test_limit'])) if st['test_limit'] else 'all the'} test rows of each task, the same rows for every system (the full SST-2 test, 1821 rows, does not fit this machine's time with DSPy's generation-based evaluation). Selection on dev only; test scored once per run.  
 Budgets: promptlift `--budget {st['budget']}` per run (target + optimizer calls, as the search loop counts them); DSPy `BootstrapFewShotWithRandomSearch(max_bootstrapped_demos=2, max_labeled_demos=4, num_candidate_programs={st_peer['bfrs_candidates']})`, `MIPROv2(auto="light")` (valset = dev), `GEPA(max_metric_calls={st_peer['gepa_calls']})`; promptolution {st_peer['ptl_steps']} steps on a dev subsample of 8. Peers generate at most {st_peer['caps']['target']} tokens per prediction and {st_peer['caps']['optimizer']} per proposal (stopping at DSPy's `[[ ## completed ## ]]` marker); DSPy runs its default adapter (ChatAdapter, retrying a parse failure with JSONAdapter, both calls counted; runs before 2026-12-05 had the retry off); DSPy's cache is off.  
 Counting: target calls = examples scored or generated by the target model during the search (DSPy: LM calls of the task program, bootstrapping included); optimizer calls = proposal / reflection requests; tokens = prompt + completion tokens of those calls (promptlift: as its budget counts them). Final dev/test evaluation is not counted. Zero-shot rows: promptlift's default instruction through promptlift (rank classification / greedy generation) and DSPy's `Predict` with the same instruction as signature docstring, DSPy's format.
 
 {chr(10).join(sections)}
+
+**Each promptlift method against the zero-shot instruction** (mean over seeds of dev and test accuracy, %;
+"yes" where both dev and test are above zero-shot's; zero-shot is deterministic, one run):
+
+{checks}
 
 **Verdict (issue target: promptlift's best reaches the best peer's test accuracy with ≤ 1/3 of its calls, and beats zero-shot, on every task):**
 
