@@ -49,7 +49,7 @@ from common import (  # noqa: E402
 from promptlift.artifacts import CONTENT_FREE, Calibrated, TextPrompt  # noqa: E402
 from promptlift.engine.evaluate import calibrate, classify_scores, evaluate  # noqa: E402
 from promptlift.metrics import summarize  # noqa: E402
-from promptlift.methods.baseline.few_shot import balanced_sample  # noqa: E402
+from promptlift.methods.shared import balanced_sample  # noqa: E402
 from promptlift.task import Example, Task  # noqa: E402
 from promptlift.render import render  # noqa: E402
 from promptlift.template import build_layout, to_text  # noqa: E402

@@ -92,3 +92,28 @@ def test_shared_engine_never_asks_which_method_or_flag():
                 assert node.attr not in flags and node.attr != "method", f"engine/{fname} reads .{node.attr}"
             if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "isinstance":
                 assert "Prompt" not in ast.unparse(node.args[1]), f"engine/{fname}: {ast.unparse(node)}"
+
+
+def test_no_family_imports_another():
+    """A method family (methods/<family>/) imports only itself, methods/base.py and methods/shared.py."""
+    families = {p.name for p in (SRC / "methods").iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    for path in (SRC / "methods").rglob("*.py"):
+        own = path.relative_to(SRC / "methods").parts[0]
+        if own not in families:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):  # lazy imports count too
+            if isinstance(node, ast.ImportFrom):
+                target = node.module or ""
+                if node.level == 2:  # `from ..x import` inside methods/<family>/
+                    target = f"promptlift.methods.{target}"
+                elif node.level == 1:
+                    target = f"promptlift.methods.{own}.{target}"
+                names = [target] if node.module else [f"{target}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                parts = name.split(".")
+                if parts[:2] == ["promptlift", "methods"] and len(parts) > 2 and parts[2] in families:
+                    assert parts[2] == own, f"methods/{path.relative_to(SRC / 'methods')} imports {name}"

@@ -43,7 +43,7 @@ def test_bbt_v2_improves_over_its_start_with_forward_passes_only(tmp_path):
 
 
 def test_bbt_v2_only_one_layer_changes_per_generation():
-    from promptlift.methods.hard.bbt_v2 import BBTv2Config, BBTv2Search
+    from promptlift.methods.blackbox.bbt_v2 import BBTv2Config, BBTv2Search
 
     lm, task = learner(), synth_task()
     s = BBTv2Search("bbt-v2", BBTv2Config(**V2), lm, task, seed=0)
@@ -54,7 +54,7 @@ def test_bbt_v2_only_one_layer_changes_per_generation():
     assert torch.equal(a.keys[0], b.keys[0]) and torch.equal(a.values[0], b.values[0])
     assert not torch.equal(a.keys[1], b.keys[1]) and not torch.equal(a.values[1], b.values[1])
     # at z = 0 the prefix is the keys/values of the starting tokens (as p-tuning v2 starts)
-    from promptlift.methods.soft.common import init_kv
+    from promptlift.methods.shared import init_kv
 
     k0, v0 = init_kv(lm, s.init_ids)
     assert torch.equal(a.keys, k0) and torch.equal(a.values, v0)

@@ -12,8 +12,8 @@ import torch
 
 import promptlift
 from conftest import learner, synth_task
-from promptlift.methods.hard.bdpl import pg_gradient, pg_step, project_simplex
-from promptlift.methods.hard.common import allowed_tokens, decode, train_vocab
+from promptlift.methods.blackbox.bdpl import pg_gradient, pg_step, project_simplex
+from promptlift.methods.shared import allowed_tokens, token_text, train_vocab
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -38,7 +38,7 @@ def test_bdpl_improves_over_its_start_from_scores_only(tmp_path):
     pool = train_vocab(lm, task, allowed_tokens(lm), 100, task.instruction)
     assert p.ids[4:] == lm.encode(task.instruction) and set(p.ids[:4]) <= set(pool)
     # the artifact's ids decode to its text; `reencodes` says whether the text gives the ids back
-    assert decode(lm, p.ids) == p.text and p.meta["reencodes"] == (lm.encode(p.text) == p.ids)
+    assert token_text(lm, p.ids) == p.text and p.meta["reencodes"] == (lm.encode(p.text) == p.ids)
     assert p.meta["pool"] == len(pool)
     # each step scores its 8 samples on 8 training examples, then its proposals on dev (cache hits free)
     assert run.prompt.meta["cost"]["target_calls"] >= 10 * 8 * 8
@@ -50,7 +50,7 @@ def test_the_pool_is_the_task_s_frequent_tokens():
     lm, task = learner(), synth_task()
     pool = train_vocab(lm, task, allowed_tokens(lm), 5, "")
     words = " ".join(ex.input for ex in task.train)
-    assert len(pool) == 5 and all(decode(lm, [i]) in words for i in pool)
+    assert len(pool) == 5 and all(token_text(lm, [i]) in words for i in pool)
     assert lm.encode("the")[0] in pool  # in every input
 
 

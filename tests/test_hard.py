@@ -23,7 +23,8 @@ from promptlift.engine.evaluate import classify_scores, label_candidates
 from promptlift.engine.scoring import score_candidates
 from promptlift.errors import ArtifactError, ConfigError
 from promptlift.task import Task
-from promptlift.methods.hard.common import allowed_tokens, start_ids, token_prompt, vocab_embeddings
+from promptlift.methods.hard.common import vocab_embeddings
+from promptlift.methods.shared import allowed_tokens, start_ids, token_prompt
 from promptlift.methods.hard.pez import PEZModule
 from promptlift.methods.hard.project import fluent_tokens
 
@@ -172,7 +173,8 @@ def test_instruction_auto_ties_and_no_dev_keep_the_task_s_instruction(monkeypatc
     import types
 
     import promptlift.engine.evaluate as ev
-    from promptlift.methods.hard.common import Fixed, best_body, instruction_choices
+    from promptlift.methods.hard.common import best_body
+    from promptlift.methods.shared import Fixed, instruction_choices
 
     lm, task = make_tiny_lm(), synth_task()
     assert instruction_choices("auto", task) == [Fixed(task.instruction), Fixed("")]
@@ -200,7 +202,8 @@ def test_instruction_auto_ties_on_classification_go_to_the_gold_label_probabilit
     import types
 
     import promptlift.engine.evaluate as ev
-    from promptlift.methods.hard.common import best_body, instruction_choices
+    from promptlift.methods.hard.common import best_body
+    from promptlift.methods.shared import instruction_choices
 
     lm, task = make_tiny_lm(), synth_task()
     auto = instruction_choices("auto", task, demos=2, seed=0)
@@ -224,7 +227,8 @@ def test_instruction_auto_ties_on_a_generation_task_go_to_the_reference_answers_
     import types
 
     import promptlift.engine.evaluate as ev
-    from promptlift.methods.hard.common import TIEBREAK, best_body, instruction_choices
+    from promptlift.methods.hard.common import TIEBREAK, best_body
+    from promptlift.methods.shared import instruction_choices
 
     lm = make_tiny_lm()
     rows = [{"input": f"w{i}", "output": f"w{i}s"} for i in range(12)]
@@ -419,7 +423,7 @@ def reference_loss(lm, task, prompt, exs) -> float:
 
 def test_bbt_lowers_the_reference_loss_on_a_generation_task(tmp_path):
     from promptlift.engine.search import dev_subset
-    from promptlift.methods.hard.bbt import BBTConfig, BBTSearch
+    from promptlift.methods.blackbox.bbt import BBTConfig, BBTSearch
 
     lm, task = learner(), gen_task()
     opts = {"steps": 4, "popsize": 6, "dim": 8, "tokens": 3, "train_examples": 16, "instruction": ""}
@@ -494,7 +498,7 @@ def test_token_prompt_with_demos_reads_as_its_layout_and_as_text_elsewhere(chat,
 
 @pytest.mark.parametrize("name", sorted(AUTO))
 def test_instruction_auto_also_tries_demonstrations_and_keeps_the_best_on_dev(name, tmp_path):
-    from promptlift.methods.hard.common import instruction_choices
+    from promptlift.methods.shared import instruction_choices
 
     lm, task = learner(), synth_task()
     opts, init = AUTO[name]
@@ -527,8 +531,8 @@ def test_probe_refuses_demonstrations():
 
 @pytest.mark.parametrize("name", ["bbt", "bbt-v2"])
 def test_bbt_instruction_auto_also_tries_demonstrations_and_keeps_the_best_on_dev(name, tmp_path):
-    from promptlift.methods.hard.bbt import BBTConfig, BBTSearch
-    from promptlift.methods.hard.bbt_v2 import BBTv2Config, BBTv2Search
+    from promptlift.methods.blackbox.bbt import BBTConfig, BBTSearch
+    from promptlift.methods.blackbox.bbt_v2 import BBTv2Config, BBTv2Search
 
     lm, task = learner(), synth_task()
     opts = {"steps": 2, "popsize": 3, "dim": 4, "tokens": 3, "train_examples": 8, "demos": 2}

@@ -11,7 +11,7 @@ import random
 import pytest
 
 import promptlift
-import promptlift.methods.hard.keywords as kw
+import promptlift.methods.llm.keywords as kw
 from conftest import learner
 from promptlift.artifacts import TextPrompt, load
 from promptlift.engine.evaluate import evaluate

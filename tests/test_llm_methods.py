@@ -18,7 +18,7 @@ from conftest import SHARED, make_tiny_lm
 from promptlift.artifacts import Reasoning, TextPrompt
 from promptlift.errors import ConfigError
 from promptlift.engine.search import Limits, SearchSettings, SearchState, dev_subset
-from promptlift.methods.llm.common import clean, template, unusable
+from promptlift.methods.llm.common import LLMMethod, clean, template, unusable
 from promptlift.methods.llm.grips import phrases
 from promptlift.methods.llm.opro import sorted_trajectory
 from promptlift.methods.llm.reflect import complementary_pair, pareto_front
@@ -26,7 +26,7 @@ from promptlift.registry import get_method, list_methods
 from promptlift.task import Task
 from test_search import RuleTarget, ScriptedLM, ctx, sentiment_rule, toy_task
 
-LLM_METHODS = sorted(n for n, c in list_methods().items() if getattr(c, "family", "") == "llm")
+LLM_METHODS = sorted(n for n, c in list_methods().items() if issubclass(c, LLMMethod))  # the optimizers on LLMMethod
 MIXED = ["judge the sentiment of the text", "", "Output: 42", "write a poem about it",
          "it ignores the sentiment of the words", "Tell the sentiment.", "???"]
 

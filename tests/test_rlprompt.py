@@ -12,8 +12,8 @@ import torch
 
 import promptlift
 from conftest import learner, synth_task
-from promptlift.methods.hard.common import allowed_tokens, decode, train_vocab
-from promptlift.methods.hard.rlprompt import (PromptPolicy, adam_step, gap_reward, pack, reinforce_grads, unpack,
+from promptlift.methods.shared import allowed_tokens, token_text, train_vocab
+from promptlift.methods.blackbox.rlprompt import (PromptPolicy, adam_step, gap_reward, pack, reinforce_grads, unpack,
                                               zscore)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -38,7 +38,7 @@ def test_rlprompt_improves_over_its_start_from_scores_only(tmp_path):
     p = run.prompt
     pool = train_vocab(lm, task, allowed_tokens(lm), 100, task.instruction)
     assert p.ids[4:] == lm.encode(task.instruction) and set(p.ids[:4]) <= set(pool)
-    assert decode(lm, p.ids) == p.text and p.meta["reencodes"] == (lm.encode(p.text) == p.ids)
+    assert token_text(lm, p.ids) == p.text and p.meta["reencodes"] == (lm.encode(p.text) == p.ids)
     data = checkpoint(tmp_path / "run")["data"]
     assert len(data["rewards"]) == 6 and all(len(r) == 8 for r in data["rewards"])
     assert data["policy"]["t"] == 6  # one Adam step per search step

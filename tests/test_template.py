@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from promptlift.methods.baseline.few_shot import balanced_sample
+from promptlift.methods.shared import balanced_sample
 from promptlift.task import Example, Task
 from promptlift.render import render
 from promptlift.template import build_layout, to_ids

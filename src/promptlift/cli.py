@@ -197,7 +197,7 @@ def eval_cmd(
 
     from .artifacts import Calibrated, TextPrompt, load
     from .engine.evaluate import evaluate
-    from .methods.baseline.few_shot import balanced_sample
+    from .methods.shared import balanced_sample
 
     from .runs import PredictionWriter, read_jsonl
 

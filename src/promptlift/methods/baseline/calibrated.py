@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from ...artifacts import Calibrated as CalibratedPrompt, TextPrompt
 from ...registry import register
 from ..base import Method
-from .few_shot import balanced_sample
+from ..shared import balanced_sample
 
 
 @register("calibrated")

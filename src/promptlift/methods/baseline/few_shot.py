@@ -7,40 +7,14 @@ GPT-3?" (nearest neighbours of each input, `selection="knn"`).
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 
 from ...artifacts import Calibrated, KnnPrompt, TextPrompt
 from ...engine.evaluate import evaluate
 from ...errors import BudgetExceeded, ConfigError
 from ...registry import register
-from ...task import Example, Task
 from ..base import Method
-
-
-def balanced_sample(task: Task, k: int, rng: random.Random) -> list[Example]:
-    """k training examples, as balanced across labels as k allows, in random order."""
-    pool = list(task.split("train"))
-    if k > len(pool):
-        raise ConfigError(f"shots={k} but the train split has only {len(pool)} examples")
-    if not task.is_classification:
-        return rng.sample(pool, k)
-    by_label: dict[str, list[Example]] = {lab: [] for lab in task.labels}
-    for ex in pool:
-        by_label[ex.output].append(ex)
-    for exs in by_label.values():
-        rng.shuffle(exs)
-    labels = [lab for lab in task.labels if by_label[lab]]
-    rng.shuffle(labels)
-    chosen: list[Example] = []
-    i = 0
-    while len(chosen) < k:
-        lab = labels[i % len(labels)]
-        if by_label[lab]:
-            chosen.append(by_label[lab].pop())
-        i += 1
-    rng.shuffle(chosen)
-    return chosen
+from ..shared import balanced_sample
 
 
 @register("few-shot")

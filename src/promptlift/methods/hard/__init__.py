@@ -1,1 +1,1 @@
-"""Token prompts: found with gradients (PEZ, AutoPrompt, projection of soft prompts) or with scores only (BBT)."""
+"""Token prompts found with gradients through the model: PEZ, AutoPrompt, projection of a soft prompt, and the probe."""

@@ -35,13 +35,13 @@ import torch.nn.functional as F
 
 from ...engine.apply import TokenApplier
 from ...engine.evaluate import example_losses, label_candidates
-from ...engine.search import Candidate, SearchSettings, SearchState
+from ...engine.search import Candidate, SearchSettings, SearchState, search
 from ...engine.scoring import score_candidates
 from ...engine.soft import header_kv
 from ...registry import register
 from ..base import Method
-from .common import (INSTRUCTION_HELP, FixedInstruction, TokenOptions, allowed_tokens, run_search, start_ids,
-                     token_gradient, token_prompt, vocab_embeddings)
+from ..shared import INSTRUCTION_HELP, FixedInstruction, TokenOptions, allowed_tokens, start_ids, token_prompt
+from .common import token_gradient, vocab_embeddings
 
 
 @dataclass
@@ -168,4 +168,4 @@ class AutoPrompt(Method):
     smoke = {"steps": 2, "tokens": 2, "candidates": 2, "batch_size": 4}
 
     def fit(self, lm, task, ctx):
-        return run_search(AutoPromptSearch(self.name, self.config, lm, task, ctx.seed), lm, task, ctx)
+        return search(AutoPromptSearch(self.name, self.config, lm, task, ctx.seed), lm, task, ctx)

@@ -31,8 +31,9 @@ from ...engine.train import SoftModule, TrainConfig, train
 from ...errors import ConfigError
 from ...registry import register
 from ..base import Method
-from .common import (INSTRUCTION_HELP, METRICS, TokenOptions, allowed_tokens, best_body, instruction_choices,
-                     instruction_of, nearest_tokens, start_ids, token_prompt, vocab_embeddings)
+from ..shared import (INSTRUCTION_HELP, TokenOptions, allowed_tokens, fixed_instruction, instruction_choices, start_ids,
+                      token_prompt)
+from .common import METRICS, best_body, nearest_tokens, vocab_embeddings
 
 
 class PEZModule(SoftModule):
@@ -106,7 +107,7 @@ class PEZ(Method):
 
     def fit(self, lm, task, ctx):
         c = self.config
-        instruction = instruction_of(c.instruction, task)
+        instruction = fixed_instruction(c.instruction, task)
         allowed = allowed_tokens(lm, c.vocab)
         init = start_ids(lm, task, c.init, c.tokens, ctx.rng(), instruction, allowed)
         body, demos = best_body(lm, task, init, instruction_choices(c.instruction, task, c.demos, ctx.seed), ctx)

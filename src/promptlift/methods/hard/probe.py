@@ -44,14 +44,14 @@ from ...engine.apply import TokenApplier, applier_for
 from ...engine.backends import backend_for
 from ...engine.evaluate import generate_with_prompt
 from ...engine.scoring import score_candidates
-from ...engine.search import Candidate, SearchSettings, SearchState, example_key
+from ...engine.search import Candidate, SearchSettings, SearchState, example_key, search
 from ...engine.soft import header_kv
 from ...errors import ConfigError
 from ...registry import register
 from ...task import Example, Task
 from ..base import Method
-from .common import (TokenOptions, allowed_tokens, hotflip, instruction_of, run_search, start_ids, token_gradient,
-                     token_prompt, vocab_embeddings)
+from ..shared import TokenOptions, allowed_tokens, fixed_instruction, start_ids, token_prompt
+from .common import hotflip, token_gradient, vocab_embeddings
 
 
 @dataclass
@@ -104,7 +104,7 @@ class ProbeSearch:
         # the loop's task: the probe inputs, answered with the target (a generation layout: no label list)
         self.task = Task(name=f"{task.name}-probe", kind="generation", train=self.examples, dev=self.examples,
                          instruction=task.instruction, metric="contains")
-        instruction = instruction_of(c.instruction, task)
+        instruction = fixed_instruction(c.instruction, task)
         self.body = lm.encode(instruction) if instruction else []
         self.layout = TokenApplier.layout(lm, None, self.body)
         self.answer = self.layout.answer(self.target)  # the target's tokens after the answer opening
@@ -210,7 +210,7 @@ class Probe(Method):
 
     def fit(self, lm, task, ctx):
         run = ProbeSearch(self.name, self.config, lm, task, ctx.seed)
-        best = run_search(run, lm, run.task, ctx)
+        best = search(run, lm, run.task, ctx)
         if not isinstance(best, TokenPrompt):  # the budget did not pay for measuring the start
             best = token_prompt(lm, run.start, run.body, target=run.target, **best.meta)
         start = best.meta.pop("start", {})

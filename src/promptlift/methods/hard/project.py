@@ -41,11 +41,10 @@ from ...engine.apply import TokenApplier
 from ...engine.evaluate import evaluate
 from ...engine.soft import check_tensor_prompt
 from ...errors import BudgetExceeded, ConfigError
-from ...registry import register
+from ...registry import get_method, register
 from ..base import Method
-from ..soft.common import SoftConfig
-from ..soft.prompt_tuning import PromptTuning
-from .common import METRICS, VOCABS, allowed_tokens, best_on_dev, similarity, token_prompt, vocab_embeddings
+from ..shared import VOCABS, SoftConfig, allowed_tokens, token_prompt
+from .common import METRICS, best_on_dev, similarity, vocab_embeddings
 
 
 @dataclass
@@ -118,7 +117,7 @@ class Project(Method):
         c = self.config
         if not c.source:
             soft_opts = {f.name: getattr(c, f.name) for f in fields(SoftConfig)}
-            return PromptTuning(**soft_opts).fit(lm, task, ctx)
+            return get_method("prompt-tuning")(**soft_opts).fit(lm, task, ctx)  # by name: no family imports another
         p = load(c.source)
         if not isinstance(p, SoftPrompt):
             raise ConfigError(f"{c.source}: project needs a soft prompt (prompt-tuning, p-tuning), "

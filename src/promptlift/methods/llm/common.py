@@ -26,7 +26,7 @@ from ...engine.select import SelectConfig, estimate_calls
 from ...errors import ConfigError
 from ...task import Example, Task
 from ..base import Method
-from ..baseline.few_shot import balanced_sample
+from ..shared import balanced_sample
 
 FORMATS = ("auto", "text", "chat")
 # Lines a small proposer writes when it continues the meta-prompt's own layout instead of answering.

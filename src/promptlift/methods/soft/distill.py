@@ -49,7 +49,7 @@ from ...runs import RunDir
 from ...task import Example, Task
 from ...template import build_layout
 from ..base import RunContext, _coerce
-from .common import INITS, init_token_ids
+from ..shared import INITS, init_token_ids
 from .prompt_tuning import PromptTuningModule
 
 METHOD = "distill"

@@ -22,7 +22,8 @@ from ...artifacts import SoftPrompt
 from ...engine.soft import soft_prefix_kv
 from ...engine.train import SoftModule
 from ...registry import register
-from .common import SoftConfig, SoftMethod
+from ..shared import SoftConfig
+from .common import SoftMethod
 
 
 class PromptEncoder(nn.Module):

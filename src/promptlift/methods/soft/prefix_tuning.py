@@ -21,7 +21,8 @@ from ...artifacts import PrefixPrompt
 from ...engine.soft import prefix_prefix_kv
 from ...engine.train import SoftModule
 from ...registry import register
-from .common import SoftConfig, SoftMethod, init_kv
+from ..shared import SoftConfig, init_kv
+from .common import SoftMethod
 
 
 class PrefixModule(SoftModule):

@@ -14,7 +14,7 @@ instruction, and optionally `demos` training examples as earlier turns (the
 artifact's `demos`). By default (`instruction=auto`) the task's instruction,
 none, and the task's instruction with `demos` examples are each scored on dev
 and the best is kept for the search (ties: that order), as the token methods
-do (`common.instruction_choices`). A small model can be hurt by an
+do (`shared.instruction_choices`). A small model can be hurt by an
 instruction: on SST-2 SmolLM2-135M scores 50.0 % on dev with the task's
 instruction and 65.6 % without one (its test accuracies are 47.7 and 70.3 %),
 and BBT from the task's instruction reached 56.2 % dev against 71.9 % from
@@ -63,13 +63,12 @@ import torch
 
 from ...artifacts import POSITIONS, Prompt, SoftPrompt
 from ...engine.evaluate import classify_scores, example_losses
-from ...engine.search import Candidate, SearchSettings, SearchState, dev_subset
+from ...engine.search import Candidate, SearchSettings, SearchState, dev_subset, search
 from ...errors import ConfigError
 from ...lm.base import model_key
 from ...registry import register
 from ..base import Method
-from ..soft.common import INITS, init_token_ids
-from .common import INSTRUCTION_HELP, Fixed, instruction_choices, run_search
+from ..shared import INITS, INSTRUCTION_HELP, Fixed, init_token_ids, instruction_choices
 
 FITNESS = ("ce", "error")
 
@@ -313,4 +312,4 @@ class BBT(Method):
     smoke = {"steps": 2, "popsize": 3, "dim": 4, "tokens": 2}
 
     def fit(self, lm, task, ctx):
-        return run_search(BBTSearch(self.name, self.config, lm, task, ctx.seed), lm, task, ctx)
+        return search(BBTSearch(self.name, self.config, lm, task, ctx.seed), lm, task, ctx)

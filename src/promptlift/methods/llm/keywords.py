@@ -57,13 +57,12 @@ from typing import Sequence
 
 from ...artifacts import TextPrompt, load
 from ...engine.evaluate import evaluate
-from ...engine.search import Candidate, SearchSettings, SearchState, dev_subset, example_key
+from ...engine.search import Candidate, SearchSettings, SearchState, dev_subset, example_key, search
 from ...errors import ConfigError
 from ...registry import register
 from ...task import Example, Task
 from ..base import Method
-from ..llm.common import clean, request, short, template
-from .common import run_search
+from .common import clean, request, short, template
 
 # General instruction words; what helps a given model is what the search finds out.
 VOCAB = (
@@ -311,7 +310,7 @@ class KeywordsSearch:
 class Keywords(Method):
     """Keywords appended to the instructions of several tasks, searched for one model; reusable on new tasks."""
 
-    family = "hard"
+    family = "llm"
     Config = KeywordsConfig
     smoke = {"steps": 2, "candidates": 2, "dev_examples": 4, "proposals": 1}
 
@@ -326,7 +325,7 @@ class Keywords(Method):
         if len({t.name for t in tasks}) < len(tasks):
             raise ConfigError(f"tasks: each task must have its own name, got {[t.name for t in tasks]}")
         joint = JointTask.of(tasks, c.dev_examples)
-        best = run_search(KeywordsSearch(self.name, c, lm, joint), lm, joint, ctx)
+        best = search(KeywordsSearch(self.name, c, lm, joint), lm, joint, ctx)
         kws = list(best.meta.get("keywords", []))
         best = TextPrompt(instruction=with_keywords(task.instruction, kws, c.template), demos=list(best.demos),
                           meta=dict(best.meta))  # the starting prompt when the budget paid for nothing

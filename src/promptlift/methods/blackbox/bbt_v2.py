@@ -52,9 +52,9 @@ from ...artifacts import PrefixPrompt
 from ...lm.base import model_key
 from ...registry import register
 from ..base import Method
-from ..soft.common import init_kv
+from ...engine.search import search
+from ..shared import init_kv
 from .bbt import BBTConfig, SubspaceSearch, projection
-from .common import run_search
 
 
 @dataclass
@@ -119,4 +119,4 @@ class BBTv2(Method):
     smoke = {"steps": 3, "popsize": 3, "dim": 4, "tokens": 2}
 
     def fit(self, lm, task, ctx):
-        return run_search(BBTv2Search(self.name, self.config, lm, task, ctx.seed), lm, task, ctx)
+        return search(BBTv2Search(self.name, self.config, lm, task, ctx.seed), lm, task, ctx)

@@ -4,7 +4,7 @@ Each of the k prompt positions has its own categorical distribution p_i over a
 vocabulary subset of P tokens. The paper pre-selects that subset from the
 training data (PMI n-grams); here it is the `pool` allowed tokens that occur
 most often in the training inputs, the instruction and the label words
-(`common.train_vocab`: frequent words of the task, readable by default).
+(`shared.train_vocab`: frequent words of the task, readable by default).
 
 Each step samples I prompts s_1..s_I (one token per position from p_i),
 scores each on the same training batch through the engine (label
@@ -52,10 +52,10 @@ from typing import ClassVar
 import torch
 
 from ...engine.evaluate import example_losses
-from ...engine.search import Candidate, SearchSettings, SearchState
+from ...engine.search import Candidate, SearchSettings, SearchState, search
 from ...registry import register
 from ..base import Method
-from .common import INSTRUCTION_HELP, FixedInstruction, TokenOptions, allowed_tokens, run_search, start_ids, token_prompt, train_vocab
+from ..shared import INSTRUCTION_HELP, FixedInstruction, TokenOptions, allowed_tokens, start_ids, token_prompt, train_vocab
 
 
 @dataclass
@@ -201,6 +201,6 @@ class BDPL(Method):
 
     def fit(self, lm, task, ctx):
         run = BDPLSearch(self.name, self.config, lm, task, ctx.seed)
-        best = run_search(run, lm, task, ctx)
+        best = search(run, lm, task, ctx)
         best.meta.update({"pool": len(run.pool)})
         return best

@@ -11,7 +11,7 @@ head turns MLP(h) into token logits. The frozen model here is the task model
 itself (the paper used distilGPT-2 beside a larger task model), read through
 the HF backend's `forward` and `logits`; only the MLP learns. Its action space
 is the `pool` allowed tokens most frequent in the training inputs, instruction
-and label words (`common.train_vocab`), a restriction the paper's code offers
+and label words (`shared.train_vocab`), a restriction the paper's code offers
 as top-k "fluent" sampling; the paper samples from the whole vocabulary over
 12,000 steps, which a CPU budget of a few dozen steps cannot explore.
 
@@ -67,11 +67,11 @@ import torch
 from torch import nn
 
 from ...engine.evaluate import classify_scores, example_losses
-from ...engine.search import Candidate, SearchSettings, SearchState
+from ...engine.search import Candidate, SearchSettings, SearchState, search
 from ...errors import ConfigError
 from ...registry import register
 from ..base import Method
-from .common import INSTRUCTION_HELP, FixedInstruction, TokenOptions, allowed_tokens, run_search, start_ids, token_prompt, train_vocab
+from ..shared import INSTRUCTION_HELP, FixedInstruction, TokenOptions, allowed_tokens, start_ids, token_prompt, train_vocab
 
 CORRECT, WRONG = 200.0, 180.0  # the paper's reward scales (lambda_2, lambda_1)
 
@@ -312,6 +312,6 @@ class RLPrompt(Method):
 
     def fit(self, lm, task, ctx):
         run = RLPromptSearch(self.name, self.config, lm, task, ctx.seed)
-        best = run_search(run, lm, task, ctx)
+        best = search(run, lm, task, ctx)
         best.meta.update({"pool": len(run.pool)})
         return best
