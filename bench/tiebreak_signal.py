@@ -2,7 +2,7 @@
 
 For each instruction-induction task (the data split of `llm_opt_vs_peers.py`), scores on the 32 dev
 rows the task's instruction alone and with 4 random training examples (seeds 0-2): exact match,
-and the mean log-probability of the reference answers, the value `engine/search/` breaks ties
+and the mean log-probability of the reference answers, the value `engine/search.py` breaks ties
 with. Test is never touched. Prints a markdown table.
 
     .venv/bin/python bench/tiebreak_signal.py --tasks antonyms sum

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-if not SHARED.exists():  # CI checks out the repo with shared/ beside it
-    SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+DATA = Path(__file__).resolve().parent / "data"  # the few public rows the real-model tests read (README there)
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}{% if loop.first and m['role'] != 'system' %}"
@@ -92,10 +91,82 @@ def one_thread():
 
 @pytest.fixture(scope="session", autouse=True)
 def _cache_dir(tmp_path_factory):
-    # Keep the LM call cache per test session; the model weight cache stays shared (slow to rebuild).
-    os.environ.setdefault("PROMPTLIFT_CALL_CACHE", str(tmp_path_factory.mktemp("calls") / "calls.sqlite"))
+    # The LM call cache is per test session (PROMPTLIFT_CALL_CACHE, read by lm/cache.py); the model weight
+    # cache (PROMPTLIFT_CACHE_DIR) stays shared: it is slow to rebuild and tests only read it.
+    os.environ["PROMPTLIFT_CALL_CACHE"] = str(tmp_path_factory.mktemp("calls") / "calls.sqlite")
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     yield
+
+
+# --- nothing outside the repository --------------------------------------------------------------------
+REPO = Path(__file__).resolve().parents[1]
+_OUTSIDE: list[tuple[str, str]] = []  # (path, test) read outside the repository, or the user's call cache
+
+
+def _not_data_dirs() -> tuple[str, ...]:
+    """Folders beside the repository that hold no test data: caches, temp, the interpreter and its packages."""
+    import site
+    import sysconfig
+    import tempfile
+
+    home = Path.home()
+    dirs = [tempfile.gettempdir(), home / ".cache", home / ".config", home / ".local", sys.prefix, sys.base_prefix,
+            sys.exec_prefix, *site.getsitepackages(), site.getusersitepackages(), sysconfig.get_paths()["stdlib"]]
+    dirs += [os.environ[v] for v in ("XDG_CACHE_HOME", "HF_HOME", "PROMPTLIFT_CACHE_DIR", "TMPDIR") if os.environ.get(v)]
+    dirs = [os.path.abspath(d) + os.sep for d in dirs]
+    return tuple(d for d in dirs if not (str(REPO) + os.sep).startswith(d))  # a clone in /tmp is still watched
+
+
+def outside_repo(path: str, repo: Path = REPO, allowed: tuple[str, ...] = ()) -> bool:
+    """True for a path beside the repository (under its parent, not under it): data a fresh clone lacks.
+    Hidden folders there (.cache, .venv...) and `allowed` folders (caches, temp, packages) are not data."""
+    p = os.path.abspath(path)
+    parent, root = str(repo.parent) + os.sep, str(repo) + os.sep
+    if not p.startswith(parent) or p.startswith(root) or p + os.sep == root:
+        return False
+    return not p[len(parent):].startswith(".") and not (p + os.sep).startswith(allowed)
+
+
+def read_guard(sink: list, user_calls: str, allowed: tuple[str, ...] = ()):
+    """An audit hook appending to `sink` (path, test) for each file or folder opened beside the repository,
+    and for each connection to the user's call cache `user_calls`."""
+    def hook(event: str, args: tuple) -> None:
+        if event == "open" or event == "os.listdir" or event == "os.scandir":
+            path = args[0] if args else None
+        elif event == "sqlite3.connect":
+            path = args[0] if args else None
+            if isinstance(path, (str, os.PathLike)) and os.path.abspath(path) == user_calls:
+                sink.append((user_calls + " (the user's call cache)", os.environ.get("PYTEST_CURRENT_TEST", "")))
+            return
+        else:
+            return
+        if isinstance(path, bytes):
+            path = os.fsdecode(path)
+        if isinstance(path, (str, os.PathLike)) and outside_repo(os.fspath(path), REPO, allowed):
+            sink.append((os.path.abspath(path), os.environ.get("PYTEST_CURRENT_TEST", "")))
+    return hook
+
+
+_GUARD_ON = False
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_reads_outside_repo(_cache_dir):
+    """Fails the session if any test opened a file beside the repository (a datasets folder next to the
+    checkout: a fresh clone has none) or the user's call cache. Subprocesses are not watched: test_repo_data.py checks that no
+    test names such a path."""
+    global _GUARD_ON
+    user_calls = os.path.abspath(Path(os.environ.get("PROMPTLIFT_CACHE_DIR") or Path.home() / ".cache" / "promptlift")
+                                 .expanduser() / "calls.sqlite")
+    if not _GUARD_ON:  # an audit hook cannot be removed: install it once per process
+        sys.addaudithook(read_guard(_OUTSIDE, user_calls, _not_data_dirs()))
+        _GUARD_ON = True
+    yield
+    if _OUTSIDE:
+        seen = list(dict.fromkeys(_OUTSIDE))
+        lines = "\n".join(f"  {p}  ({t.rsplit(' ', 1)[0] or 'outside a test'})" for p, t in seen[:20])
+        pytest.fail(f"tests read {len(seen)} path(s) outside the repository; ship what they need under "
+                    f"tests/data/:\n{lines}", pytrace=False)
 
 
 def synth_task():

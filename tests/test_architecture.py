@@ -80,9 +80,7 @@ def test_artifacts_never_import_the_engine_or_models():
 def test_shared_engine_never_asks_which_method_or_flag():
     names = set(list_methods())
     flags = {"knn", "calibrate", "reasoning"}
-    shared = ["evaluate.py", "backends.py", "train.py", "scoring.py", "decode.py", "select.py",
-              *(f"search/{p.name}" for p in sorted((SRC / "engine" / "search").glob("*.py")))]
-    assert len(shared) > 7
+    shared = ["evaluate.py", "backends.py", "train.py", "scoring.py", "decode.py", "search.py", "select.py"]
     for fname in shared:
         tree = ast.parse((SRC / "engine" / fname).read_text())
         for node in ast.walk(tree):

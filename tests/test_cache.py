@@ -58,11 +58,34 @@ def test_put_get_roundtrip_and_persistence(tmp_path):
 def test_default_path_and_env(monkeypatch, tmp_path):
     monkeypatch.setenv("PROMPTLIFT_CACHE_DIR", str(tmp_path / "cd"))
     monkeypatch.delenv("PROMPTLIFT_NO_CACHE", raising=False)
+    monkeypatch.delenv("PROMPTLIFT_CALL_CACHE", raising=False)  # set by conftest for the session
     assert cache_dir() == tmp_path / "cd" and (tmp_path / "cd").is_dir()
     c = CallCache()
     assert c.enabled and c.path == tmp_path / "cd" / "calls.sqlite"
     c.put("k", 1)
     assert c.get("k") == 1 and c.path.exists()
+
+
+def test_call_cache_file_env_moves_the_calls_and_not_the_weights(monkeypatch, tmp_path):
+    monkeypatch.setenv("PROMPTLIFT_CACHE_DIR", str(tmp_path / "cd"))
+    monkeypatch.setenv("PROMPTLIFT_CALL_CACHE", str(tmp_path / "calls" / "c.sqlite"))
+    monkeypatch.delenv("PROMPTLIFT_NO_CACHE", raising=False)
+    c = CallCache()
+    c.put("k", 1)
+    assert c.path == tmp_path / "calls" / "c.sqlite" and CallCache().get("k") == 1
+    assert not (tmp_path / "cd" / "calls.sqlite").exists()
+    assert cache_dir() == tmp_path / "cd"  # the model weights stay where they were
+
+
+def test_the_test_session_does_not_write_to_the_user_call_cache():
+    import os
+
+    user = Path(os.environ.get("PROMPTLIFT_CACHE_DIR") or Path.home() / ".cache" / "promptlift").expanduser()
+    c = CallCache(enabled=True)
+    c.put("session-key", 1)
+    assert c.get("session-key") == 1 and c.path.exists()
+    assert user not in c.path.parents and c.path != user / "calls.sqlite"
+    # conftest also fails the whole session if anything connects to user / "calls.sqlite"
 
 
 def test_disabled(monkeypatch, tmp_path):

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from conftest import SHARED, make_tiny_lm
+from conftest import DATA, make_tiny_lm
 from openai_server import serving
 from promptlift import Task, TextPrompt, evaluate
 from promptlift.artifacts import Calibrated, KnnPrompt, Reasoning, SoftPrompt
@@ -205,7 +205,7 @@ def test_first_token_scores_longest_match_floor_and_ambiguity():
 
 @pytest.mark.slow
 def test_real_model_endpoint_predictions_equal_local_on_sst2(real_lm):
-    task = Task.from_dir(SHARED / "sst2")
+    task = Task.from_dir(DATA / "sst2")
     exs = task.test[:100]
     with serving(real_lm) as srv:
         ep = OpenAIModel("smollm2", base_url=srv.base_url, cache=CallCache(enabled=False))

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import SHARED, make_tiny_lm
+from conftest import DATA, make_tiny_lm
 from promptlift.artifacts import Reasoning, TextPrompt
 from promptlift.errors import ConfigError
 from promptlift.engine.search import Limits, SearchSettings, SearchState, dev_subset
@@ -478,7 +478,7 @@ def test_real_model_grips_improves_sst2_dev_over_zero_shot():
     from promptlift.task import Task
 
     lm = HFModel("smollm2-135m")
-    task = Task.from_dir(SHARED / "sst2")
+    task = Task.from_dir(DATA / "sst2")
     t0 = time.perf_counter()
     p = get_method("grips")(operations="del,swap,add", steps=2, candidates=3, dev_examples=16,
                             start="zero-shot").fit(

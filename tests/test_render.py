@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import SHARED
+from conftest import DATA
 from promptlift import Task
 from promptlift.artifacts import KnnPrompt, Reasoning, SoftPrompt, TextPrompt
 from promptlift.artifacts.wrappers import least_to_most
@@ -160,7 +160,7 @@ def test_soft_prompt_segments_are_the_rendered_text(tiny_lm):
 
 @pytest.mark.slow
 def test_whitebox_tokens_equal_rendered_messages_on_the_bundled_chat_template(real_lm):
-    task = Task.from_dir(SHARED / "sst2")
+    task = Task.from_dir(DATA / "sst2")
     _agree(real_lm, task, [ex.input for ex in task.test[:40]])
 
 

@@ -18,7 +18,7 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
-from conftest import SHARED, make_tiny_lm
+from conftest import DATA, make_tiny_lm
 from promptlift.artifacts import Calibrated, PrefixPrompt, Reasoning, SoftPrompt, TextPrompt
 from promptlift.engine.decode import decode
 from promptlift.engine.evaluate import generate_with_prompt
@@ -366,7 +366,7 @@ def test_serve_local_real_model_matches_the_engine_on_sst2(tmp_path, real_lm):
     """`promptlift serve --upstream local` on smollm2-135m: 20 SST-2 test rows, a text and a soft prompt."""
     from promptlift.task import Task
 
-    task = Task.from_dir(SHARED / "sst2")
+    task = Task.from_dir(DATA / "sst2")
     rows = [ex.input for ex in task.test[:20]]
     text = TextPrompt(instruction="Is this review positive or negative? Answer with one word.",
                       demos=[task.train[0], task.train[1]])
@@ -408,7 +408,7 @@ def test_optimized_soft_prompt_served_locally_gives_the_eval_predictions_on_sst2
     from promptlift.serve.config import single_route_config
     from promptlift.task import Task
 
-    data = SHARED / "sst2"
+    data = DATA / "sst2"
     task = Task.from_dir(data)
     run = tmp_path / "run"
     promptlift.optimize("prompt-tuning", real_lm, task, out=run, seed=0, progress=False, eval_splits=("dev",),

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from conftest import SHARED
+from conftest import DATA
 from promptlift import Task
 from promptlift.errors import ConfigError, DataError
 from promptlift.metrics import contains, exact_match, get_metric, normalize, summarize, token_f1, wilson_ci95
@@ -21,11 +21,11 @@ def write_jsonl(path, rows):
 
 # --- directories -------------------------------------------------------------------------------------
 def test_sst2():
-    t = Task.from_dir(SHARED / "sst2")
+    t = Task.from_dir(DATA / "sst2")
     assert t.kind == "classification" and t.is_classification
     assert t.name == "sst2"
     assert t.labels == {"negative": "negative", "positive": "positive"}
-    assert (len(t.train), len(t.dev), len(t.test)) == (32, 32, 1821)
+    assert (len(t.train), len(t.dev), len(t.test)) == (32, 32, 200)  # every row of each file (tests/data)
     assert t.metric == "accuracy"
     assert all(ex.output in t.labels for ex in t.train + t.dev + t.test)
     assert "negative" in t.instruction and "positive" in t.instruction  # default instruction names the labels
@@ -33,8 +33,11 @@ def test_sst2():
     assert t.test[0].fields["text"] == t.test[0].input
 
 
-def test_instruction_induction_antonyms_dev_carved_from_train():
-    d = SHARED / "instruction_induction" / "antonyms"
+def test_instruction_induction_antonyms_dev_carved_from_train(tmp_path):
+    d = tmp_path / "antonyms"  # train and test files only: the dev split is carved from train
+    d.mkdir()
+    for split in ("train", "test"):
+        (d / f"{split}.jsonl").write_bytes((DATA / "antonyms" / f"{split}.jsonl").read_bytes())
     n_train = sum(1 for line in (d / "train.jsonl").read_text().splitlines() if line.strip())
     t = Task.from_dir(d)
     assert t.kind == "generation" and not t.is_classification

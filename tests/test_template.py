@@ -11,7 +11,7 @@ from promptlift.task import Example, Task
 from promptlift.render import render
 from promptlift.template import build_layout, to_ids
 
-from conftest import SHARED
+from conftest import DATA
 
 TEXTS = ["no movement , no yuks , not much of anything .", "  leading spaces and\ttabs", "ends with newline\n",
          "Café — naïve “quotes” 123", "a"]
@@ -46,7 +46,7 @@ def test_segments_equal_full_text_tokenization_plain(tiny_plain_lm, shots):
 
 @pytest.mark.slow
 def test_segments_equal_full_text_on_real_tokenizer(real_lm):
-    task = Task.from_dir(SHARED / "sst2")
+    task = Task.from_dir(DATA / "sst2")
     for demos in ([], balanced_sample(task, 4, random.Random(0))):
         lay = build_layout(real_lm, task.instruction, demos, task.labels)
         for ex in task.test[:100]:

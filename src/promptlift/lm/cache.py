@@ -18,6 +18,8 @@ process and several processes can read and write it at once.
 
 Environment:
   PROMPTLIFT_CACHE_DIR: folder of the default cache file (default ~/.cache/promptlift).
+  PROMPTLIFT_CALL_CACHE: the call cache file itself (default $PROMPTLIFT_CACHE_DIR/calls.sqlite); the
+    model weights stay under PROMPTLIFT_CACHE_DIR.
   PROMPTLIFT_NO_CACHE=1: disable the cache (nothing is read or written).
 """
 
@@ -103,7 +105,7 @@ class CallCache:
     """A thread- and process-safe SQLite cache of model calls.
 
     Args:
-      path: the SQLite file; default `cache_dir()/"calls.sqlite"`. The file and
+      path: the SQLite file; default $PROMPTLIFT_CALL_CACHE or `cache_dir()/"calls.sqlite"`. The file and
         its folder are created on first use.
       enabled: False turns the cache off (`get` always misses, `put` does
         nothing, no file is touched). Default: on unless $PROMPTLIFT_NO_CACHE=1.
@@ -126,6 +128,8 @@ class CallCache:
             return self._path_arg
         if not self.enabled:
             return None
+        if os.environ.get("PROMPTLIFT_CALL_CACHE"):
+            return Path(os.environ["PROMPTLIFT_CALL_CACHE"]).expanduser()
         return cache_dir() / "calls.sqlite"
 
     def __repr__(self) -> str:

@@ -15,8 +15,7 @@ Modules (side effects only in `routes`, `upstream`, `server`, `cli`):
     local     the in-process model, batching requests with different artifacts; log-probabilities
               through the applied prompt (so `promptlift eval --model openai:ROUTE` = local eval)
     upstream  HTTP upstream: pooled connections, timeouts, retries, error mapping
-    auth      hashed bearer keys
-    ratelimit the per-key requests-per-minute limit (off unless configured)
+    auth      hashed bearer keys, per-key requests-per-minute limit
     protocol  OpenAI error bodies and completion/SSE shapes
     metrics   Prometheus collectors
     routes    config -> live routes (loads and verifies artifacts; what outlives a reload)

@@ -61,11 +61,10 @@ from ..errors import PromptliftError
 from ..lm.base import GenerationConfig
 from . import protocol as P
 from .apply import chat_messages, check_one_stage, completion_prompt, embeds_prompt
-from .auth import Caller, bearer_token
+from .auth import Caller, RateLimiter, bearer_token, retry_after_header
 from .config import DEFAULT_PROMPT, PROMPT_HEADER, ServeConfig
 from .embeds import encode_embeds, soft_input_embeds
 from .metrics import Metrics
-from .ratelimit import RateLimiter, retry_after_header
 from .routes import LiveRoute, Resources, Snapshot, build_snapshot, describe
 
 log = logging.getLogger("promptlift.serve")

@@ -2,16 +2,13 @@
 
     promptlift serve --prompt RUN_OR_ARTIFACT [--name NAME] --upstream URL|local[:MODEL]
                      [--host 127.0.0.1] [--port 8000] [--api-key-file FILE] [--admin-key-file FILE]
-                     [--requests-per-minute N]
     promptlift serve --config serve.yaml [--host H] [--port P]
 
 Both check every artifact before listening (a tampered or unknown artifact is
 one line on stderr, exit 2) and print what they serve with each artifact's
 content hash. With `--prompt`, that hash is pinned: a reload (SIGHUP or
 POST /admin/reload) refuses a file that changed since start-up. `--check`
-does all the checks, prints the routes and exits without serving. The
-start-up lines also name every limit in force (none is added that the
-config does not set: no rate limit unless configured).
+does all the checks, prints the routes and exits without serving.
 """
 
 from __future__ import annotations
@@ -33,33 +30,6 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def limits_in_force(cfg) -> dict:
-    """Every limit the server applies, by name: serve.yaml's `limits` (0 = off for the rate limit), each
-    route's own max_tokens cap and each key's own requests_per_minute."""
-    from dataclasses import asdict
-
-    out: dict = asdict(cfg.limits)
-    caps = {r.name: r.max_tokens for r in cfg.routes if r.max_tokens is not None}
-    rpm = {k.name: k.requests_per_minute for k in cfg.keys if k.requests_per_minute is not None}
-    if caps:
-        out["max_tokens_by_route"] = caps
-    if rpm:
-        out["requests_per_minute_by_key"] = rpm
-    return out
-
-
-def limit_lines(cfg) -> list[str]:
-    """The start-up lines naming every limit in force (see `limits_in_force`)."""
-    d = limits_in_force(cfg)
-    by_route, by_key = d.pop("max_tokens_by_route", {}), d.pop("requests_per_minute_by_key", {})
-    rpm = d.pop("requests_per_minute")
-    lines = ["rate limit: " + (f"{rpm} requests per minute per key" if rpm else "none")
-             + "".join(f"; key {k}: {'none' if v == 0 else f'{v} per minute'}" for k, v in by_key.items()),
-             "limits: " + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in d.items())
-             + "".join(f"; route {r}: max_tokens {v}" for r, v in by_route.items())]
-    return lines
 
 
 def serve(
@@ -90,8 +60,6 @@ def serve(
     admin_key_file: Optional[Path] = typer.Option(None, "--admin-key-file",
                                                   help="--prompt: keys that may POST /admin/reload"),
     log_content: bool = typer.Option(False, "--log-content", help="--prompt: log messages and answers"),
-    requests_per_minute: int = typer.Option(0, "--requests-per-minute", min=0,
-                                            help="--prompt: per-key (or per-address) rate limit; 0 = none"),
     device: str = typer.Option("auto", "--device", help="local models: auto | cpu | cuda | cuda:N | mps"),
     dtype: str = typer.Option("auto", "--dtype", help="local models: auto | float32 | bfloat16 | float16"),
     threads: Optional[int] = typer.Option(None, "--threads", min=1,
@@ -100,7 +68,7 @@ def serve(
     as_json: bool = typer.Option(False, "--json", help="machine-readable start-up lines"),
 ):
     """Serve learned prompts in front of an LLM: an OpenAI-compatible proxy (chat, completions, streaming)."""
-    from .config import Limits, load_config, parse_upstream, read_key_file, single_route_config
+    from .config import load_config, parse_upstream, read_key_file, single_route_config
 
     if (prompt is None) == (config is None):
         raise ConfigError("give either --prompt RUN_OR_ARTIFACT --upstream URL|local[:MODEL], or --config serve.yaml")
@@ -108,8 +76,7 @@ def serve(
         only_prompt = {"--name": name != "promptlift", "--upstream": upstream, "--upstream-model": upstream_model,
                        "--upstream-api-key-env": upstream_api_key_env, "--prompt-embeds": prompt_embeds,
                        "--embeds-model": embeds_model, "--sha256": sha256, "--api-key-file": api_key_file,
-                       "--admin-key-file": admin_key_file, "--log-content": log_content,
-                       "--requests-per-minute": requests_per_minute}
+                       "--admin-key-file": admin_key_file, "--log-content": log_content}
         extra = [k for k, v in only_prompt.items() if v]
         if extra:
             raise ConfigError(f"{', '.join(extra)} only go with --prompt; with --config put them in {config}")
@@ -129,8 +96,7 @@ def serve(
             keys = keys + read_key_file(admin_key_file, admin=True, prefix="admin")
         cfg = single_route_config(prompt, artifact.hash, upstream, name=name, upstream_model=upstream_model,
                                   upstream_api_key_env=upstream_api_key_env, prompt_embeds=prompt_embeds,
-                                  embeds_model=embeds_model, keys=keys, log_content=log_content,
-                                  limits=Limits(requests_per_minute=requests_per_minute))
+                                  embeds_model=embeds_model, keys=keys, log_content=log_content)
         reload_config = lambda: cfg  # noqa: E731  (the hash printed now stays pinned)
     host = host or cfg.host
     port = cfg.port if port is None else port
@@ -151,14 +117,12 @@ def serve(
     routes = describe(snapshot)
     if as_json:
         typer.echo(json.dumps({"listening": f"http://{host}:{port}", "routes": routes, "keys": len(cfg.keys),
-                               "limits": limits_in_force(cfg), "check": check}))
+                               "check": check}))
     else:
         for r in routes:
             for pname, info in r["prompts"].items():
                 typer.echo(f"route {r['route']}: prompt {pname} ({info['type']}) {info['path']} "
                            f"sha256 {info['sha256']} -> {r['upstream']}")
-        for line in limit_lines(cfg):
-            typer.echo(line)
         if not check:
             typer.echo(f"listening on http://{host}:{port}/v1 ({len(cfg.keys)} API key(s))")
     if not cfg.keys and not _loopback(host):

@@ -36,7 +36,7 @@ class Limits:
 
     max_body_bytes: int = 1 << 20  # larger request bodies get 413
     max_tokens: int = 1024  # a request asking for more gets 400; one asking nothing gets this
-    requests_per_minute: int = 0  # per API key (per client address without keys); 0 = no limit
+    requests_per_minute: int = 600  # per API key (per client address without keys); 0 = unlimited
     upstream_timeout_s: float = 60.0  # per upstream request (connect + read); then 504
     upstream_connect_timeout_s: float = 5.0
     upstream_retries: int = 2  # extra tries after a 429, a 5xx or a refused connection
