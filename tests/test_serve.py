@@ -29,7 +29,7 @@ from promptlift.artifacts import Calibrated, KnnPrompt, PrefixPrompt, Reasoning,
 from promptlift.errors import ArtifactError, ConfigError
 from promptlift.render import render
 from promptlift.serve.app import build_app
-from promptlift.serve.auth import RateLimiter
+from promptlift.serve.ratelimit import RateLimiter
 from promptlift.serve.config import hash_key, load_config, parse_config, read_key_file, single_route_config
 from promptlift.serve.routes import Resources, build_snapshot
 from promptlift.serve.server import ServerThread
@@ -402,6 +402,23 @@ def test_rate_limit_per_key_with_retry_after(tmp_path, fake, proxies):
     assert px.post("/v1/chat/completions", body).status_code == 200
 
 
+def test_no_rate_limit_unless_configured(tmp_path, fake, proxies):
+    """700 quick requests from one key: none is refused without a configured limit; with one, exactly N pass."""
+    body = json.dumps({"model": "sentiment", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2})
+    headers = {"authorization": f"Bearer {KEY}", "content-type": "application/json"}
+
+    def statuses(px, n):
+        with httpx.Client(base_url=px.url, headers=headers, timeout=20) as c:
+            return [c.post("/v1/chat/completions", content=body).status_code for _ in range(n)]
+
+    open_px = proxies(load_config(basic_config(tmp_path, fake)))
+    assert statuses(open_px, 700) == [200] * 700  # the fake clock stands still: all in one minute
+    open_px.stop()
+    limited = proxies(load_config(basic_config(tmp_path, fake, limits={"requests_per_minute": 40})))
+    got = statuses(limited, 100)
+    assert got == [200] * 40 + [429] * 60
+
+
 def test_upstream_500_retried_then_502(tmp_path, fake, proxies):
     px = proxies(load_config(basic_config(tmp_path, fake, limits={"upstream_retries": 2})))
     body = {"model": "sentiment", "messages": [{"role": "user", "content": "x"}]}
@@ -598,7 +615,12 @@ def test_cli_check_prints_the_hash_and_refuses_bad_input(tmp_path, fake, capsys)
 
     path, sha = save(TextPrompt(instruction="I"), tmp_path / "p")
     assert main(["serve", "--prompt", str(path), "--upstream", fake.url, "--check"]) == 0
-    assert sha in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert sha in out and "rate limit: none" in out  # every limit in force is printed; none added unasked
+    assert "max_body_bytes 1048576" in out and "max_tokens 1024" in out and "upstream_timeout_s 60" in out
+    assert main(["serve", "--prompt", str(path), "--upstream", fake.url, "--requests-per-minute", "30",
+                 "--check"]) == 0
+    assert "rate limit: 30 requests per minute per key" in capsys.readouterr().out
     assert main(["serve", "--prompt", str(path), "--upstream", fake.url, "--sha256", "1" * 64, "--check"]) == 2
     err = capsys.readouterr().err.strip()
     assert "content hash" in err and len(err.splitlines()) == 1

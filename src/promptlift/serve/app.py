@@ -61,10 +61,11 @@ from ..errors import PromptliftError
 from ..lm.base import GenerationConfig
 from . import protocol as P
 from .apply import chat_messages, check_one_stage, completion_prompt, embeds_prompt
-from .auth import Caller, RateLimiter, bearer_token, retry_after_header
+from .auth import Caller, bearer_token
 from .config import DEFAULT_PROMPT, PROMPT_HEADER, ServeConfig
 from .embeds import encode_embeds, soft_input_embeds
 from .metrics import Metrics
+from .ratelimit import RateLimiter, retry_after_header
 from .routes import LiveRoute, Resources, Snapshot, build_snapshot, describe
 
 log = logging.getLogger("promptlift.serve")
@@ -97,11 +98,13 @@ class ServerState:
     """The live snapshot, what outlives reloads, the limiter and the metrics of one server."""
 
     def __init__(self, snapshot: Snapshot, resources: Resources, reload_config: Callable[[], ServeConfig] | None,
-                 clock: Callable[[], float] = time.monotonic, log_line: Callable[[dict], None] | None = None):
+                 clock: Callable[[], float] = time.monotonic, log_line: Callable[[dict], None] | None = None,
+                 limiter=None, on_admin_reload: Callable[[], None] | None = None):
         self.snapshot = snapshot
         self.resources = resources
         self.reload_config = reload_config
-        self.limiter = RateLimiter(clock)
+        self.limiter = limiter or RateLimiter(clock)
+        self.on_admin_reload = on_admin_reload  # --workers: tell the other workers to reload too
         self.metrics = Metrics()
         self.log_line = log_line or _log_json
         self._reload_lock = asyncio.Lock()
@@ -136,18 +139,21 @@ def _log_json(d: dict) -> None:
 def build_app(config: ServeConfig | None = None, *, snapshot: Snapshot | None = None,
               resources: Resources | None = None, reload_config: Callable[[], ServeConfig] | None = None,
               clock: Callable[[], float] = time.monotonic, log_line: Callable[[dict], None] | None = None,
-              handle_sighup: bool = True) -> FastAPI:
+              handle_sighup: bool = True, limiter=None,
+              on_admin_reload: Callable[[], None] | None = None) -> FastAPI:
     """The proxy app for `config` (or an already built `snapshot`).
 
     reload_config: gives the config to switch to on reload (default: the same config,
       artifacts re-read and re-checked). lms / transport go through `resources`.
+    limiter: the rate limiter (default: in memory, `clock`); on_admin_reload: called after a
+      successful POST /admin/reload (worker processes pass the reload on to the others).
     """
     resources = resources or Resources()
     if snapshot is None:
         if config is None:
             raise ValueError("build_app needs a config or a snapshot")
         snapshot = build_snapshot(config, resources)
-    state = ServerState(snapshot, resources, reload_config, clock, log_line)
+    state = ServerState(snapshot, resources, reload_config, clock, log_line, limiter, on_admin_reload)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -208,6 +214,8 @@ def build_app(config: ServeConfig | None = None, *, snapshot: Snapshot | None = 
                 raise P.ServeError(403, "this key may not reload the server (admin: true in serve.yaml)",
                                    "permission_error", "not_admin")
             new = await state.reload()
+            if state.on_admin_reload is not None:
+                state.on_admin_reload()
         except P.ServeError as e:
             return _error_response(e)
         except PromptliftError as e:

@@ -17,6 +17,7 @@ are one-line `ConfigError`s naming the file and the field.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,7 @@ class Limits:
 
     max_body_bytes: int = 1 << 20  # larger request bodies get 413
     max_tokens: int = 1024  # a request asking for more gets 400; one asking nothing gets this
-    requests_per_minute: int = 600  # per API key (per client address without keys); 0 = unlimited
+    requests_per_minute: int = 0  # per API key (per client address without keys); 0 = no limit
     upstream_timeout_s: float = 60.0  # per upstream request (connect + read); then 504
     upstream_connect_timeout_s: float = 5.0
     upstream_retries: int = 2  # extra tries after a 429, a 5xx or a refused connection
@@ -113,6 +114,7 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     source: Path | None = None
+    workers: int = 1  # server processes behind the one port (`auto` in serve.yaml: the usable cores)
 
     def route(self, name: str) -> Route | None:
         for r in self.routes:
@@ -207,11 +209,32 @@ LIMIT_FIELDS = tuple(Limits.__dataclass_fields__)
 ROUTE_FIELDS = ("name", "upstream", "upstream_model", "upstream_api_key_env", "prompt_embeds", "embeds_model",
                 "prompt", "sha256", "prompts", "labels", "max_tokens")
 KEY_FIELDS = ("name", "sha256", "routes", "requests_per_minute", "admin")
-TOP_FIELDS = ("host", "port", "limits", "log_content", "keys", "routes")
+TOP_FIELDS = ("host", "port", "workers", "limits", "log_content", "keys", "routes")
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS tells it)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def parse_workers(v: Any, where: str) -> int:
+    """`workers`: an integer >= 1 or `auto` (the usable cores)."""
+    if v == "auto":
+        return usable_cores()
+    if isinstance(v, str) and v.strip().isdigit():
+        v = int(v)
+    return _int(v, where, 1)
 
 
 def _limits(d: Any, where: str) -> Limits:
     d = _mapping(d, where)
+    backend = d.pop("backend", "local")
+    if backend != "local":  # the counts live in a file the workers of one machine share
+        raise _fail(f"{where}.backend", f"only 'local' (the workers of one machine share the counts) is supported "
+                                        f"yet, got {backend!r}; behind a load balancer, set the limit there")
     _known(d, LIMIT_FIELDS, where)
     kw: dict[str, Any] = {}
     for k, v in d.items():
@@ -323,8 +346,9 @@ def parse_config(data: Any, source: Path | None = None) -> ServeConfig:
     port = _int(d.get("port", 8000), f"{where}: port")
     if port > 65535:
         raise _fail(f"{where}: port", f"expected 0..65535, got {port}")
+    workers = parse_workers(d.get("workers", 1), f"{where}: workers")
     return ServeConfig(routes, keys, limits, _bool(d.get("log_content", False), f"{where}: log_content"),
-                       host, port, source)
+                       host, port, source, workers)
 
 
 def load_config(path: str | Path) -> ServeConfig:
@@ -380,5 +404,5 @@ def single_route_config(prompt: str | Path, sha256: str, upstream: str, *, name:
 
 
 __all__ = ["Limits", "PromptRef", "Upstream", "Route", "ApiKey", "ServeConfig", "hash_key", "parse_config",
-           "load_config", "read_key_file", "single_route_config", "parse_upstream", "PROMPT_HEADER",
+           "load_config", "read_key_file", "single_route_config", "parse_upstream", "parse_workers", "PROMPT_HEADER",
            "DEFAULT_PROMPT"]

@@ -6,11 +6,21 @@
                                                              status_429 | status_4xx | local
     promptlift_tokens_total{route, kind}                     prompt | completion (as the upstream reports them)
     promptlift_reloads_total{result}                         ok | error
+
+With `--workers N` the server sets PROMETHEUS_MULTIPROC_DIR (a folder of its run)
+before the worker processes start: each writes its values there and /metrics,
+whichever worker answers it, sums them over all workers (prometheus_client's
+multiprocess mode).
 """
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
@@ -32,6 +42,7 @@ class Metrics:
         self.tokens = Counter("promptlift_tokens", "Tokens reported by the upstream, by route and kind",
                               ["route", "kind"], registry=r)
         self.reloads = Counter("promptlift_reloads", "Reloads of routes and artifacts", ["result"], registry=r)
+        self.multiprocess_dir = os.environ.get(MULTIPROC_ENV)  # read by prometheus_client when first imported
 
     def observe(self, route: str, endpoint: str, status: int, seconds: float, prompt_tokens: int = 0,
                 completion_tokens: int = 0, upstream_error: str | None = None) -> None:
@@ -45,7 +56,11 @@ class Metrics:
             self.upstream_errors.labels(route, upstream_error).inc()
 
     def render(self) -> bytes:
+        if self.multiprocess_dir:  # every worker's values, summed
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=self.multiprocess_dir)
+            return generate_latest(registry)
         return generate_latest(self.registry)
 
 
-__all__ = ["Metrics"]
+__all__ = ["Metrics", "MULTIPROC_ENV"]

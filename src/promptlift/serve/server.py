@@ -1,35 +1,68 @@
-"""Running the app with uvicorn: in the foreground (the CLI) or in a thread (tests, benchmarks).
+"""Running the app with uvicorn: in the foreground (the CLI), in N worker processes behind one port
+(`--workers N`), or in a thread (tests, benchmarks).
 
-Both bind the socket themselves before uvicorn starts, so a test asks for port
-0 and reads the port it got, with no race for a "free" port.
+Each binds its socket before uvicorn starts, so a test asks for port 0 and
+reads the port it got, with no race for a "free" port.
+
+Workers (`run_workers`): the master process reserves the port and starts N
+processes (spawned, not forked: each builds its own app and event loop), each
+listening on that port with SO_REUSEPORT, so the kernel spreads connections
+over them (elsewhere the master's one listening socket is handed to each).
+The master forwards SIGHUP to every worker (each reloads, as one server
+does); a worker that reloads on POST /admin/reload tells the master, which
+sends SIGHUP to the others. SIGINT/SIGTERM to the master: each worker stops
+accepting, finishes its requests in flight, exits; then the master. A worker
+that dies is started again; workers whose master is gone stop by themselves.
+Shared state lives in a temp folder of the run, removed at exit: the rate
+limiter's file (`serve.ratelimit.SharedRateLimiter`) and the metrics of
+prometheus_client's multiprocess mode (`serve.metrics`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import multiprocessing
+import os
+import shutil
+import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any, Callable
 
 import uvicorn
 
 from ..errors import ConfigError
+from .metrics import MULTIPROC_ENV
+
+REUSEPORT = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")  # balanced only on Linux
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on host:port (port 0: any free port); ConfigError if it cannot be bound."""
+def bind(host: str, port: int, *, listen: bool = True, reuseport: bool = False) -> socket.socket:
+    """A listening TCP socket on host:port (port 0: any free port); ConfigError if it cannot be bound.
+
+    listen=False: bound only (reserves the port); reuseport: others may bind it too (SO_REUSEPORT).
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP (else Nagle +
     # delayed ACKs add ~40 ms to every response written in two parts)
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuseport:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as e:
         sock.close()
         raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
-    sock.listen(2048)
+    if listen:
+        sock.listen(2048)
     sock.set_inheritable(True)
     return sock
 
@@ -109,11 +142,206 @@ def setup_logging(level: int = logging.INFO) -> None:
     logger.propagate = False
 
 
-def run_foreground(app, host: str, port: int, log_level: str = "info") -> None:
-    """Serve until SIGINT/SIGTERM (in-flight requests finish first); SIGHUP reloads (see app)."""
+def run_foreground(app, host: str, port: int, log_level: str = "info",
+                   on_listening: Callable[[int], None] | None = None) -> None:
+    """Serve until SIGINT/SIGTERM (in-flight requests finish first); SIGHUP reloads (see app).
+
+    on_listening(port): called once the socket is bound (port 0 asks for any free port).
+    """
     sock = bind(host, port)
+    if on_listening:
+        on_listening(sock.getsockname()[1])
     server = uvicorn.Server(_config(app, log_level))
     server.run(sockets=[sock])
 
 
-__all__ = ["ServerThread", "bind", "run_foreground", "setup_logging"]
+# --- worker processes ---------------------------------------------------------------------------
+
+
+@dataclass
+class WorkerContext:
+    """What a worker process knows of its server: its index, the master, the run's shared folder."""
+
+    index: int
+    master_pid: int
+    run_dir: str
+    conn: Connection  # to the master
+
+    def tell_master(self, what: str) -> None:
+        try:
+            self.conn.send((what, self.index))
+        except (OSError, ValueError):  # the master is gone: the watcher stops this worker
+            pass
+
+    def admin_reloaded(self) -> None:
+        """After a reload by POST /admin/reload: the master has the other workers reload too."""
+        self.tell_master("reloaded")
+
+
+class _WorkerServer(uvicorn.Server):
+    """A worker stops on SIGTERM from the master; a terminal's Ctrl-C (SIGINT to the whole process group)
+    is the master's to handle, so a second signal never cuts the graceful shutdown short."""
+
+    def handle_exit(self, sig, frame) -> None:
+        if sig != signal.SIGINT:
+            self.should_exit = True
+
+
+def _watch(server: uvicorn.Server, ctx: WorkerContext) -> None:
+    while not server.started:
+        if server.should_exit:
+            return
+        time.sleep(0.02)
+    ctx.tell_master("ready")
+    while not server.should_exit:
+        if os.getppid() != ctx.master_pid:  # orphaned: stop (requests in flight finish)
+            server.should_exit = True
+            return
+        time.sleep(0.5)
+
+
+def _worker_main(make_app: Callable[[WorkerContext], Any], ctx: WorkerContext, host: str, port: int,
+                 sock: socket.socket | None, log_level: str) -> None:
+    from ..errors import PromptliftError
+
+    try:
+        app = make_app(ctx)
+        sock = sock if sock is not None else bind(host, port, reuseport=True)
+    except PromptliftError as e:
+        print(f"promptlift: error: worker {ctx.index}: {e}", file=sys.stderr, flush=True)
+        sys.exit(int(getattr(e, "exit_code", 2)))
+    server = _WorkerServer(_config(app, log_level))
+    threading.Thread(target=_watch, args=(server, ctx), name="promptlift-worker-watch", daemon=True).start()
+    server.run(sockets=[sock])
+
+
+class _Workers:
+    """The master's view: one process and one pipe per worker index."""
+
+    def __init__(self, make_app, n: int, host: str, port: int, sock: socket.socket | None, run_dir: str,
+                 log_level: str):
+        self.mp = multiprocessing.get_context("spawn")
+        self.make_app, self.n, self.host, self.port, self.sock = make_app, n, host, port, sock
+        self.run_dir, self.log_level = run_dir, log_level
+        self.procs: dict[int, tuple[Any, Connection, float]] = {}
+
+    def start(self, i: int) -> None:
+        r, w = self.mp.Pipe(duplex=False)
+        ctx = WorkerContext(i, os.getpid(), self.run_dir, w)
+        p = self.mp.Process(target=_worker_main, name=f"promptlift-worker-{i}",
+                            args=(self.make_app, ctx, self.host, self.port, self.sock, self.log_level))
+        p.start()
+        w.close()
+        self.procs[i] = (p, r, time.monotonic())
+
+    def signal_all(self, sig: int, but: int | None = None) -> None:
+        for i, (p, _, _) in self.procs.items():
+            if i != but and p.is_alive():
+                try:
+                    os.kill(p.pid, sig)
+                except ProcessLookupError:
+                    pass
+
+    def events(self, timeout: float) -> list[tuple[str, int, Any]]:
+        """("ready" | "reloaded", index, None) messages and ("exited", index, exit code), waiting up to timeout."""
+        by = {}
+        for i, (p, r, _) in self.procs.items():
+            by[r] = by[p.sentinel] = i
+        out = []
+        for obj in wait(list(by), timeout):
+            i = by[obj]
+            p, r, _ = self.procs[i]
+            if obj is r:
+                try:
+                    what, _ = r.recv()
+                except (EOFError, OSError):
+                    continue
+                out.append((what, i, None))
+            elif not p.is_alive():
+                p.join()
+                out.append(("exited", i, p.exitcode))
+        return out
+
+    def stop(self, timeout: float) -> None:
+        self.signal_all(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for p, r, _ in self.procs.values():
+            p.join(max(0.1, deadline - time.monotonic()))
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+            r.close()
+
+
+def run_workers(make_app: Callable[[WorkerContext], Any], n: int, host: str, port: int, *,
+                log_level: str = "info", on_listening: Callable[[int], None] | None = None,
+                start_timeout_s: float = 300.0, stop_timeout_s: float = 40.0) -> None:
+    """Serve with `n` worker processes on host:port until SIGINT/SIGTERM (see the module docstring).
+
+    make_app(ctx): builds a worker's app in the worker (picklable: a module-level function or object).
+    """
+    held = bind(host, port, listen=not REUSEPORT, reuseport=REUSEPORT)
+    port = held.getsockname()[1]
+    run_dir = tempfile.mkdtemp(prefix="promptlift-serve-")
+    (Path(run_dir) / "metrics").mkdir()
+    old_env = os.environ.get(MULTIPROC_ENV)
+    os.environ[MULTIPROC_ENV] = str(Path(run_dir) / "metrics")  # the workers inherit it
+    flags = {"hup": 0, "stop": False}
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+
+    def on_stop(sig, frame):
+        flags["stop"] = True
+
+    def on_hup(sig, frame):
+        flags["hup"] += 1
+
+    workers = _Workers(make_app, n, host, port, None if REUSEPORT else held, run_dir, log_level)
+    try:
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGHUP, on_hup)
+        for i in range(n):
+            workers.start(i)
+        ready: set[int] = set()
+        deadline = time.monotonic() + start_timeout_s
+        while len(ready) < n and not flags["stop"]:
+            for what, i, code in workers.events(0.2):
+                if what == "ready":
+                    ready.add(i)
+                elif what == "exited":
+                    raise ConfigError(f"worker {i} stopped while starting (exit code {code})")
+            if time.monotonic() > deadline:
+                raise ConfigError(f"the workers did not start in {start_timeout_s:.0f} s")
+        if on_listening and not flags["stop"]:
+            on_listening(port)
+        while not flags["stop"]:
+            if flags["hup"]:
+                flags["hup"] = 0
+                workers.signal_all(signal.SIGHUP)
+            for what, i, code in workers.events(0.2):
+                if what == "reloaded":
+                    workers.signal_all(signal.SIGHUP, but=i)
+                elif what == "exited" and not flags["stop"]:
+                    started = workers.procs[i][2]
+                    _log_master({"event": "worker_exit", "worker": i, "exit_code": code})
+                    if time.monotonic() - started < 10.0:
+                        raise ConfigError(f"worker {i} stopped {time.monotonic() - started:.0f} s after it started "
+                                          f"(exit code {code}); not starting it again")
+                    workers.start(i)
+    finally:
+        workers.stop(stop_timeout_s)
+        for sig, h in old.items():
+            signal.signal(sig, h)
+        held.close()
+        if old_env is None:
+            os.environ.pop(MULTIPROC_ENV, None)
+        else:
+            os.environ[MULTIPROC_ENV] = old_env
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _log_master(d: dict) -> None:
+    logging.getLogger("promptlift.serve").info(json.dumps({"ts": round(time.time(), 3), **d}))
+
+
+__all__ = ["ServerThread", "WorkerContext", "bind", "run_foreground", "run_workers", "setup_logging"]
