@@ -22,7 +22,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from promptlift.engine.decode import decode
+from promptlift.lm.decode import decode
 from promptlift.lm.base import GenerationConfig
 
 

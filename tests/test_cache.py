@@ -7,7 +7,8 @@ import sys
 import threading
 from pathlib import Path
 
-from promptlift.lm.cache import CallCache, cache_dir
+from promptlift.files import cache_dir
+from promptlift.lm.cache import CallCache
 
 REQ = {"endpoint": "chat", "messages": [{"role": "user", "content": "hi"}], "n": 1, "temperature": 0.0,
        "max_tokens": 64, "stop": [], "top_p": 1.0, "seed": None, "rollout": 0}
@@ -59,7 +60,7 @@ def test_default_path_and_env(monkeypatch, tmp_path):
     monkeypatch.setenv("PROMPTLIFT_CACHE_DIR", str(tmp_path / "cd"))
     monkeypatch.delenv("PROMPTLIFT_NO_CACHE", raising=False)
     monkeypatch.delenv("PROMPTLIFT_CALL_CACHE", raising=False)  # set by conftest for the session
-    assert cache_dir() == tmp_path / "cd" and (tmp_path / "cd").is_dir()
+    assert cache_dir() == tmp_path / "cd" and not (tmp_path / "cd").exists()  # a path; the writer makes it
     c = CallCache()
     assert c.enabled and c.path == tmp_path / "cd" / "calls.sqlite"
     c.put("k", 1)

@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from conftest import make_tiny_lm
 from promptlift import Task, TextPrompt
 from promptlift.artifacts import Calibrated, KnnPrompt
-from promptlift.engine.decode import decode
+from promptlift.lm.decode import decode
 from promptlift.engine.evaluate import answer_scores, calibrate, classify_scores, evaluate, example_losses
 from promptlift.engine.neighbors import nearest_demos
-from promptlift.engine.scoring import score_candidates
+from promptlift.lm.scoring import score_candidates
 from promptlift.kv import KV
 from promptlift.lm.base import GenerationConfig
 from promptlift.task import Example

@@ -272,7 +272,7 @@ def test_prompt_longer_than_context():
         lm.score("word " * 100, [" a"])
     check_error(ei, ModelError, "48")
     with pytest.raises(PromptliftError) as ei:  # generation: a short prompt that decoding pushes past the end
-        from promptlift.engine.decode import decode
+        from promptlift.lm.decode import decode
         from promptlift.lm.base import GenerationConfig
 
         lm.eos_ids = set()  # never stop early

@@ -20,7 +20,7 @@ from promptlift.cli import main
 from promptlift.engine.apply import TokenApplier, applier_for
 from promptlift.engine.backends import backend_for
 from promptlift.engine.evaluate import classify_scores, label_candidates
-from promptlift.engine.scoring import score_candidates
+from promptlift.lm.scoring import score_candidates
 from promptlift.errors import ArtifactError, ConfigError
 from promptlift.task import Task
 from promptlift.methods.hard.common import vocab_embeddings

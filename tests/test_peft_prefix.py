@@ -13,7 +13,7 @@ from promptlift.engine.evaluate import evaluate
 from promptlift.errors import ArtifactError
 from promptlift.lm.hf import HFModel
 from promptlift.peft_io import export_peft, import_peft, peft_weight_to_prefix, prefix_to_peft_weight
-from promptlift.soft import PrefixPrompt, SoftPrompt
+from promptlift.artifacts import PrefixPrompt, SoftPrompt
 from promptlift.task import Example, Task
 from promptlift.template import build_layout
 

@@ -16,8 +16,8 @@ import pytest
 
 import promptlift
 from promptlift.errors import ConfigError
-from promptlift.runs import (LOCK, MARKER, RunDir, is_run_dir, probe_run_dir, read_jsonl, truncate_history,
-                             write_json)
+from promptlift.files import read_jsonl, write_json
+from promptlift.runs import LOCK, MARKER, RunDir, is_run_dir, probe_run_dir, truncate_history
 from promptlift.task import Example, Task
 
 SRC = str(Path(promptlift.__file__).resolve().parents[1])

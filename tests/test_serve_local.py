@@ -20,7 +20,7 @@ from fastapi.responses import StreamingResponse
 
 from conftest import DATA, make_tiny_lm
 from promptlift.artifacts import Calibrated, PrefixPrompt, Reasoning, SoftPrompt, TextPrompt
-from promptlift.engine.decode import decode
+from promptlift.lm.decode import decode
 from promptlift.engine.evaluate import generate_with_prompt
 from promptlift.errors import ConfigError
 from promptlift.lm.base import GenerationConfig, model_key
@@ -404,7 +404,7 @@ def test_optimized_soft_prompt_served_locally_gives_the_eval_predictions_on_sst2
     import promptlift
     from promptlift.artifacts import load
     from promptlift.cli import main
-    from promptlift.runs import read_jsonl
+    from promptlift.files import read_jsonl
     from promptlift.serve.config import single_route_config
     from promptlift.task import Task
 

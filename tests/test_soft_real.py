@@ -26,7 +26,7 @@ def test_prompt_tuning_improves_generation_on_antonyms(real_lm):
 def test_soft_prompt_generate_through_cli(real_lm, tmp_path, capsys):
     """A soft prompt applies in `promptlift generate` (not only in classification)."""
     from promptlift.cli import main
-    from promptlift.soft import SoftPrompt
+    from promptlift.artifacts import SoftPrompt
 
     torch.manual_seed(0)
     p = SoftPrompt(instruction="Answer briefly.", embeds=real_lm.embed(torch.tensor([100, 200, 300])).detach(),

@@ -24,7 +24,8 @@ from .lm.base import model_key
 from .lm.budget import Budget
 from .methods.base import RunContext
 from .registry import get_method
-from .runs import RunDir, write_json
+from .files import write_json
+from .runs import RunDir
 from .task import Task
 
 __all__ = ["optimize", "evaluate", "load_prompt", "Run"]

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ArtifactError
-from .runs import write_bytes
+from .files import write_bytes
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write `state` to `path` atomically (see `runs.write_bytes`)."""
+    """Write `state` to `path` atomically (see `files.write_bytes`)."""
     import io
 
     import torch

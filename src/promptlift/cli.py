@@ -199,7 +199,8 @@ def eval_cmd(
     from .engine.evaluate import evaluate
     from .methods.shared import balanced_sample
 
-    from .runs import PredictionWriter, read_jsonl
+    from .files import read_jsonl
+    from .runs import PredictionWriter
 
     if prompt is not None and (instruction is not None or shots):
         raise ConfigError("--prompt cannot be combined with --instruction or --shots")

@@ -349,9 +349,3 @@ def _check_yaml_labels(p: Path, line: int, labels: Any, root: yaml.MappingNode) 
         if not isinstance(words, str):
             raise DataError(f"{p}:{at}: label {name!r}: label words must be text, got {_json_type(words)}")
     return label_lines
-
-
-def read_task_yaml(directory: Path) -> dict:
-    """The optional task.yaml of a data directory as a dict ({} if absent), checked by `load_task_yaml`."""
-    ty = load_task_yaml(Path(directory))
-    return dict(ty.values) if ty else {}

@@ -32,8 +32,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import ConfigError, ModelError
-from .lm.cache import cache_dir
-from .runs import default_permissions, write_json
+from .files import cache_dir, default_permissions, write_json
 
 
 @dataclass(frozen=True)

@@ -33,9 +33,9 @@ from pathlib import Path
 
 import torch
 
+from .artifacts.soft import PrefixPrompt, SoftPrompt
 from .engine.soft import check_tensor_prompt
 from .errors import ArtifactError, ConfigError
-from .soft import PrefixPrompt, SoftPrompt
 
 
 def export_peft(prompt, lm, out: str | Path, *, base_model: str | Path | None = None) -> Path:

@@ -26,12 +26,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 from .errors import ConfigError, DataError
+from .files import TMP_PREFIX, append_lines, json_lines, read_jsonl, read_jsonl_prefix, write_json, write_lines
+from ._version import __version__
 
 try:
     import fcntl
@@ -40,120 +41,10 @@ except ImportError:  # Windows: no advisory locks; runs are not protected agains
 
 MARKER = ".promptlift-run"
 LOCK = ".promptlift-run.lock"
-_TMP_PREFIX = ".promptlift-tmp-"
 # Every name promptlift writes into a run directory (besides MARKER and LOCK); `clear` deletes these only.
 OWNED_FILES = ("config.json", "history.jsonl", "result.json", "prompt.json", "prompt.safetensors", "spend.json")
-OWNED_GLOBS = ("predictions_*.jsonl", _TMP_PREFIX + "*")
+OWNED_GLOBS = ("predictions_*.jsonl", TMP_PREFIX + "*")
 CHECKPOINT = "checkpoint"
-
-
-def _json_default(o: Any):
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)
-
-
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    try:  # Linux: read it without the race of os.umask(set) + os.umask(restore)
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0o022
-
-
-def default_permissions(path: str | Path) -> None:
-    """Give a file from `mkstemp` (0600) or a folder from `mkdtemp` (0700) the usual umask-based mode."""
-    p = Path(path)
-    os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~_umask())
-
-
-def _mkstemp_like(path: Path) -> tuple[int, str]:
-    """A unique temporary file beside `path`, with the permissions a plain `open` would give it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TMP_PREFIX + path.name + ".", suffix=".tmp")
-    os.fchmod(fd, 0o666 & ~_umask())
-    return fd, tmp
-
-
-def write_bytes(path: str | Path, data: bytes) -> None:
-    """Write a file atomically: a unique temporary file in the same folder, fsynced, then `os.replace`d.
-
-    A killed process leaves either the old file or the new one, never half of one.
-    """
-    path = Path(path)
-    fd, tmp = _mkstemp_like(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    """Write JSON atomically (see `write_bytes`)."""
-    write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n").encode("utf-8"))
-
-
-def _write_lines(path: Path, rows: Iterable[dict]) -> None:
-    """Rewrite a JSONL file atomically."""
-    write_bytes(path, "".join(json.dumps(r, ensure_ascii=False, default=_json_default) + "\n"
-                              for r in rows).encode("utf-8"))
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    """The complete lines of a JSONL file (a torn or malformed line and all after it are left out)."""
-    return _read_jsonl(Path(path))[0]
-
-
-def _read_jsonl(path: Path) -> tuple[list[dict], int]:
-    """(rows, byte length of the good part): reading stops at the first incomplete or malformed line."""
-    if not path.exists():
-        return [], 0
-    data = path.read_bytes()
-    rows, good = [], 0
-    for line in data.splitlines(keepends=True):
-        if not line.endswith(b"\n"):
-            break  # torn write: the writer was killed in the middle of this line
-        try:
-            row = json.loads(line)
-        except ValueError:
-            break
-        if not isinstance(row, dict):
-            break
-        rows.append(row)
-        good += len(line)
-    return rows, good
-
-
-def _append_lines(path: Path, rows: Iterable[dict]) -> None:
-    text = "".join(json.dumps(r, ensure_ascii=False, default=_json_default) + "\n" for r in rows)
-    if not text:
-        return
-    with path.open("a", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def truncate_history(run_dir: str | Path, keep: Callable[[dict], bool]) -> int:
@@ -166,11 +57,11 @@ def truncate_history(run_dir: str | Path, keep: Callable[[dict], bool]) -> int:
     path = Path(run_dir) / "history.jsonl"
     if not path.exists():
         return 0
-    rows, good = _read_jsonl(path)
+    rows, good = read_jsonl_prefix(path)
     kept = [r for r in rows if keep(r)]
     dropped = len(rows) - len(kept) + (1 if good < path.stat().st_size else 0)
     if dropped:
-        _write_lines(path, kept)
+        write_lines(path, kept)
     return dropped
 
 
@@ -180,7 +71,7 @@ class PredictionWriter:
     def __init__(self, path: Path, resume: bool):
         self.path = path
         if resume:
-            _, good = _read_jsonl(path)
+            _, good = read_jsonl_prefix(path)
             if path.exists() and good < path.stat().st_size:
                 os.truncate(path, good)  # cut a torn last line so new lines start cleanly
             self._f = path.open("a", encoding="utf-8")
@@ -193,7 +84,7 @@ class PredictionWriter:
 
     def extend(self, records: Iterable[dict]) -> None:
         """Write several records, e.g. one batch, with one fsync."""
-        text = "".join(json.dumps(r, ensure_ascii=False, default=_json_default) + "\n" for r in records)
+        text = json_lines(records)
         if text:
             self._f.write(text)
             self._f.flush()
@@ -287,8 +178,6 @@ class RunDir:
         _refuse_foreign(self.path)
         self._lock()
         if not marker.exists():
-            from . import __version__
-
             write_json(marker, {"format": "promptlift-run", "version": 1, "promptlift": __version__,
                                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
@@ -370,7 +259,7 @@ class RunDir:
     def log(self, row: dict) -> None:
         """Append one history line (flushed and fsynced at once)."""
         row = {"time": round(time.perf_counter() - self.t0, 3), **row}
-        _append_lines(self.path / "history.jsonl", [row])
+        append_lines(self.path / "history.jsonl", [row])
 
     def history(self) -> list[dict]:
         """The history rows written so far (a torn last line is left out)."""
@@ -398,7 +287,7 @@ class RunDir:
 
     def write_predictions(self, split: str, records: list[dict]) -> None:
         """Write all predictions of `split` at once (atomically)."""
-        _write_lines(self.predictions_path(split), records)
+        write_lines(self.predictions_path(split), records)
 
     def write_result(self, result: dict) -> None:
         """Write result.json (atomically)."""
@@ -413,14 +302,3 @@ class RunDir:
 def is_run_dir(path: str | Path) -> bool:
     """True when `path` carries the run marker."""
     return (Path(path) / MARKER).is_file()
-
-
-def read_result(path: str | Path) -> dict:
-    """A finished run's result.json."""
-    p = Path(path) / "result.json"
-    if not p.exists():
-        raise DataError(f"{path}: not a run directory (no result.json)")
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise DataError(f"{p}: malformed JSON ({e})") from None

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..errors import ArtifactError
-from ..runs import write_bytes
+from ..files import write_bytes
 from ..task import Example
 
 FORMAT = "promptlift.prompt/v1"

@@ -27,8 +27,8 @@ from ..kv import KV
 from ..lm.base import GenerationConfig
 from ..render import Rendered
 from ..template import answer_sep, to_ids
-from .decode import decode
-from .scoring import score_candidates
+from ..lm.decode import decode
+from ..lm.scoring import score_candidates
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import torch
 
-from .scoring import pad_id_of, pad_rows
+from ..lm.scoring import pad_id_of, pad_rows
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 

@@ -85,9 +85,10 @@ from tqdm.auto import tqdm
 from ..artifacts import Prompt, TextPrompt
 from ..artifacts.base import decode, load as load_artifact, save as save_artifact
 from ..errors import ArtifactError, BudgetExceeded, ConfigError, UnsupportedError
+from ..files import write_json
 from ..lm.base import GenerationConfig
 from ..lm.budget import COUNTERS, Budget
-from ..runs import truncate_history, write_json
+from ..runs import truncate_history
 from ..task import Example, Task
 from .evaluate import answer_scores, evaluate, gold_label_logprob
 from .select import STRATEGIES, SelectConfig, cost_to_finish, select

@@ -35,7 +35,7 @@ from ..kv import KV
 from ..runs import truncate_history
 from ..task import Task
 from .evaluate import evaluate, label_candidates
-from .scoring import score_candidates
+from ..lm.scoring import score_candidates
 from .soft import header_kv
 
 

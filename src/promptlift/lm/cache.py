@@ -35,7 +35,9 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
-__all__ = ["CallCache", "cache_dir", "cache_disabled_by_env", "redact"]
+from ..files import cache_dir
+
+__all__ = ["CallCache", "cache_disabled_by_env", "redact"]
 
 # Request fields that must never reach a key or the disk (compared after
 # lower-casing and turning "-" into "_").
@@ -70,13 +72,6 @@ def _retry_busy(fn: Any) -> Any:
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 0.2)
-
-
-def cache_dir() -> Path:
-    """The folder for promptlift caches: $PROMPTLIFT_CACHE_DIR or ~/.cache/promptlift (created if missing)."""
-    d = Path(os.environ.get("PROMPTLIFT_CACHE_DIR") or Path.home() / ".cache" / "promptlift").expanduser()
-    d.mkdir(parents=True, exist_ok=True)
-    return d
 
 
 def cache_disabled_by_env() -> bool:

@@ -27,6 +27,8 @@ from ..errors import ConfigError, ModelError
 from ..kv import KV
 from .base import LM, GenerationConfig, PromptLike
 from .budget import Budget
+from .decode import decode
+from .scoring import score_candidates
 
 
 DEVICES = "auto, cpu, cuda, cuda:N, mps"
@@ -292,8 +294,6 @@ class HFModel(LM):
         return ids
 
     def generate(self, prompts: Sequence[PromptLike], config: GenerationConfig | None = None) -> list[list[str]]:
-        from ..engine.decode import decode
-
         config = config or GenerationConfig()
         texts = [self.render(p) for p in prompts]
         keys = [self.cache.key(self._cache_id(), {"verb": "generate", "text": t, **config.__dict__}) for t in texts]
@@ -309,8 +309,6 @@ class HFModel(LM):
         return out
 
     def score(self, prompt: PromptLike, continuations: Sequence[str]) -> list[float]:
-        from ..engine.scoring import score_candidates
-
         text = self.render(prompt)
         key = self.cache.key(self._cache_id(), {"verb": "score", "text": text, "continuations": list(continuations)})
         hit = self.cache.get(key) if self.cache.enabled else None

@@ -43,9 +43,9 @@ import torch.nn.functional as F
 from ..artifacts import Prompt
 from ..engine.apply import applier_for
 from ..engine.backends import Cond, WhiteBox
-from ..engine.decode import decode
+from ..lm.decode import decode
 from ..engine.evaluate import check_model, generate_with_prompt
-from ..engine.scoring import pad_id_of, pad_rows
+from ..lm.scoring import pad_id_of, pad_rows
 from ..kv import KV
 from ..lm.base import GenerationConfig
 from ..template import answer_sep, to_ids

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from ...engine.apply import TokenApplier
 from ...engine.evaluate import example_losses, label_candidates
 from ...engine.search import Candidate, SearchSettings, SearchState, search
-from ...engine.scoring import score_candidates
+from ...lm.scoring import score_candidates
 from ...engine.soft import header_kv
 from ...registry import register
 from ..base import Method

@@ -43,7 +43,7 @@ from ...artifacts import TokenPrompt
 from ...engine.apply import TokenApplier, applier_for
 from ...engine.backends import backend_for
 from ...engine.evaluate import generate_with_prompt
-from ...engine.scoring import score_candidates
+from ...lm.scoring import score_candidates
 from ...engine.search import Candidate, SearchSettings, SearchState, example_key, search
 from ...engine.soft import header_kv
 from ...errors import ConfigError

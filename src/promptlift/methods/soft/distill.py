@@ -41,7 +41,7 @@ from ...artifacts import POSITIONS, Prompt, SoftPrompt
 from ...engine.apply import applier_for
 from ...engine.backends import WhiteBox
 from ...engine.evaluate import EvalResult, check_model, classify_scores, evaluate, label_candidates
-from ...engine.scoring import pad_id_of, pad_rows, score_candidates
+from ...lm.scoring import pad_id_of, pad_rows, score_candidates
 from ...engine.train import TrainConfig, train
 from ...errors import ConfigError
 from ...lm.base import GenerationConfig, model_key

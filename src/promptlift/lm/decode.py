@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 
 from ..kv import KV
-from ..lm.base import GenerationConfig
+from .base import GenerationConfig
 from .scoring import pad_id_of, pad_rows
 
 
