@@ -164,3 +164,49 @@ def test_use_on_another_task_or_model_notes_or_refuses(tiny_lm, capsys):
     soft = SoftPrompt(embeds=torch.zeros(2, tiny_lm.hidden_size), model="other-model")
     with pytest.raises(ArtifactError, match="other-model"):
         evaluate(tiny_lm, task, soft, progress=False)
+
+
+@pytest.mark.parametrize("name", sorted(_every_type()))
+def test_the_hash_is_cached_per_version_and_follows_every_change(name):
+    import copy
+    import dataclasses
+
+    p = _every_type()[name]
+    first = p.hash
+    assert p.__dict__["_hash_cache"][1] == first  # read once, kept on the artifact
+    assert p.hash == first == dataclasses.replace(p).hash  # a fresh computation agrees
+    p.meta = {**p.meta, "note": "changed"}  # a field assigned: a new version
+    assert p.hash != first
+    twin = copy.deepcopy(p)
+    assert "_hash_cache" not in twin.__dict__  # copies start without it
+    twin.meta["more"] = 1
+    assert twin.hash != p.hash
+    tensors = p.tensors()
+    if tensors:  # a tensor changed in place, even inside a wrapped artifact: a new version
+        before = p.hash
+        with torch.no_grad():
+            next(iter(tensors.values())).add_(1)
+        assert p.hash != before and p.hash == dataclasses.replace(p).hash
+
+
+def test_optimize_does_not_change_the_artifact_fit_returned(tiny_lm, monkeypatch):
+    import dataclasses
+
+    import promptlift
+    from promptlift.methods.baseline.zero_shot import ZeroShot
+
+    returned = []
+    fit = ZeroShot.fit
+
+    def spy(self, lm, task, ctx):
+        p = fit(self, lm, task, ctx)
+        returned.append((p, dataclasses.replace(p), p.hash))
+        return p
+
+    monkeypatch.setattr(ZeroShot, "fit", spy)
+    task = promptlift.Task.from_rows({"train": [{"input": "a", "output": "x"}], "dev": [{"input": "b", "output": "y"}]},
+                                     name="t", kind="generation", instruction="Say.")
+    run = promptlift.optimize("zero-shot", tiny_lm, task, progress=False, eval_splits=())
+    (p, snapshot, h), = returned
+    assert p == snapshot and p.hash == h  # the method's artifact is left as it was
+    assert run.prompt.method == "zero-shot" and run.prompt.task == "t" and p.method == ""

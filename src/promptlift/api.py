@@ -115,9 +115,7 @@ def optimize(method: str, lm, task: Task, *, out: str | Path | None = None, seed
     searched = prompt.meta.get("search") if isinstance(prompt.meta.get("search"), dict) else {}
     stopped = "budget" if (run_budget.exhausted() or "budget" in (prompt.meta.get("stopped"), searched.get("stopped"))) \
         else ""
-    prompt.model = model_key(lm)
-    prompt.task = task.name
-    prompt.method = method
+    prompt = dataclasses.replace(prompt, model=model_key(lm), task=task.name, method=method)  # fit's stays as it was
     if rd is not None:
         prompt.save(rd.path)
         _save_spend(rd.path, run_budget)

@@ -86,9 +86,34 @@ class Prompt:
 
     @property
     def hash(self) -> str:
-        """The content hash `save` writes (and `load` checks): canonical JSON + exact tensor bytes."""
-        d, tensors = encode(self)
-        return content_hash({"format": FORMAT, **d}, tensor_bytes(tensors))
+        """The content hash `save` writes (and `load` checks): canonical JSON + exact tensor bytes.
+
+        Computed once per version of the artifact: assigning a field, changing a tensor in place or
+        changing a nested artifact makes a new version; copies start without it. Artifacts are values:
+        change a list or dict field (`meta`, `demos`) by assigning a new one, never in place, once the
+        hash may have been read (the search loop reads it many times per step).
+        """
+        stamp = self._stamp()
+        cached = self.__dict__.get("_hash_cache")
+        if cached is None or cached[0] != stamp:
+            d, tensors = encode(self)
+            cached = (stamp, content_hash({"format": FORMAT, **d}, tensor_bytes(tensors)))
+            object.__setattr__(self, "_hash_cache", cached)
+        return cached[1]
+
+    def _stamp(self) -> tuple:
+        """What changes when the artifact changes without a field being assigned: its tensors' in-place
+        versions and its nested artifacts' hashes."""
+        own = tuple((id(v), v._version) for f in dataclasses.fields(self) if _kind(f) == "tensor"
+                    for v in [getattr(self, f.name)])
+        return own, tuple(c.hash for c in self.children())
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        self.__dict__.pop("_hash_cache", None)  # a field assigned: a new version
+
+    def __getstate__(self) -> dict:  # copies (copy, deepcopy, pickle) start without the cached hash
+        return {k: v for k, v in self.__dict__.items() if k != "_hash_cache"}
 
     def to_dict(self) -> dict:
         """The JSON content of the artifact (tensors as references)."""

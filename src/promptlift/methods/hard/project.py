@@ -148,9 +148,8 @@ class Project(Method):
         keep = [body] if c.keep_instruction == "yes" or not body else [[]] if c.keep_instruction == "no" else [body, []]
         prompts = [token_prompt(lm, found[:s], b + found[s:], demos=soft.demos) for b in keep]
         prompt, dev = self.dev_before_after(lm, task, soft, prompts)
-        prompt.meta.update({"tokens": k, "projection": how, "source": c.source or "prompt-tuning",
-                            "source_position": soft.position, "instruction_kept": bool(body) and prompt is prompts[0],
-                            **dev})
+        prompt.meta = {**prompt.meta, "tokens": k, "projection": how, "source": c.source or "prompt-tuning",
+                       "source_position": soft.position, "instruction_kept": bool(body) and prompt is prompts[0], **dev}
         ctx.record(event="project", **{m: prompt.meta[m] for m in ("dev_before", "dev_after", "projection",
                                                                    "instruction_kept")})
         return prompt
