@@ -47,7 +47,10 @@ class FakeUpstream:
     """An OpenAI-compatible server that answers from what it received and records every request.
 
     `script`: actions used by the next requests, in order: an int status (answered with an OpenAI error
-    body), ("sleep", seconds) before answering normally, or ("break",): a stream that dies after one chunk.
+    body), ("status", status, headers) the same with headers, ("quote", status): an error body quoting the
+    request (as validation errors do), ("sleep", seconds) before answering normally, ("hold", seconds): a
+    stream that waits that long after its first chunk, ("json",): a whole JSON answer even to `stream`, or
+    ("break",): a stream that dies after one chunk.
     """
 
     def __init__(self):
@@ -78,15 +81,23 @@ class FakeUpstream:
             self.received.append({"path": request.url.path, "body": body, "headers": dict(request.headers)})
             action = self.script.pop(0) if self.script else None
         if isinstance(action, int):
-            return JSONResponse({"error": {"message": f"scripted {action}", "type": "server_error", "code": None}},
-                                status_code=action, headers={"retry-after": "0"} if action == 429 else None)
-        if isinstance(action, tuple) and action[0] == "sleep":
+            action = ("status", action, {"retry-after": "0"} if action == 429 else None)
+        if action and action[0] == "status":
+            return JSONResponse({"error": {"message": f"scripted {action[1]}", "type": "server_error", "code": None}},
+                                status_code=action[1], headers=action[2])
+        if action and action[0] == "quote":
+            quoted = body.get("messages") or body.get("prompt")
+            return JSONResponse({"error": {"message": f"invalid request: {quoted!r}", "type": "BadRequestError",
+                                           "code": action[1]},
+                                 "detail": [{"loc": ["body", "messages"], "input": quoted}]}, status_code=action[1])
+        if action and action[0] == "sleep":
             await asyncio.sleep(action[1])
         text = self.reply(kind, body)
         usage = {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14}
-        if body.get("stream"):
-            broken = action == ("break",)
-            return StreamingResponse(self.events(kind, body, text, usage, broken), media_type="text/event-stream")
+        if body.get("stream") and action != ("json",):
+            hold = action[1] if action and action[0] == "hold" else 0
+            return StreamingResponse(self.events(kind, body, text, usage, action == ("break",), hold),
+                                     media_type="text/event-stream")
         if kind == "chat":
             return {"id": "up-1", "object": "chat.completion", "created": 1, "model": body["model"],
                     "choices": [{"index": 0, "finish_reason": "stop",
@@ -94,11 +105,13 @@ class FakeUpstream:
         return {"id": "up-2", "object": "text_completion", "created": 1, "model": body["model"],
                 "choices": [{"index": 0, "finish_reason": "stop", "text": text, "logprobs": None}], "usage": usage}
 
-    async def events(self, kind, body, text, usage, broken=False):
+    async def events(self, kind, body, text, usage, broken=False, hold=0.0):
         half = len(text) // 2
         for i, part in enumerate((text[:half], text[half:])):
             if broken and i == 1:
                 raise RuntimeError("the upstream died mid-stream")
+            if hold and i == 1:
+                await asyncio.sleep(hold)
             if kind == "chat":
                 d = {"id": "s", "object": "chat.completion.chunk", "created": 1, "model": body["model"],
                      "choices": [{"index": 0, "delta": {"content": part}, "finish_reason": None}]}
@@ -122,6 +135,7 @@ def fake():
     up = FakeUpstream()
     with ServerThread(up.app) as srv:
         up.url = srv.url + "/v1"
+        up.server = srv  # its open connections: srv.server.server_state.connections
         yield up
 
 
@@ -499,7 +513,7 @@ def test_metrics_and_one_json_log_line_per_request(tmp_path, fake, proxies):
     assert 'promptlift_requests_total{endpoint="chat",route="sentiment",status="200"} 1.0' in text
     assert 'promptlift_tokens_total{kind="completion",route="sentiment"} 3.0' in text
     assert 'promptlift_request_duration_seconds_bucket{endpoint="chat",le="+Inf",route="sentiment"} 1.0' in text
-    health = httpx.get(px.url + "/health").json()
+    health = httpx.get(px.url + "/health", headers={"authorization": f"Bearer {ADMIN_KEY}"}).json()
     assert health["status"] == "ok" and {r["route"] for r in health["routes"]} == {"sentiment", "other"}
 
 
@@ -638,12 +652,19 @@ def test_cli_check_prints_the_hash_and_refuses_bad_input(tmp_path, fake, capsys)
 
 
 def test_cli_serves_and_reloads_on_sighup(tmp_path, fake):
-    """The real command in a subprocess: serves, reloads on SIGHUP, refuses a changed artifact on reload."""
+    """The real command in a subprocess: serves, reloads on SIGHUP (re-reading --api-key-file), refuses a
+    changed artifact on reload; a key file others may write is warned about."""
     path, sha = save(TextPrompt(instruction="First."), tmp_path / "p")
+    keys, admin = tmp_path / "keys.txt", tmp_path / "admin.txt"
+    keys.write_text(f"{KEY}\n{OTHER_KEY}\n")
+    keys.chmod(0o666)
+    admin.write_text(ADMIN_KEY + "\n")
+    admin.chmod(0o600)
     port = closed_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "promptlift.cli", "serve", "--prompt", str(path),
-                             "--upstream", fake.url, "--name", "r", "--port", str(port)],
+                             "--upstream", fake.url, "--name", "r", "--port", str(port), "--api-key-file", str(keys),
+                             "--admin-key-file", str(admin)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -657,15 +678,27 @@ def test_cli_serves_and_reloads_on_sighup(tmp_path, fake):
                 pass
             assert time.monotonic() < deadline, "server did not start"
             time.sleep(0.1)
-        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=20)
+
+        def health() -> dict:
+            return httpx.get(url + "/health", headers={"authorization": f"Bearer {ADMIN_KEY}"}).json()
+
+        client, other = (openai.OpenAI(base_url=url + "/v1", api_key=k, max_retries=0, timeout=20)
+                         for k in (KEY, OTHER_KEY))
         assert client.chat.completions.create(model="r", messages=[{"role": "user", "content": "a"}]).choices
+        assert other.chat.completions.create(model="r", messages=[{"role": "user", "content": "a"}]).choices
+        keys.write_text(f"{KEY}\n")  # bob's key is revoked
         proc.send_signal(signal.SIGHUP)
         _wait(lambda: httpx.get(url + "/health").json()["generation"] == 1)
+        with pytest.raises(openai.AuthenticationError):
+            other.chat.completions.create(model="r", messages=[{"role": "user", "content": "a"}])
+        keys.write_text(f"{KEY}\n{OTHER_KEY}\n")  # and given back, through /admin/reload this time
+        assert httpx.post(url + "/admin/reload", headers={"authorization": f"Bearer {ADMIN_KEY}"}).status_code == 200
+        assert other.chat.completions.create(model="r", messages=[{"role": "user", "content": "c"}]).choices
         TextPrompt(instruction="Changed.").save(path)  # a valid artifact, but not the one pinned at start-up
         proc.send_signal(signal.SIGHUP)
-        _wait(lambda: httpx.get(url + "/health").json()["reload_errors"])
-        health = httpx.get(url + "/health").json()
-        assert health["generation"] == 1 and "not the" in health["reload_errors"][-1]
+        _wait(lambda: health()["reload_errors"])
+        assert set(httpx.get(url + "/health").json()) == {"status", "generation"}  # no key: no details
+        assert health()["generation"] == 2 and "not the" in health()["reload_errors"][-1]
         client.chat.completions.create(model="r", messages=[{"role": "user", "content": "b"}])
         assert fake.last["messages"][0]["content"] == "First.\n\nb"  # still the pinned artifact
     finally:
@@ -676,8 +709,9 @@ def test_cli_serves_and_reloads_on_sighup(tmp_path, fake):
             proc.kill()
             out, err = proc.communicate()
     assert sha in out
+    assert f"warning: {keys} is writable by group and others" in err and str(admin) not in err
     logs = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
-    assert [x["status"] for x in logs if x.get("event") == "request"] == [200, 200]
+    assert [x["status"] for x in logs if x.get("event") == "request"] == [200, 200, 401, 200, 200]
 
 
 def _wait(cond, timeout: float = 20.0):

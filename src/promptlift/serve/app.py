@@ -4,7 +4,8 @@ Endpoints:
     POST /v1/chat/completions   (stream: true -> server-sent events)
     POST /v1/completions        (the caller's `prompt` is the input)
     GET  /v1/models             the routes the caller's key may use
-    GET  /health                routes, artifact hashes, reload generation
+    GET  /health                status and reload generation; with an admin key also routes, artifact
+                                paths and hashes, upstreams and the last reload errors
     GET  /metrics               Prometheus text format (`serve.metrics`)
     POST /admin/reload          re-read config and artifacts (admin key); SIGHUP does the same
 
@@ -16,18 +17,23 @@ vLLM) and `serve.local` (any artifact, local model); errors and their bodies
 are in `serve.protocol`.
 
 Order of checks: body size from Content-Length (413), API key (401), rate
-limit (429), body size read (413), JSON and `prompt_embeds` (400), route
-(404), key allowed on the route (403), prompt header (400), max_tokens cap
-(400). An unexpected failure is a 500 (`server_error`) for that request only.
+limit (429), body size read (413, or 408 past `limits.client_body_timeout_s`),
+JSON, field types and fields that would return the prompt (400, `serve.guard`),
+`prompt_embeds` (400), route (404: the routes the key may use are named), key
+allowed on the route (403), prompt header (400 unknown, 403 not the key's),
+max_tokens cap (400). An unexpected failure is a 500 (`server_error`) for that
+request only. A client that closes the connection before its answer cancels
+the upstream call and is logged as 499.
 
 `max_tokens` (or `max_completion_tokens`) above the route's cap is refused;
 a request that sets neither is sent with `max_tokens` = the cap. Other
 fields go to an HTTP upstream as the client sent them, with `model` set to the
 route's upstream model and `messages` (or `prompt`) rendered through the
 artifact; a client's `prompt_embeds` is refused (it would replace the prompt).
-The upstream's answer comes back unchanged (streams line by line); `echo` on
-`/v1/completions` is refused for HTTP routes (the upstream would echo the
-rendered prompt). The local upstream answers n = 1, and streams an answer as
+The upstream's answer comes back unchanged (streams line by line; a whole
+JSON answer to a streaming request is sent as a stream), its errors scrubbed of
+the route's prompt; `echo` on `/v1/completions` is refused for HTTP routes (the
+upstream would echo the rendered prompt). The local upstream answers n = 1, and streams an answer as
 one chunk once it is complete. It gives log-probabilities computed through the
 applied prompt (`serve.local`): chat `logprobs: true, top_logprobs: k` (greedy
 only) describe the first generated token; completions `echo: true,
@@ -59,6 +65,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..errors import PromptliftError
 from ..lm.base import GenerationConfig
+from . import guard
 from . import protocol as P
 from .apply import chat_messages, check_one_stage, completion_prompt, embeds_prompt
 from .auth import Caller, bearer_token
@@ -113,6 +120,7 @@ class ServerState:
     async def reload(self) -> Snapshot:
         """Re-read the config and artifacts; swap them in only if all of them load and check out."""
         async with self._reload_lock:
+            new = None
             try:
                 cfg = self.reload_config() if self.reload_config else self.snapshot.config
                 gen = self.snapshot.generation + 1
@@ -124,6 +132,8 @@ class ServerState:
                 self.reload_errors = (self.reload_errors + [str(e)])[-20:]
                 self.log_line({"ts": round(time.time(), 3), "event": "reload", "ok": False, "error": str(e)})
                 raise e from None
+            finally:
+                self.resources.retire_unused(self.snapshot if new is None else new)
             self.snapshot = new
             self.metrics.reloads.labels("ok").inc()
             self.log_line({"ts": round(time.time(), 3), "event": "reload", "ok": True,
@@ -174,6 +184,7 @@ def build_app(config: ServeConfig | None = None, *, snapshot: Snapshot | None = 
 
     app = FastAPI(title="promptlift serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.serve = state
+    guard.openai_http_errors(app)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -195,11 +206,16 @@ def build_app(config: ServeConfig | None = None, *, snapshot: Snapshot | None = 
         return Response(json.dumps({"object": "list", "data": data}), media_type=JSON)
 
     @app.get("/health")
-    async def health():
+    async def health(request: Request):
         snap = state.snapshot
-        return Response(json.dumps({"status": "ok", "generation": snap.generation, "loaded_at": snap.loaded_at,
-                                    "routes": describe(snap), "reload_errors": state.reload_errors[-3:]}),
-                        media_type=JSON)
+        out = {"status": "ok", "generation": snap.generation}
+        try:
+            admin = snap.keys.enabled and _authenticate(snap, request, required=True).admin
+        except P.ServeError:
+            admin = False
+        if admin:  # what is served and where: for operators only
+            out.update(loaded_at=snap.loaded_at, routes=describe(snap), reload_errors=state.reload_errors[-3:])
+        return Response(json.dumps(out), media_type=JSON)
 
     @app.get("/metrics")
     async def metrics():
@@ -264,13 +280,22 @@ def _too_large(limit: int) -> P.ServeError:
                         "request_too_large")
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     chunks, n = [], 0
-    async for chunk in request.stream():
-        n += len(chunk)
-        if n > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
+
+    async def read() -> None:
+        nonlocal n
+        async for chunk in request.stream():
+            n += len(chunk)
+            if n > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+
+    try:
+        await asyncio.wait_for(read(), timeout_s)
+    except asyncio.TimeoutError:
+        raise P.ServeError(408, f"the request body did not arrive within {timeout_s:g} s", "invalid_request_error",
+                           "request_timeout", {"connection": "close"}) from None
     return b"".join(chunks)
 
 
@@ -352,13 +377,9 @@ async def _handle(state: ServerState, request: Request, endpoint: str) -> Respon
             raise P.ServeError(429, f"rate limit of {rpm} requests per minute reached for {caller.name}; "
                                f"retry in {retry_after_header(wait)} s", "rate_limit_error", "rate_limit_exceeded",
                                {"retry-after": retry_after_header(wait)})
-        body = await _read_body(request, limits.max_body_bytes)
-        try:
-            payload = json.loads(body)
-        except ValueError as e:
-            raise _bad(f"request body is not valid JSON ({e})", "invalid_json") from None
-        if not isinstance(payload, dict):
-            raise _bad("request body must be a JSON object", "invalid_json")
+        body = await _read_body(request, limits.max_body_bytes, limits.client_body_timeout_s)
+        payload = guard.parse_body(body)
+        guard.check_fields(endpoint, payload)
         if "prompt_embeds" in payload:  # it would replace the learned prompt on vLLM
             raise _bad("prompt_embeds cannot be sent through the proxy: it applies the route's own prompt",
                        "unsupported_parameter")
@@ -367,16 +388,22 @@ async def _handle(state: ServerState, request: Request, endpoint: str) -> Respon
             raise _bad("model is required: the name of a route", "invalid_value")
         live = snap.routes.get(model)
         if live is None:
-            raise P.ServeError(404, f"the model {model!r} does not exist; served: {', '.join(sorted(snap.routes))}",
+            mine = sorted(r for r in snap.routes if caller.may_use(r))
+            raise P.ServeError(404, f"the model {model!r} does not exist; this key may use: {', '.join(mine)}",
                                "invalid_request_error", "model_not_found")
         rec.route = model
         if not caller.may_use(model):
             raise P.ServeError(403, f"this key may not use {model!r}", "permission_error", "route_not_allowed")
         pname = request.headers.get(PROMPT_HEADER) or DEFAULT_PROMPT
         prompt = live.prompts.get(pname)
+        mine = sorted(n for n in live.prompts if caller.may_pick(n))
         if prompt is None:
-            raise _bad(f"route {model!r} has no prompt {pname!r}; it has: {', '.join(sorted(live.prompts))}",
+            raise _bad(f"route {model!r} has no prompt {pname!r}; this key may use: {', '.join(mine)}",
                        "prompt_not_found")
+        if not caller.may_pick(pname):
+            raise P.ServeError(403, f"this key may not use prompt {pname!r} of {model!r}; it may use: "
+                               f"{', '.join(mine) or 'none'} ({PROMPT_HEADER})", "permission_error",
+                               "prompt_not_allowed")
         rec.prompt, rec.sha256 = pname, live.hashes[pname]
         max_tokens = _cap_max_tokens(payload, live.max_tokens)
         rec.stream = bool(payload.get("stream"))
@@ -385,19 +412,19 @@ async def _handle(state: ServerState, request: Request, endpoint: str) -> Respon
         headers = {"x-promptlift-route": model, "x-promptlift-prompt": pname,
                    "x-promptlift-prompt-sha256": rec.sha256}
         if live.local is not None:
-            resp = await _local(live, prompt, endpoint, payload, max_tokens, rec)
+            work = _local(live, prompt, endpoint, payload, max_tokens, rec)
         elif live.embeds_lm is not None and embeds_prompt(prompt) is not None and not prompt.text_only:
-            resp = await _vllm_embeds(state, live, prompt, endpoint, payload, rec)
+            work = _vllm_embeds(state, live, prompt, endpoint, payload, rec)
         else:
-            resp = await _http(state, live, prompt, endpoint, payload, rec)
+            work = _http(state, live, prompt, endpoint, payload, rec)
+        resp = await guard.unless_client_leaves(request, work)
         resp.headers.update(headers)
         streaming = isinstance(resp, StreamingResponse)
         return resp
     except P.ServeError as e:
         rec.status, rec.error = e.status, e.code
-        if e.code in ("upstream_timeout", "upstream_unavailable", "upstream_error", "upstream_rate_limited"):
-            rec.upstream_error = {"upstream_timeout": "timeout", "upstream_unavailable": "unavailable",
-                                  "upstream_error": "status_5xx", "upstream_rate_limited": "status_429"}[e.code]
+        if e.code in _UPSTREAM_ERRORS:
+            rec.upstream_error = _UPSTREAM_ERRORS[e.code]
         elif e.code == "upstream_rejected":
             rec.upstream_error, rec.upstream_status = "status_4xx", e.status
         return _error_response(e)
@@ -409,6 +436,10 @@ async def _handle(state: ServerState, request: Request, endpoint: str) -> Respon
     finally:
         if not streaming:
             _finish(state, rec)
+
+
+_UPSTREAM_ERRORS = {"upstream_timeout": "timeout", "upstream_unavailable": "unavailable", "upstream_error": "status_5xx",
+                    "upstream_overloaded": "status_5xx", "upstream_rate_limited": "status_429"}
 
 
 def _finish(state: ServerState, rec: _Record) -> None:
@@ -454,15 +485,19 @@ async def _http(state: ServerState, live: LiveRoute, prompt, endpoint: str, payl
             path = "/completions"
     except PromptliftError as e:
         raise _bad(str(e), "invalid_value") from None
+    field_ = "messages" if endpoint == "chat" else "prompt"
+    scrub = guard.scrubber(out[field_], payload[field_])
     if rec.stream:
-        return await _stream_through(state, live, path, out, rec)
-    status, content = await live.http.post(path, out)
+        return await _stream_through(state, live, path, out, rec, scrub)
+    try:
+        status, content = await live.http.post(path, out)
+    except P.ServeError as e:
+        raise scrub().error(e) from None
     rec.upstream_status = status
     try:
         d = json.loads(content)
     except ValueError:
-        raise P.ServeError(502, f"upstream {live.http.public} answered malformed JSON", "upstream_error",
-                           "upstream_error") from None
+        raise _malformed() from None
     _usage(rec, d)
     if rec.content is not None:
         rec.content["answer"] = [c.get("message", {}).get("content") if endpoint == "chat" else c.get("text")
@@ -470,21 +505,50 @@ async def _http(state: ServerState, live: LiveRoute, prompt, endpoint: str, payl
     return Response(content, status_code=status, media_type=JSON)
 
 
-async def _stream_through(state: ServerState, live: LiveRoute, path: str, out: dict, rec: _Record):
-    resp = await live.http.stream(path, out)
+def _malformed() -> P.ServeError:
+    return P.ServeError(502, "the upstream answered malformed JSON", "upstream_error", "upstream_error")
+
+
+async def _sse_lines(resp, out: dict):
+    """The lines of an upstream's stream; a whole JSON answer (it ignored `stream`) as the stream it stands for."""
+    if not resp.headers.get("content-type", "").startswith("application/json"):
+        async for line in resp.aiter_lines():
+            yield line
+        return
+    try:
+        d = json.loads(await resp.aread())
+    except ValueError:
+        d = None
+    include_usage = bool((out.get("stream_options") or {}).get("include_usage"))
+    for event in P.json_as_sse(d, include_usage):
+        yield event.decode().rstrip("\n")
+        yield ""
+
+
+async def _stream_through(state: ServerState, live: LiveRoute, path: str, out: dict, rec: _Record, scrub):
+    try:
+        resp = await live.http.stream(path, out)
+    except P.ServeError as e:
+        raise scrub().error(e) from None
     rec.upstream_status = resp.status_code
 
     async def body():
         try:
-            async for line in resp.aiter_lines():
-                if '"usage"' in line and line.startswith("data:"):
-                    try:
-                        _usage(rec, json.loads(line[5:]))
-                    except ValueError:
-                        pass
+            async for line in _sse_lines(resp, out):
+                if line.startswith("data:"):
+                    if '"usage"' in line:
+                        try:
+                            _usage(rec, json.loads(line[5:]))
+                        except ValueError:
+                            pass
+                    if '"error"' in line:
+                        line = scrub().line(line)
                 yield (line + "\n").encode()
+        except asyncio.CancelledError:  # the client went away mid-stream
+            rec.status, rec.error = 499, guard.CLIENT_GONE
+            raise
         except Exception as e:  # the upstream broke off mid-stream: the status is sent, tell the client in the stream
-            yield _stream_failed(live, rec, e)
+            yield _stream_failed(rec, e)
         finally:
             await resp.aclose()
             _finish(state, rec)
@@ -492,13 +556,13 @@ async def _stream_through(state: ServerState, live: LiveRoute, path: str, out: d
     return StreamingResponse(body(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
 
 
-def _stream_failed(live: LiveRoute, rec: _Record, e: Exception) -> bytes:
+def _stream_failed(rec: _Record, e: Exception) -> bytes:
     """The last event of a stream the upstream broke off (timeout: 504, else 502, in the log and metrics)."""
     timeout = isinstance(e, httpx.TimeoutException)
     rec.status = 504 if timeout else 502
     rec.error = "upstream_timeout" if timeout else "upstream_unavailable"
     rec.upstream_error = "timeout" if timeout else "unavailable"
-    return P.sse({"error": {"message": f"upstream {live.http.public} broke off the stream ({type(e).__name__})",
+    return P.sse({"error": {"message": f"the upstream broke off the stream ({type(e).__name__})",
                             "type": "upstream_error", "code": rec.error, "param": None}})
 
 
@@ -521,7 +585,7 @@ async def _vllm_embeds(state: ServerState, live: LiveRoute, prompt, endpoint: st
     out["prompt_embeds"] = encode_embeds(t)
     if endpoint == "completions":
         if rec.stream:
-            return await _stream_through(state, live, "/completions", out, rec)
+            return await _stream_through(state, live, "/completions", out, rec, guard.scrubber([], []))
         status, content = await live.http.post("/completions", out)
         rec.upstream_status = status
         _usage(rec, _loads(content, live))
@@ -546,7 +610,7 @@ def _loads(content: bytes, live: LiveRoute) -> dict:
             return d
     except ValueError:
         pass
-    raise P.ServeError(502, f"upstream {live.http.public} answered malformed JSON", "upstream_error", "upstream_error")
+    raise _malformed()
 
 
 async def _stream_chat_from_completions(state: ServerState, live: LiveRoute, out: dict, model: str, rec: _Record):
@@ -558,7 +622,7 @@ async def _stream_chat_from_completions(state: ServerState, live: LiveRoute, out
     async def body():
         try:
             yield P.sse(P.chat_chunk(id, model, created, {"role": "assistant", "content": ""}))
-            async for line in resp.aiter_lines():
+            async for line in _sse_lines(resp, out):
                 if not line.startswith("data:"):
                     continue
                 data = line[5:].strip()
@@ -567,6 +631,9 @@ async def _stream_chat_from_completions(state: ServerState, live: LiveRoute, out
                 try:
                     d = json.loads(data)
                 except ValueError:
+                    continue
+                if isinstance(d, dict) and "error" in d:
+                    yield P.sse(d)
                     continue
                 _usage(rec, d)
                 for ch in d.get("choices") or []:
@@ -578,8 +645,11 @@ async def _stream_chat_from_completions(state: ServerState, live: LiveRoute, out
                     yield P.sse({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
                                  "choices": [], "usage": d["usage"]})
             yield P.SSE_DONE
+        except asyncio.CancelledError:  # the client went away mid-stream
+            rec.status, rec.error = 499, guard.CLIENT_GONE
+            raise
         except Exception as e:
-            yield _stream_failed(live, rec, e)
+            yield _stream_failed(rec, e)
         finally:
             await resp.aclose()
             _finish(state, rec)

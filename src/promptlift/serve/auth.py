@@ -19,6 +19,10 @@ class Caller:
     def may_use(self, route: str) -> bool:
         return self.key is None or self.key.routes is None or route in self.key.routes
 
+    def may_pick(self, prompt: str) -> bool:
+        """Whether this caller may use the route's prompt of that name (X-Promptlift-Prompt)."""
+        return self.key is None or self.key.prompts is None or prompt in self.key.prompts
+
     @property
     def admin(self) -> bool:
         return self.key is not None and self.key.admin

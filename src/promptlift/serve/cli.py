@@ -22,6 +22,7 @@ import functools
 import ipaddress
 import json
 import logging
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -70,14 +71,29 @@ class ConfigFile:
         return load_config(self.path)
 
 
+def read_keys(api_key_file: Path | None, admin_key_file: Path | None) -> tuple:
+    """The keys of `--api-key-file` and `--admin-key-file` (either may be None)."""
+    from .config import read_key_file
+
+    keys = read_key_file(api_key_file) if api_key_file else ()
+    if admin_key_file:
+        keys = keys + read_key_file(admin_key_file, admin=True, prefix="admin")
+    return keys
+
+
 @dataclass(frozen=True)
 class Pinned:
-    """A reload keeps the `--prompt` config (its artifact hash stays pinned; the artifact is re-read)."""
+    """A reload keeps the `--prompt` config (its artifact hash stays pinned; the artifact is re-read) and
+    re-reads the key files (a key taken out of them stops working)."""
 
     config: Any
+    api_key_file: Path | None = None
+    admin_key_file: Path | None = None
 
     def __call__(self):
-        return self.config
+        if self.api_key_file is None and self.admin_key_file is None:
+            return self.config
+        return dataclasses.replace(self.config, keys=read_keys(self.api_key_file, self.admin_key_file))
 
 
 @dataclass(frozen=True)
@@ -178,7 +194,8 @@ def serve(
     as_json: bool = typer.Option(False, "--json", help="machine-readable start-up lines"),
 ):
     """Serve learned prompts in front of an LLM: an OpenAI-compatible proxy (chat, completions, streaming)."""
-    from .config import Limits, load_config, parse_upstream, parse_workers, read_key_file, single_route_config
+    from .config import (Limits, load_config, parse_upstream, parse_workers, single_route_config,
+                         writable_by_others)
 
     if (prompt is None) == (config is None):
         raise ConfigError("give either --prompt RUN_OR_ARTIFACT --upstream URL|local[:MODEL], or --config serve.yaml")
@@ -202,14 +219,15 @@ def serve(
         artifact = load(prompt)  # checks the hash stored in the file
         if sha256 and artifact.hash != sha256.removeprefix("sha256:"):
             raise ArtifactError(f"{prompt}: content hash {artifact.hash} is not the --sha256 {sha256}")
-        keys = read_key_file(api_key_file) if api_key_file else ()
-        if admin_key_file:
-            keys = keys + read_key_file(admin_key_file, admin=True, prefix="admin")
+        keys = read_keys(api_key_file, admin_key_file)
         cfg = single_route_config(prompt, artifact.hash, upstream, name=name, upstream_model=upstream_model,
                                   upstream_api_key_env=upstream_api_key_env, prompt_embeds=prompt_embeds,
                                   embeds_model=embeds_model, keys=keys, log_content=log_content,
                                   limits=Limits(requests_per_minute=requests_per_minute))
-        reload_config = Pinned(cfg)  # the hash printed now stays pinned
+        reload_config = Pinned(cfg, api_key_file, admin_key_file)  # the hash printed now stays pinned
+    for f in (config, api_key_file, admin_key_file):
+        if f is not None and (warning := writable_by_others(f)):
+            typer.echo(f"promptlift: warning: {warning}", err=True)
     host = host or cfg.host
     port = cfg.port if port is None else port
     n_workers = cfg.workers if workers is None else parse_workers(workers, "--workers")

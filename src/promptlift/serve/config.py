@@ -44,6 +44,11 @@ class Limits:
     upstream_max_connections: int = 256  # connection pool size per upstream
     batch_window_ms: float = 5.0  # local upstream: how long a request waits for others to batch with
     max_batch: int = 16  # local upstream: most requests in one forward pass
+    client_body_timeout_s: float = 30.0  # a request body not complete by then: 408
+    # the HTTP server's, applied at start-up (a reload does not change them):
+    client_header_timeout_s: float = 10.0  # a request head not complete by then: the connection is closed
+    keep_alive_timeout_s: float = 5.0  # an idle kept-alive connection is closed after this
+    max_connections: int = 2048  # open connections + requests in flight; beyond it new requests get 503
 
 
 @dataclass(frozen=True)
@@ -94,13 +99,14 @@ class Route:
 
 @dataclass(frozen=True)
 class ApiKey:
-    """A bearer key, by the sha256 of its text. routes None = every route; admin = may reload."""
+    """A bearer key, by the sha256 of its text. routes / prompts None = every route / prompt; admin = may reload."""
 
     name: str
     sha256: str
     routes: tuple[str, ...] | None = None
     requests_per_minute: int | None = None  # overrides limits.requests_per_minute
     admin: bool = False
+    prompts: tuple[str, ...] | None = None  # the route prompts it may use (DEFAULT_PROMPT: the route's own)
 
 
 @dataclass(frozen=True)
@@ -208,7 +214,7 @@ def parse_upstream(spec: str, where: str = "--upstream") -> tuple[str | None, st
 LIMIT_FIELDS = tuple(Limits.__dataclass_fields__)
 ROUTE_FIELDS = ("name", "upstream", "upstream_model", "upstream_api_key_env", "prompt_embeds", "embeds_model",
                 "prompt", "sha256", "prompts", "labels", "max_tokens")
-KEY_FIELDS = ("name", "sha256", "routes", "requests_per_minute", "admin")
+KEY_FIELDS = ("name", "sha256", "routes", "prompts", "requests_per_minute", "admin")
 TOP_FIELDS = ("host", "port", "workers", "limits", "log_content", "keys", "routes")
 
 
@@ -240,11 +246,12 @@ def _limits(d: Any, where: str) -> Limits:
     for k, v in d.items():
         default = getattr(Limits, k)
         kw[k] = _num(v, f"{where}.{k}") if isinstance(default, float) else _int(v, f"{where}.{k}")
-    for k in ("max_body_bytes", "max_tokens", "max_batch", "upstream_max_connections"):
+    for k in ("max_body_bytes", "max_tokens", "max_batch", "upstream_max_connections", "max_connections"):
         if k in kw and kw[k] < 1:
             raise _fail(f"{where}.{k}", "must be >= 1")
-    if kw.get("upstream_timeout_s", 1.0) <= 0 or kw.get("upstream_connect_timeout_s", 1.0) <= 0:
-        raise _fail(where, "timeouts must be > 0")
+    for k in [k for k in kw if k.endswith("_timeout_s")]:
+        if kw[k] <= 0:
+            raise _fail(f"{where}.{k}", "timeouts must be > 0")
     return Limits(**kw)
 
 
@@ -296,7 +303,7 @@ def _route(d: Any, base: Path, where: str) -> Route:
     return Route(name, up, prompts, labels, mt)
 
 
-def _key(d: Any, i: int, routes: set[str], where: str) -> ApiKey:
+def _key(d: Any, i: int, routes: dict[str, Route], where: str) -> ApiKey:
     d = _mapping(d, where)
     if "key" in d:
         raise _fail(where, "keys are stored hashed: give sha256 (printf %s \"$KEY\" | sha256sum), not the key")
@@ -312,10 +319,21 @@ def _key(d: Any, i: int, routes: set[str], where: str) -> ApiKey:
         if missing:
             raise _fail(f"{where}.routes",
                         f"unknown route(s) {', '.join(missing)}; routes: {', '.join(sorted(routes))}")
+    prompts_t: tuple[str, ...] | None = None
+    ps = d.get("prompts")
+    if ps is not None and ps != "*":
+        if not isinstance(ps, list) or not ps:
+            raise _fail(f"{where}.prompts", f"expected a list of prompt names ({DEFAULT_PROMPT}: a route's own) or '*'")
+        prompts_t = tuple(_str(x, f"{where}.prompts") for x in ps)
+        known = {n for r in (routes_t or routes) for n in routes[r].prompts}
+        missing = [x for x in prompts_t if x not in known]
+        if missing:
+            raise _fail(f"{where}.prompts", f"unknown prompt(s) {', '.join(missing)} on this key's routes; "
+                                            f"they have: {', '.join(sorted(known))}")
     rpm = d.get("requests_per_minute")
     return ApiKey(name, _sha(d.get("sha256"), f"{where}.sha256"), routes_t,
                   _int(rpm, f"{where}.requests_per_minute") if rpm is not None else None,
-                  _bool(d.get("admin", False), f"{where}.admin"))
+                  _bool(d.get("admin", False), f"{where}.admin"), prompts_t)
 
 
 def parse_config(data: Any, source: Path | None = None) -> ServeConfig:
@@ -335,7 +353,7 @@ def parse_config(data: Any, source: Path | None = None) -> ServeConfig:
     raw_keys = d.get("keys") or []
     if not isinstance(raw_keys, list):
         raise _fail(where, "keys: expected a list")
-    keys = tuple(_key(k, i, set(names), f"{where}: keys[{i}]") for i, k in enumerate(raw_keys))
+    keys = tuple(_key(k, i, {r.name: r for r in routes}, f"{where}: keys[{i}]") for i, k in enumerate(raw_keys))
     kn = [k.name for k in keys]
     kdup = sorted({n for n in kn if kn.count(n) > 1} | {k.sha256[:12] for k in keys
                                                         if [x.sha256 for x in keys].count(k.sha256) > 1})
@@ -367,6 +385,18 @@ def load_config(path: str | Path) -> ServeConfig:
         at = f":{mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{path}{at}: malformed YAML ({getattr(e, 'problem', None) or e})") from None
     return parse_config(data, path.resolve())
+
+
+def writable_by_others(path: str | Path) -> str | None:
+    """A warning if `path` (keys, or a config holding them) may be changed by its group or other users."""
+    try:
+        mode = Path(path).stat().st_mode
+    except OSError:
+        return None
+    if mode & 0o022:
+        who = "group and others" if mode & 0o022 == 0o022 else "group" if mode & 0o020 else "others"
+        return f"{path} is writable by {who} (mode {mode & 0o777:o}): they can add a key; chmod go-w {path}"
+    return None
 
 
 def read_key_file(path: str | Path, *, admin: bool = False, prefix: str = "key") -> tuple[ApiKey, ...]:
@@ -404,5 +434,5 @@ def single_route_config(prompt: str | Path, sha256: str, upstream: str, *, name:
 
 
 __all__ = ["Limits", "PromptRef", "Upstream", "Route", "ApiKey", "ServeConfig", "hash_key", "parse_config",
-           "load_config", "read_key_file", "single_route_config", "parse_upstream", "parse_workers", "PROMPT_HEADER",
-           "DEFAULT_PROMPT"]
+           "load_config", "read_key_file", "single_route_config", "writable_by_others", "parse_upstream",
+           "parse_workers", "PROMPT_HEADER", "DEFAULT_PROMPT"]

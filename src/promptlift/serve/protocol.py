@@ -10,13 +10,22 @@ Every error the proxy answers has the OpenAI body
     404 invalid_request_error   unknown model (route)                    (code model_not_found)
     413 invalid_request_error   request body above limits.max_body_bytes (code request_too_large)
     429 rate_limit_error        the key's requests per minute, with Retry-After (code rate_limit_exceeded)
+    404 invalid_request_error   unknown path                             (code not_found)
+    405 invalid_request_error   wrong method for the path                (code method_not_allowed)
+    408 invalid_request_error   the request body did not arrive in time  (code request_timeout)
+    499 (logged only)           the client went away before the answer   (code client_closed_request)
     502 upstream_error          upstream refused the connection or kept failing (5xx) (code upstream_unavailable,
                                 upstream_error)
+    503 upstream_error          upstream answered 503, with its Retry-After (code upstream_overloaded)
     504 upstream_error          upstream did not answer in time          (code upstream_timeout)
     500 server_error            the local model failed, or a bug in the proxy (code local_model_error,
                                 internal_error)
 
-An upstream's own 4xx (a bad parameter it refuses) is passed through with its status and body.
+An upstream's own 4xx (a bad parameter it refuses) is passed through with its status and body, scrubbed of
+the route's prompt (`serve.guard`).
+
+`ChatRequest` and `CompletionRequest` are the types a request's fields must have (checked before anything is
+sent on); fields they do not name go through as sent.
 """
 
 from __future__ import annotations
@@ -25,6 +34,9 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, FiniteFloat, StrictBool, StrictInt, StrictStr
 
 
 @dataclass
@@ -138,5 +150,84 @@ def text_stream(model: str, texts: list[str], finishes: list[str], prompt_tokens
     return out + [SSE_DONE]
 
 
-__all__ = ["ServeError", "error_body", "chat_completion", "chat_logprobs", "token_logprob", "text_completion", "chat_chunk", "text_chunk",
+# --- what a request's fields must be -----------------------------------------------------------------
+
+
+class _Fields(BaseModel):
+    """Fields both endpoints share: strict types (no "false" for false), finite numbers."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    model: Optional[StrictStr] = None
+    stream: Optional[StrictBool] = None
+    stream_options: Optional[dict] = None
+    max_tokens: Optional[StrictInt] = None
+    n: Optional[StrictInt] = None
+    seed: Optional[StrictInt] = None
+    temperature: Optional[FiniteFloat] = None
+    top_p: Optional[FiniteFloat] = None
+    presence_penalty: Optional[FiniteFloat] = None
+    frequency_penalty: Optional[FiniteFloat] = None
+    logit_bias: Optional[dict[str, FiniteFloat]] = None
+    stop: Union[StrictStr, list[StrictStr], None] = None
+    user: Optional[StrictStr] = None
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    role: StrictStr
+    content: Union[StrictStr, list[dict], None] = None
+
+
+class ChatRequest(_Fields):
+    messages: Optional[list[Message]] = None
+    max_completion_tokens: Optional[StrictInt] = None
+    logprobs: Optional[StrictBool] = None
+    top_logprobs: Optional[StrictInt] = None
+
+
+class CompletionRequest(_Fields):
+    prompt: Any = None  # a string or strings: checked where it is rendered
+    logprobs: Optional[StrictInt] = None
+    echo: Optional[StrictBool] = None
+
+
+def json_as_sse(d: Any, include_usage: bool) -> list[bytes]:
+    """The SSE lines of a stream equal to a whole chat.completion or text_completion `d`.
+
+    For an upstream that ignored `stream: true`; anything else (an error object, an unknown object) gives
+    one error event.
+    """
+    obj = d.get("object") if isinstance(d, dict) else None
+    if obj not in ("chat.completion", "text_completion") or not isinstance(d.get("choices"), list):
+        err = d.get("error") if isinstance(d, dict) and isinstance(d.get("error"), dict) else None
+        return [sse({"error": err or {"message": "the upstream answered a streaming request with something else "
+                                                 "than a stream or a completion", "type": "upstream_error",
+                                      "code": "upstream_error", "param": None}})]
+    chat = obj == "chat.completion"
+    base = {"id": d.get("id") or new_id("chatcmpl" if chat else "cmpl"), "created": d.get("created") or 0,
+            "model": d.get("model"), "object": "chat.completion.chunk" if chat else "text_completion"}
+    out = []
+    for i, ch in enumerate(d["choices"]):
+        index = ch.get("index", i) if isinstance(ch, dict) else i
+        ch = ch if isinstance(ch, dict) else {}
+        if chat:
+            msg = ch.get("message") or {}
+            delta = {"role": msg.get("role", "assistant"), "content": msg.get("content") or ""}
+            if msg.get("tool_calls"):
+                delta["tool_calls"] = msg["tool_calls"]
+            first = {"index": index, "delta": delta, "logprobs": ch.get("logprobs"), "finish_reason": None}
+            last = {"index": index, "delta": {}, "logprobs": None, "finish_reason": ch.get("finish_reason")}
+        else:
+            first = {"index": index, "text": ch.get("text") or "", "logprobs": ch.get("logprobs"),
+                     "finish_reason": None}
+            last = {"index": index, "text": "", "logprobs": None, "finish_reason": ch.get("finish_reason")}
+        out += [{**base, "choices": [first]}, {**base, "choices": [last]}]
+    if include_usage and d.get("usage"):
+        out.append({**base, "choices": [], "usage": d["usage"]})
+    return [sse(x) for x in out] + [SSE_DONE]
+
+
+__all__ = ["ChatRequest", "CompletionRequest", "json_as_sse", "ServeError", "error_body", "chat_completion", "chat_logprobs", "token_logprob", "text_completion", "chat_chunk", "text_chunk",
            "chat_stream", "text_stream", "sse", "SSE_DONE", "usage", "new_id"]

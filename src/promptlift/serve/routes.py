@@ -6,7 +6,8 @@ the config pins, and must be one its upstream can apply; any failure is a
 one-line error and nothing of the new configuration is used.
 
 Models, local workers and HTTP connection pools live in `Resources`, which a
-reload keeps: a reload re-reads the config and the artifacts only.
+reload keeps: a reload re-reads the config and the artifacts only. A pool the
+new routes no longer use (its limits changed) is closed once its requests finish.
 """
 
 from __future__ import annotations
@@ -90,11 +91,21 @@ class Resources:
             return self.runners[name]
 
     def upstream(self, url: str, api_key: str | None, limits: Limits) -> HttpUpstream:
+        """The pool of an upstream under `limits` (a reload that changes them makes a new pool)."""
         key = (url, api_key, limits)
         with self._lock:
             if key not in self.http:
                 self.http[key] = HttpUpstream(url, api_key, limits, self.transport)
             return self.http[key]
+
+    def retire_unused(self, snapshot: "Snapshot") -> None:
+        """Close (once their requests are done) the pools `snapshot` does not use. In the event loop."""
+        used = {id(r.http) for r in snapshot.routes.values() if r.http is not None}
+        with self._lock:
+            unused = [k for k, up in self.http.items() if id(up) not in used]
+            retired = [self.http.pop(k) for k in unused]
+        for up in retired:
+            up.retire()
 
     async def aclose(self) -> None:
         for up in list(self.http.values()):

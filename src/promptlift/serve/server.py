@@ -16,6 +16,13 @@ that dies is started again; workers whose master is gone stop by themselves.
 Shared state lives in a temp folder of the run, removed at exit: the rate
 limiter's file (`serve.ratelimit.SharedRateLimiter`) and the metrics of
 prometheus_client's multiprocess mode (`serve.metrics`).
+
+Slow clients: a connection whose request head is not complete within
+`limits.client_header_timeout_s` (from connecting, or from the first byte of a
+kept-alive connection's next request) is closed; idle kept-alive connections
+close after `limits.keep_alive_timeout_s`; beyond `limits.max_connections`
+open connections plus requests in flight, new requests get 503. (The body's
+own timeout is the app's: 408.)
 """
 
 from __future__ import annotations
@@ -37,8 +44,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..errors import ConfigError
+from .config import Limits
 from .metrics import MULTIPROC_ENV
 
 REUSEPORT = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")  # balanced only on Linux
@@ -67,10 +76,52 @@ def bind(host: str, port: int, *, listen: bool = True, reuseport: bool = False) 
     return sock
 
 
+class _HeadTimeoutH11(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, closing a connection whose request head is slower than `head_timeout_s`
+    (uvicorn itself waits for a half-sent head forever)."""
+
+    head_timeout_s = 10.0
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._head_timer = None
+        self._head_cycle = None
+        self._arm_head_timer()
+
+    def _arm_head_timer(self) -> None:
+        self._head_cycle = self.cycle
+        self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.cycle is self._head_cycle and not self.transport.is_closing():
+            self.transport.close()  # still no new request from this connection
+
+    def data_received(self, data: bytes) -> None:
+        between = self.cycle is None or self.cycle.response_complete
+        if self._head_timer is None and between:  # the first bytes of a kept-alive connection's next request
+            self._arm_head_timer()
+        super().data_received(data)
+        if self._head_timer is not None and self.cycle is not self._head_cycle:  # the head is complete
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def connection_lost(self, exc) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
+
+
 def _config(app, log_level: str, **kw) -> uvicorn.Config:
+    """uvicorn's config, with the slow-client limits of the app's config (`Limits` defaults for other apps)."""
+    state = getattr(getattr(app, "state", None), "serve", None)
+    limits = state.snapshot.config.limits if state is not None else Limits()
+    protocol = type("HeadTimeoutH11", (_HeadTimeoutH11,), {"head_timeout_s": limits.client_header_timeout_s})
     # No uvicorn access log: the app writes its own JSON line per request.
     return uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on", timeout_graceful_shutdown=30,
-                          **kw)
+                          http=protocol, timeout_keep_alive=limits.keep_alive_timeout_s,
+                          limit_concurrency=limits.max_connections, **kw)
 
 
 class ServerThread:
