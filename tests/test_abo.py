@@ -12,7 +12,7 @@ import pytest
 
 from conftest import make_tiny_lm
 from promptlift.methods.llm.abo import render_plan, step_number
-from promptlift.methods.llm.common import template
+from promptlift.methods.llm.common import meta_prompt
 from promptlift.registry import get_method
 from promptlift.task import Task
 from test_search import RuleTarget, ScriptedLM, ctx, sentiment_rule, toy_task
@@ -61,7 +61,7 @@ def test_plans_render_as_numbered_steps_with_demonstrations():
     assert [step_number(a, 3) for a in (" 2.", "3", " two", "Step 1", " 4", "the last one", "")] == [1, 2, 1, 0, None,
                                                                                                None, None]
     for name in ("abo_step", "abo_demo", "abo_locate", "abo_rewrite"):
-        t = template(name)
+        t = meta_prompt(name)
         assert t.prefix and "{" not in t.prefix and t.body
 
 

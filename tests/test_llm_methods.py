@@ -18,7 +18,7 @@ from conftest import DATA, make_tiny_lm
 from promptlift.artifacts import Reasoning, TextPrompt
 from promptlift.errors import ConfigError
 from promptlift.engine.search import Limits, SearchSettings, SearchState, dev_subset
-from promptlift.methods.llm.common import LLMMethod, clean, template, unusable
+from promptlift.methods.llm.common import LLMMethod, clean, meta_prompt, unusable
 from promptlift.methods.llm.grips import phrases
 from promptlift.methods.llm.opro import sorted_trajectory
 from promptlift.methods.llm.reflect import complementary_pair, pareto_front
@@ -113,9 +113,9 @@ def test_methods_find_the_better_instruction(name):
 def test_meta_prompts_end_in_a_fixed_prefix_and_proposals_are_cleaned():
     for name in ("ape_induce", "paraphrase", "opro", "error_feedback", "error_edit", "reflect", "merge", "evo_ga",
                  "evo_de"):
-        t = template(name)
+        t = meta_prompt(name)
         assert t.prefix and "{" not in t.prefix and t.body
-    assert template("ape_induce").prefix == "The instruction was to"
+    assert meta_prompt("ape_induce").prefix == "The instruction was to"
     assert clean("\n The instruction was to write the antonym.\nInput: hot", "The instruction was to") == \
         "write the antonym."
     assert clean(' "Judge the sentiment." Output: positive') == "Judge the sentiment."

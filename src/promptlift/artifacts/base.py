@@ -96,7 +96,7 @@ class Prompt:
         stamp = self._stamp()
         cached = self.__dict__.get("_hash_cache")
         if cached is None or cached[0] != stamp:
-            d, tensors = encode(self)
+            d, tensors = to_json(self)
             cached = (stamp, content_hash({"format": FORMAT, **d}, tensor_bytes(tensors)))
             object.__setattr__(self, "_hash_cache", cached)
         return cached[1]
@@ -117,11 +117,11 @@ class Prompt:
 
     def to_dict(self) -> dict:
         """The JSON content of the artifact (tensors as references)."""
-        return encode(self)[0]
+        return to_json(self)[0]
 
     def tensors(self) -> dict:
         """Every tensor of the artifact (nested ones too), by the name it is saved under."""
-        return encode(self)[1]
+        return to_json(self)[1]
 
     def save(self, path: str | Path) -> Path:
         """Write the artifact (atomically) and return the JSON file's path.
@@ -156,7 +156,7 @@ def _default(f: dataclasses.Field) -> Any:
     return f.default if f.default is not dataclasses.MISSING else f.default_factory()
 
 
-def encode(p: Prompt, prefix: str = "") -> tuple[dict, dict]:
+def to_json(p: Prompt, prefix: str = "") -> tuple[dict, dict]:
     """(JSON dict, tensors by name) of an artifact; nested artifacts are encoded in place."""
     d: dict[str, Any] = {"type": p.type}
     tensors: dict = {}
@@ -168,7 +168,7 @@ def encode(p: Prompt, prefix: str = "") -> tuple[dict, dict]:
         if kind == "examples":
             d[f.name] = [{"input": e.input, "output": e.output} for e in v]
         elif kind == "prompt":
-            sub, sub_t = encode(v, prefix + f.name + ".")
+            sub, sub_t = to_json(v, prefix + f.name + ".")
             d[f.name] = sub
             tensors.update(sub_t)
         elif kind == "tensor":
@@ -180,8 +180,8 @@ def encode(p: Prompt, prefix: str = "") -> tuple[dict, dict]:
     return d, tensors
 
 
-def decode(d: Any, tensors: dict, where: str) -> Prompt:
-    """The artifact described by `d` (inverse of `encode`); errors name `where`."""
+def from_json(d: Any, tensors: dict, where: str) -> Prompt:
+    """The artifact described by `d` (inverse of `to_json`); errors name `where`."""
     if not isinstance(d, dict):
         raise ArtifactError(f"{where}: expected an artifact object, got {type(d).__name__}")
     typ = d.get("type")
@@ -202,7 +202,7 @@ def decode(d: Any, tensors: dict, where: str) -> Prompt:
             if kind == "examples":
                 kwargs[name] = [Example(str(x["input"]), str(x["output"])) for x in v]
             elif kind == "prompt":
-                kwargs[name] = decode(v, tensors, f"{where}: {name}")
+                kwargs[name] = from_json(v, tensors, f"{where}: {name}")
             elif kind == "tensor":
                 if v["tensor"] not in tensors:
                     raise ArtifactError(f"{where}: tensor {v['tensor']!r} is missing from the tensor file")
@@ -223,7 +223,7 @@ def save(p: Prompt, path: str | Path) -> Path:
     if path.is_dir() or path.suffix == "":
         path = path / "prompt.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    d, tensors = encode(p)
+    d, tensors = to_json(p)
     d = {"format": FORMAT, **d}
     tpath = path.with_suffix(".safetensors")
     cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
@@ -271,4 +271,4 @@ def load(path: str | Path) -> Prompt:
     if stored != content_hash(d, extra):
         raise ArtifactError(f"{path}: content hash mismatch: the prompt or its tensors changed after saving")
     body = {k: v for k, v in d.items() if k != "format"}
-    return decode(body, tensors, str(path))
+    return from_json(body, tensors, str(path))

@@ -53,7 +53,7 @@ class Reasoning(Prompt):
 
     followups: further triggers, empty for chain of thought. Marked `omit_default`: the serialiser is to leave
       it out of the JSON while empty, so a chain-of-thought artifact saved before the field existed keeps its
-      content hash (needs `artifacts.base.encode` to honour the mark).
+      content hash (needs `artifacts.base.to_json` to honour the mark).
     """
 
     type: ClassVar[str] = "reasoning"

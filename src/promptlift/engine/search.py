@@ -83,7 +83,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 from tqdm.auto import tqdm
 
 from ..artifacts import Prompt, TextPrompt
-from ..artifacts.base import decode, load as load_artifact, save as save_artifact
+from ..artifacts.base import from_json, load as load_artifact, save as save_artifact
 from ..errors import ArtifactError, BudgetExceeded, ConfigError, UnsupportedError
 from ..files import write_json
 from ..lm.base import GenerationConfig
@@ -526,7 +526,7 @@ def _prompt_entry(key: str, p: Prompt) -> dict:
 
 def _load_candidate(c: dict, folder: Path, where: str) -> Prompt:
     if "saved" not in c:
-        return decode(c["prompt"], {}, f"{where}: candidate")
+        return from_json(c["prompt"], {}, f"{where}: candidate")
     path = folder / c["key"]
     if c["saved"] != f"{CANDIDATES}/{c['key']}":
         raise ArtifactError(f"{where}: candidate {c['key'][:12]} refers to {c['saved']!r}, not {CANDIDATES}/<hash>")

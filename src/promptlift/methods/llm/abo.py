@@ -45,8 +45,8 @@ from dataclasses import dataclass, field
 from ...engine.search import Candidate, SearchState
 from ...registry import register
 from ...task import Example
-from .common import (LLMConfig, LLMMethod, answer, error_pool, format_pairs, instruction_of, propose, request, sample,
-                     short, start_key, template, with_instruction)
+from .common import (LLMConfig, LLMMethod, answer, error_pool, format_pairs, instruction_of, meta_prompt, propose, request,
+                     sample, short, start_key, with_instruction)
 from .reflect import next_minibatch
 
 _NUMBERS = {w: i + 1 for i, w in enumerate(["one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])}
@@ -198,7 +198,7 @@ class ABO(LLMMethod):
         """The step the optimizer says the target did not follow (0-based; one optimizer call), or None."""
         if len(plan) == 1:
             return 0
-        t = template("abo_locate")
+        t = meta_prompt("abo_locate")
         req = request(state.optimizer, t.fill(steps=render_plan(intro, plan), **self.error_fields(state, rec)),
                       t.prefix, self.config.proposer_format, t.sep)
         raws = state.ask(req, n=1, temperature=0.0, max_tokens=6, stop=["\n"])

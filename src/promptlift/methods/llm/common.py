@@ -1,4 +1,4 @@
-"""What the LLM-optimizer methods share: meta-prompt templates, plain-text proposals, options, prompt editing.
+"""What the LLM-optimizer methods share: meta-prompts, plain-text proposals, options, prompt editing.
 
 A proposal is never parsed from JSON or tags. The meta-prompt (a text file in
 `prompts/`, see its README) ends with a fixed prefix such as `New instruction: "`;
@@ -35,9 +35,9 @@ _ECHO = re.compile(r"\s*(?:Input|Output|Instruction(?: \d| [AB])?|New instructio
 MAX_INPUT_CHARS = 300  # inputs shown to the optimizer are cut here: a small model's context is short
 
 
-# --- templates -------------------------------------------------------------------------------
+# --- meta-prompts ----------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Template:
+class MetaPrompt:
     """A meta-prompt: the request, and the fixed prefix (its last line) the optimizer continues.
 
     sep: the line break(s) between the request and the prefix in the file.
@@ -65,7 +65,7 @@ class Template:
 
 
 @lru_cache(maxsize=None)
-def template(name: str) -> Template:
+def meta_prompt(name: str) -> MetaPrompt:
     """The meta-prompt `prompts/<name>.txt`."""
     try:
         text = (resources.files(__package__) / "prompts" / f"{name}.txt").read_text(encoding="utf-8")
@@ -73,7 +73,7 @@ def template(name: str) -> Template:
         raise ConfigError(f"no meta-prompt named {name!r}") from None
     body, _, prefix = text.rstrip("\n").rpartition("\n")
     stripped = body.rstrip("\n")
-    return Template(name, stripped, prefix.strip(), "\n" * (len(body) - len(stripped) + 1))
+    return MetaPrompt(name, stripped, prefix.strip(), "\n" * (len(body) - len(stripped) + 1))
 
 
 def request(lm, body: str, prefix: str, fmt: str = "auto", sep: str = "\n\n"):
@@ -138,7 +138,7 @@ def propose(state: SearchState, name: str, fields: dict, *, n: int, temperature:
     Drops (and counts in `state.skipped`) empty, unusable and duplicate ones, where a
     duplicate repeats `seen` (e.g. every instruction tried so far) or an earlier sample.
     """
-    t = template(name)
+    t = meta_prompt(name)
     req = request(state.optimizer, t.fill(**fields), t.prefix, fmt, t.sep)
     # a model that continues the text stops at the closing quote; a chat model that answers anew may
     # open its answer with a quote of its own, so it stops at a blank line and `clean` finds the quotes

@@ -62,7 +62,7 @@ from ...errors import ConfigError
 from ...registry import register
 from ...task import Example, Task
 from ..base import Method
-from .common import clean, request, short, template
+from .common import clean, meta_prompt, request, short
 
 # General instruction words; what helps a given model is what the search finds out.
 VOCAB = (
@@ -283,7 +283,7 @@ class KeywordsSearch:
 
     def ask_words(self, state: SearchState, current: list[str]) -> list[str]:
         """New keywords from the optimizer model (`proposals` calls); kept in `state.data["learned"]`."""
-        t = template("keywords_propose")
+        t = meta_prompt("keywords_propose")
         tasks = "\n".join(f"- {short(p.instruction, 150)} (example input: {short(p.split('dev')[0].input, 80)})"
                           for p in self.joint.parts)
         best = ", ".join(current) or ", ".join(self.vocab[:3])
