@@ -115,7 +115,9 @@ def optimize(method: str, lm, task: Task, *, out: str | Path | None = None, seed
     searched = prompt.meta.get("search") if isinstance(prompt.meta.get("search"), dict) else {}
     stopped = "budget" if (run_budget.exhausted() or "budget" in (prompt.meta.get("stopped"), searched.get("stopped"))) \
         else ""
-    prompt = dataclasses.replace(prompt, model=model_key(lm), task=task.name, method=method)  # fit's stays as it was
+    # fit's prompt stays as it was; the saved one records where it was made and its task's label words, so serve
+    # and generate render and answer as eval does
+    prompt = dataclasses.replace(prompt, model=model_key(lm), method=method).made_for(task)
     if rd is not None:
         prompt.save(rd.path)
         _save_spend(rd.path, run_budget)

@@ -338,7 +338,8 @@ def generate(text: str = typer.Argument(..., help="the user message"),
     check_options(max_tokens=max_tokens, temperature=temperature)
     p = load(prompt) if prompt else TextPrompt()  # a bad artifact fails before the model loads
     lm = load_lm(model, device=device, dtype=dtype)
-    outs = generate_with_prompt(lm, p, [text], max_tokens=max_tokens, temperature=temperature)
+    # demonstrations answer with the label words the prompt was made with, as `eval` renders them
+    outs = generate_with_prompt(lm, p, [text], max_tokens=max_tokens, temperature=temperature, task=p.label_task())
     _print({"output": outs[0]}, as_json, outs[0])
 
 

@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 
 from ..errors import ArtifactError
 from ..files import write_bytes
-from ..task import Example
+from ..task import CLASSIFICATION, Example, Task
 
 FORMAT = "promptlift.prompt/v1"
 _TYPES: dict[str, type["Prompt"]] = {}
@@ -65,6 +65,11 @@ class Prompt:
     task: name of the task it was made for (None = unknown).
     method: the method that made it.
     meta: free-form, JSON-serialisable notes (best epoch, dev score, seed, ...).
+    labels: label name -> label words of the task it was made for (classification), in the task's
+      order: how its demonstrations answer and what it answers when served. Empty for a generation
+      task, or an artifact saved before labels were stored.
+    task_kind: "classification" or "generation" ("" = unknown: saved before it was stored).
+    Both are `omit_default`: left out of the file while empty, so older files keep their hash.
     """
 
     type: ClassVar[str] = "base"
@@ -72,6 +77,8 @@ class Prompt:
     task: str | None = field(default=None, kw_only=True)
     method: str = field(default="", kw_only=True)
     meta: dict = field(default_factory=dict, kw_only=True)
+    labels: dict = field(default_factory=dict, kw_only=True, metadata={"omit_default": True})
+    task_kind: str = field(default="", kw_only=True, metadata={"omit_default": True})
 
     # --- what every consumer may ask of any artifact -------------------------------------
     @property
@@ -79,6 +86,22 @@ class Prompt:
         """True if the prompt is text all the way down (it can go to any model or endpoint)."""
         return not any(_kind(f) == "tensor" for f in dataclasses.fields(self)) and all(
             p.text_only for p in self.children())
+
+    def made_for(self, task: Task) -> "Prompt":
+        """Record the task this prompt was made for: its name, kind and label words. Returns self."""
+        self.task = task.name
+        self.task_kind = task.kind
+        self.labels = dict(task.labels) if task.is_classification else {}
+        return self
+
+    def label_task(self) -> Task | None:
+        """A task carrying only the label words this prompt was made with (or a prompt it wraps was), or
+        None: a generation task, or an artifact saved before labels were stored."""
+        if self.labels:
+            return Task(name=self.task or "prompt", kind=CLASSIFICATION, labels=dict(self.labels))
+        if self.task_kind:
+            return None
+        return next((t for c in self.children() if (t := c.label_task()) is not None), None)
 
     def children(self) -> list["Prompt"]:
         """Nested artifacts (the prompt a wrapper wraps)."""

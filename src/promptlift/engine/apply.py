@@ -9,6 +9,12 @@ prompt it holds.
     applier_for(prompt).label_scores(prompt, backend, task, inputs)   # (N, L)
     applier_for(prompt).generate(prompt, backend, task, inputs, cfg)  # N strings
     applier_for(prompt).stages(prompt)                                 # model calls per answer
+    applier_for(prompt).generation_condition(prompt, backend, task, inputs)  # what `generate` decodes
+
+`generation_condition` is "condition once, then decode it yourself": the proxy
+decodes the conditions of many requests (of different artifacts) in one batch.
+A backend given a `PrefixCache` keeps each artifact's constant prefix (soft
+vectors, learned keys/values, token ids) across calls (`WhiteBox.constant_prefix`).
 
 `inputs` are user texts or lists of chat messages (see `promptlift.render`).
 `answer_prefixes` (one per input) open the answer with text the model
@@ -62,6 +68,12 @@ def _labels_map(task):
     return task.labels if task is not None and task.is_classification else None
 
 
+def labels_key(labels) -> tuple:
+    """What a prompt's constant prefix depends on besides the prompt: the label words its demonstrations
+    answer with (a key of `PrefixCache`)."""
+    return tuple(labels.items()) if labels else ()
+
+
 def query_text(x: Any) -> str:
     """The text of an input to compare or embed: itself, or its last user message."""
     if isinstance(x, str):
@@ -104,10 +116,23 @@ class Applier:
         """(N,) log-probability of each input's reference answer (generation tasks)."""
         return backend.answer_scores(self.condition(prompt, backend, task, inputs), list(answers))
 
+    def generation_condition(self, prompt: Prompt, backend, task, inputs: Sequence[Any],
+                             answer_prefixes: Sequence[str] | None = None):
+        """The one condition `generate` decodes (prompts of one stage): a caller may decode it itself.
+
+        A prompt answered in several stages reads the model's first answer before asking again: it has no
+        such condition (UnsupportedError).
+        """
+        n = self.stages(prompt)
+        if n != 1:
+            raise UnsupportedError(f"a {prompt.type} prompt answers in {n} stages (it reads the model's first "
+                                   "answer before asking again); it has no one condition to decode")
+        return self.condition(prompt, backend, task, inputs, answer_prefixes)
+
     def generate(self, prompt: Prompt, backend, task, inputs: Sequence[Any], cfg: GenerationConfig,
                  answer_prefixes: Sequence[str] | None = None) -> list[str]:
         """One answer per input."""
-        return backend.generate(self.condition(prompt, backend, task, inputs, answer_prefixes), cfg)
+        return backend.generate(self.generation_condition(prompt, backend, task, inputs, answer_prefixes), cfg)
 
 
 def _prefixes(inputs, answer_prefixes) -> list[str]:
@@ -220,7 +245,8 @@ class TokenApplier(Applier):
         rendered = [render(TOKEN_SLOT, prompt.demos, x, labels, a) for x, a in zip(inputs, prefixes)]
         rows = rows_after(lm, rendered, lay.header + lay.body, "a token prompt")
         head = lay.header + list(prompt.ids) + shots
-        kv = lm.forward(ids=torch.tensor([head], device=lm.device))[1] if head else None
+        kv = backend.constant_prefix(prompt, labels_key(labels), lambda: lm.forward(
+            ids=torch.tensor([head], device=lm.device))[1] if head else None)
         return Cond(kv, rows, answer_sep(lm, rendered[0]) if rendered else "",
                     [] if lm.has_chat_template else ["\n"], head)
 

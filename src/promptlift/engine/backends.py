@@ -16,8 +16,10 @@ sends messages (chat API) or plain text (completions API) to the server.
 
 from __future__ import annotations
 
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Hashable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -60,23 +62,64 @@ def _common_prefix_len(rows: Sequence[Sequence[int]]) -> int:
     return n
 
 
+class PrefixCache:
+    """Key/value caches of artifacts' constant parts, one per (artifact, key); least recently used go.
+
+    A soft, prefix or token prompt's constant part ([header][its vectors or ids][instruction]) is the
+    same for every input, and computing it is most of the prompt's cost: a backend given a
+    `PrefixCache` computes it once per artifact and keeps it (the proxy does, across requests).
+    """
+
+    def __init__(self, max_entries: int = 256):
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple, tuple[weakref.ref, KV | None]] = OrderedDict()
+
+    def get(self, prompt, key: Hashable, make: Callable[[], KV | None]) -> KV | None:
+        k = (id(prompt), key)
+        hit = self._entries.get(k)
+        if hit is not None and hit[0]() is prompt:  # same object, not a new one at a reused address
+            self._entries.move_to_end(k)
+            return hit[1]
+        kv = make()
+        self._entries[k] = (weakref.ref(prompt), kv)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+        return kv
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 class WhiteBox:
-    """A local `HFModel` run through promptlift's own scorer and decoding loop."""
+    """A local `HFModel` run through promptlift's own scorer and decoding loop.
+
+    prefixes: keep artifacts' constant prefixes across calls (`constant_prefix`); None computes them per call.
+    common_prefix: cache the longest token prefix shared by a text condition's rows (False keeps every
+      token in the rows: a caller that reads log-probabilities at every position of a row needs them).
+    """
 
     white_box = True
     can_score_labels = True
 
-    def __init__(self, lm, batch_size: int = 16, progress: bool = False):
+    def __init__(self, lm, batch_size: int = 16, progress: bool = False, *, prefixes: PrefixCache | None = None,
+                 common_prefix: bool = True):
         self.lm = lm
         self.batch_size = max(1, int(batch_size))
         self.progress = progress
+        self.prefixes = prefixes
+        self.common_prefix = common_prefix
         self._embedded: dict[tuple, torch.Tensor] = {}
+
+    def constant_prefix(self, prompt, key: Hashable, make: Callable[[], KV | None]) -> KV | None:
+        """The cache of `prompt`'s constant part under `key` (what else it depends on): `make()`, or the one
+        kept from an earlier call when this backend keeps `prefixes`."""
+        return make() if self.prefixes is None else self.prefixes.get(prompt, key, make)
 
     @torch.no_grad()
     def condition_text(self, rendered: Sequence[Rendered]) -> Cond:
         """Token rows of the full rendered texts; their longest common prefix is cached once."""
         full = [to_ids(self.lm, r) for r in rendered]
-        n = _common_prefix_len(full)
+        n = _common_prefix_len(full) if self.common_prefix else 0
         n = min(n, min((len(f) for f in full), default=1) - 1)  # every row keeps at least one token
         prefix = None
         if n > 0:

@@ -156,17 +156,44 @@ def _score(task: Task, pred, gold: str) -> float:
     return get_metric(task.metric)(pred, gold)
 
 
+@dataclass
+class LabelAnswer:
+    """A classifier's answer to one input.
+
+    label: the predicted label's name (None: a generated answer that matched no label).
+    scores: label name -> score (log-probability of its words; calibrated for a calibrated prompt), in the
+      task's label order, when labels were ranked; None when decided by generation.
+    raw: the generated answer, when decided by generation.
+    """
+
+    label: str | None
+    scores: dict[str, float] | None = None
+    raw: str | None = None
+
+
+def classify(ap, prompt: Prompt, backend, task: Task, inputs: Sequence[Any]) -> tuple[list[LabelAnswer], str]:
+    """Each input's label, decided the one way the engine decides it, and how ("logprobs" | "generate").
+
+    Rank classification where the backend gives label log-probabilities; else a short generation matched to
+    the label words (`match_label`). `evaluate` and the proxy's classifier routes both answer with this.
+    """
+    names = task.label_names
+    if backend.can_score_labels:
+        scores = ap.label_scores(prompt, backend, task, inputs)
+        return [LabelAnswer(names[int(row.argmax())], {n: float(v) for n, v in zip(names, row)})
+                for row in scores], "logprobs"
+    texts = ap.generate(prompt, backend, task, inputs, GenerationConfig(max_tokens=CLASSIFY_MAX_TOKENS, stop=["\n"]))
+    return [LabelAnswer(match_label(t, task), None, t) for t in texts], "generate"
+
+
 def _predict(ap, prompt, backend, task, inputs, max_new_tokens) -> tuple[list, list[dict], str]:
     """Predictions and per-example extras for `inputs`, and how labels were decided."""
-    if task.is_classification and backend.can_score_labels:
-        scores = ap.label_scores(prompt, backend, task, inputs)
-        names = task.label_names
-        preds = [names[i] for i in scores.argmax(-1).tolist()]
-        return preds, [{"scores": {n: round(float(v), 4) for n, v in zip(names, row)}} for row in scores], "logprobs"
     if task.is_classification:
-        texts = ap.generate(prompt, backend, task, inputs, GenerationConfig(max_tokens=CLASSIFY_MAX_TOKENS, stop=["\n"]))
-        preds = [match_label(t, task) for t in texts]
-        return preds, [{"raw": t, "parsed": p is not None} for t, p in zip(texts, preds)], "generate"
+        answers, how = classify(ap, prompt, backend, task, inputs)
+        if how == "logprobs":
+            return [a.label for a in answers], [{"scores": {n: round(v, 4) for n, v in a.scores.items()}}
+                                                for a in answers], how
+        return [a.label for a in answers], [{"raw": a.raw, "parsed": a.label is not None} for a in answers], how
     texts = ap.generate(prompt, backend, task, inputs, GenerationConfig(max_tokens=max_new_tokens))
     return texts, [{} for _ in inputs], ""
 
@@ -264,5 +291,5 @@ def match_label(text: str, task: Task) -> str | None:
     return min(hits)[2] if hits else None
 
 
-__all__ = ["EvalResult", "evaluate", "classify_scores", "generate_with_prompt", "match_label", "calibrate",
+__all__ = ["EvalResult", "evaluate", "classify", "LabelAnswer", "classify_scores", "generate_with_prompt", "match_label", "calibrate",
            "label_candidates", "check_model"]

@@ -26,7 +26,7 @@ from ..kv import KV
 from ..lm.base import same_model
 from ..render import render
 from ..template import answer_sep, build_layout
-from .apply import Applier, _labels_map, _prefixes, applies, rows_after
+from .apply import Applier, _labels_map, _prefixes, applies, labels_key, rows_after
 from .backends import Cond
 
 
@@ -117,7 +117,8 @@ class TensorApplier(Applier):
         labels = _labels_map(task)
         layout = tensor_layout(lm, prompt, labels)
         rendered, rows = tensor_rows(lm, prompt, layout, inputs, labels, answer_prefixes)
-        return Cond(self.prefix(prompt, lm, layout), rows, answer_sep(lm, rendered[0]) if rendered else "",
+        prefix = backend.constant_prefix(prompt, labels_key(labels), lambda: self.prefix(prompt, lm, layout))
+        return Cond(prefix, rows, answer_sep(lm, rendered[0]) if rendered else "",
                     [] if lm.has_chat_template else ["\n"])
 
 

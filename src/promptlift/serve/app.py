@@ -73,7 +73,7 @@ from .config import DEFAULT_PROMPT, PROMPT_HEADER, ServeConfig
 from .embeds import encode_embeds, soft_input_embeds
 from .metrics import Metrics
 from .ratelimit import RateLimiter, retry_after_header
-from .routes import LiveRoute, Resources, Snapshot, build_snapshot, describe
+from .routes import EMBEDS, LOCAL, LiveRoute, Resources, Snapshot, build_snapshot, describe
 
 log = logging.getLogger("promptlift.serve")
 JSON = "application/json"
@@ -411,12 +411,15 @@ async def _handle(state: ServerState, request: Request, endpoint: str) -> Respon
             rec.content = {"request": payload.get("messages") if endpoint == "chat" else payload.get("prompt")}
         headers = {"x-promptlift-route": model, "x-promptlift-prompt": pname,
                    "x-promptlift-prompt-sha256": rec.sha256}
-        if live.local is not None:
-            work = _local(live, prompt, endpoint, payload, max_tokens, rec)
-        elif live.embeds_lm is not None and embeds_prompt(prompt) is not None and not prompt.text_only:
-            work = _vllm_embeds(state, live, prompt, endpoint, payload, rec)
+        task = live.tasks[pname]  # the route decided, per artifact, its labels, how it answers and goes
+        if live.answers[pname] == "label" and not (endpoint == "completions" and payload.get("echo")):
+            work = _label(live, prompt, task, endpoint, payload, rec)
+        elif live.via[pname] == LOCAL:
+            work = _local(live, prompt, task, endpoint, payload, max_tokens, rec)
+        elif live.via[pname] == EMBEDS:
+            work = _vllm_embeds(state, live, prompt, task, endpoint, payload, rec)
         else:
-            work = _http(state, live, prompt, endpoint, payload, rec)
+            work = _http(state, live, prompt, task, endpoint, payload, rec)
         resp = await guard.unless_client_leaves(request, work)
         resp.headers.update(headers)
         streaming = isinstance(resp, StreamingResponse)
@@ -467,7 +470,7 @@ def _usage(rec: _Record, d: Any) -> None:
 # --- HTTP upstream, text artifacts --------------------------------------------------------------
 
 
-async def _http(state: ServerState, live: LiveRoute, prompt, endpoint: str, payload: dict, rec: _Record):
+async def _http(state: ServerState, live: LiveRoute, prompt, task, endpoint: str, payload: dict, rec: _Record):
     if endpoint == "completions" and payload.get("echo"):
         # the upstream would echo the rendered prompt, with offsets into a text the caller never sent
         raise _bad("echo (scoring a prompt) goes through a learned prompt on the local upstream only; on this route "
@@ -477,10 +480,10 @@ async def _http(state: ServerState, live: LiveRoute, prompt, endpoint: str, payl
     out["model"] = live.upstream_model
     try:
         if endpoint == "chat":
-            out["messages"] = chat_messages(prompt, inputs[0], live.task)
+            out["messages"] = chat_messages(prompt, inputs[0], task)
             path = "/chat/completions"
         else:
-            texts = [completion_prompt(prompt, x, live.task) for x in inputs]
+            texts = [completion_prompt(prompt, x, task) for x in inputs]
             out["prompt"] = texts[0] if isinstance(payload.get("prompt"), str) else texts
             path = "/completions"
     except PromptliftError as e:
@@ -569,13 +572,14 @@ def _stream_failed(rec: _Record, e: Exception) -> bytes:
 # --- vLLM prompt_embeds, soft prompts -----------------------------------------------------------
 
 
-async def _vllm_embeds(state: ServerState, live: LiveRoute, prompt, endpoint: str, payload: dict, rec: _Record):
+async def _vllm_embeds(state: ServerState, live: LiveRoute, prompt, task, endpoint: str, payload: dict,
+                       rec: _Record):
     inputs = _conversation(endpoint, payload)
     if len(inputs) != 1:
         raise _bad("a soft prompt on vLLM takes one prompt per request", "invalid_value")
     soft = embeds_prompt(prompt)
     try:
-        t = await run_in_threadpool(soft_input_embeds, live.embeds_lm, soft, inputs[0], live.task)
+        t = await run_in_threadpool(soft_input_embeds, live.embeds_lm, soft, inputs[0], task)
     except PromptliftError as e:
         raise _bad(str(e), "invalid_value") from None
     out = {k: payload[k] for k in _PASS_TO_EMBEDS if k in payload}
@@ -693,22 +697,30 @@ def _scored_logprobs(lm, s) -> dict:
             "top_logprobs": [None if t is None else {tok([i]): v for i, v in t} for t in s.top]}
 
 
-async def _local(live: LiveRoute, prompt, endpoint: str, payload: dict, max_tokens: int, rec: _Record):
-    inputs = _conversation(endpoint, payload)
-    cfg = _gen_config(payload, max_tokens)
-    top_k, score = _logprob_options(endpoint, payload, max_tokens, cfg)
-    lm = live.local.lm
+async def _local_answers(live: LiveRoute, rec: _Record, calls) -> list:
+    """Await the local runner's answers to `calls` (its `generate` coroutines); failures as ServeErrors."""
     try:
-        if top_k is not None or score:
-            check_one_stage(prompt)  # log-probabilities are read on the prompt's one condition
-        answers = await asyncio.gather(*[live.local.generate(prompt, x, cfg, live.task, top_logprobs=top_k,
-                                                             score=score) for x in inputs])
+        return list(await asyncio.gather(*calls))
     except PromptliftError as e:
         raise _bad(str(e), "invalid_value") from None
     except Exception as e:  # noqa: BLE001 - a model failure is this request's 500, the server goes on
         rec.upstream_error = "local"
         raise P.ServeError(500, f"the local model failed: {type(e).__name__}: {' '.join(str(e).split())[:300]}",
                            "server_error", "local_model_error") from None
+
+
+async def _local(live: LiveRoute, prompt, task, endpoint: str, payload: dict, max_tokens: int, rec: _Record):
+    inputs = _conversation(endpoint, payload)
+    cfg = _gen_config(payload, max_tokens)
+    top_k, score = _logprob_options(endpoint, payload, max_tokens, cfg)
+    lm = live.local.lm
+    if top_k is not None or score:
+        try:
+            check_one_stage(prompt)  # log-probabilities are read on the prompt's one condition
+        except PromptliftError as e:
+            raise _bad(str(e), "invalid_value") from None
+    answers = await _local_answers(live, rec, [live.local.generate(prompt, x, cfg, task, top_logprobs=top_k,
+                                                                    score=score) for x in inputs])
     rec.prompt_tokens = sum(a.prompt_tokens for a in answers)
     rec.completion_tokens = sum(a.completion_tokens for a in answers)
     if rec.content is not None:
@@ -734,6 +746,63 @@ async def _local(live: LiveRoute, prompt, endpoint: str, payload: dict, max_toke
            for a in answers]
     return Response(json.dumps(P.text_completion(model, texts, finishes, rec.prompt_tokens, rec.completion_tokens,
                                                  logprobs=lps), ensure_ascii=False), media_type=JSON)
+
+
+# --- classifier routes: the label eval predicts ---------------------------------------------------
+
+
+def _label_logprobs_asked(endpoint: str, payload: dict) -> bool:
+    lp = payload.get("logprobs")
+    if endpoint == "chat":
+        if lp not in (None, True, False):
+            raise _bad(f"logprobs must be true or false, got {lp!r}", "invalid_value")
+        return lp is True
+    if lp is not None and (isinstance(lp, bool) or not isinstance(lp, int) or lp < 0):
+        raise _bad(f"logprobs must be an integer >= 0, got {lp!r}", "invalid_value")
+    return lp is not None
+
+
+async def _label(live: LiveRoute, prompt, task, endpoint: str, payload: dict, rec: _Record):
+    """A classifier route's answer: the words of the label `eval` predicts for the input (`engine.evaluate.classify`
+    on the route's upstream), with every label's score in `logprobs` when asked."""
+    inputs = _conversation(endpoint, payload)
+    want_lp = _label_logprobs_asked(endpoint, payload)
+    if live.local is not None:
+        cfg = GenerationConfig(max_tokens=1)
+        done = await _local_answers(live, rec, [live.local.generate(prompt, x, cfg, task, classify=True)
+                                                for x in inputs])
+        answers = [a.label for a in done]
+        rec.prompt_tokens = sum(a.prompt_tokens for a in done)
+        rec.completion_tokens = sum(a.completion_tokens for a in done)
+    else:
+        try:
+            answers = await run_in_threadpool(live.labeler.classify, prompt, task, endpoint, inputs)
+        except PromptliftError as e:
+            raise _bad(str(e), "invalid_value") from None
+    texts = [task.labels[a.label] if a.label is not None else (a.raw or "") for a in answers]
+    if rec.content is not None:
+        rec.content["answer"] = texts
+    ranked = [sorted(((task.labels[n], v) for n, v in a.scores.items()), key=lambda t: -t[1]) if a.scores else None
+              for a in answers]
+    model = payload["model"]
+    include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
+    pt, ct = rec.prompt_tokens, rec.completion_tokens
+    if endpoint == "chat":
+        r = ranked[0]
+        lps = P.chat_logprobs((texts[0], dict(r)[texts[0]]), r) if want_lp and r else None
+        if rec.stream:
+            return Response(b"".join(P.chat_stream(model, texts[0], "stop", pt, ct, include_usage, lps)),
+                            media_type="text/event-stream")
+        return Response(json.dumps(P.chat_completion(model, texts[0], "stop", pt, ct, logprobs=lps),
+                                   ensure_ascii=False), media_type=JSON)
+    finishes = ["stop"] * len(texts)
+    if rec.stream:
+        return Response(b"".join(P.text_stream(model, texts, finishes, pt, ct, include_usage)),
+                        media_type="text/event-stream")
+    lps = [{"tokens": [t], "token_logprobs": [dict(r)[t]], "text_offset": [0], "top_logprobs": [dict(r)]}
+           if want_lp and r else None for t, r in zip(texts, ranked)]
+    return Response(json.dumps(P.text_completion(model, texts, finishes, pt, ct, logprobs=lps), ensure_ascii=False),
+                    media_type=JSON)
 
 
 __all__ = ["build_app", "ServerState"]

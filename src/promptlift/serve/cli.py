@@ -186,6 +186,9 @@ def serve(
     workers: Optional[str] = typer.Option(None, "--workers",
                                           help="server processes behind the port: N or auto (the usable cores); "
                                                "default 1, or serve.yaml's workers"),
+    answer: Optional[str] = typer.Option(None, "--answer",
+                                         help="--prompt: label (answer with the label eval predicts; the default "
+                                              "for a classifier's artifact) | generate (free generation)"),
     device: str = typer.Option("auto", "--device", help="local models: auto | cpu | cuda | cuda:N | mps"),
     dtype: str = typer.Option("auto", "--dtype", help="local models: auto | float32 | bfloat16 | float16"),
     threads: Optional[int] = typer.Option(None, "--threads", min=1,
@@ -204,7 +207,7 @@ def serve(
                        "--upstream-api-key-env": upstream_api_key_env, "--prompt-embeds": prompt_embeds,
                        "--embeds-model": embeds_model, "--sha256": sha256, "--api-key-file": api_key_file,
                        "--admin-key-file": admin_key_file, "--log-content": log_content,
-                       "--requests-per-minute": requests_per_minute}
+                       "--requests-per-minute": requests_per_minute, "--answer": answer}
         extra = [k for k, v in only_prompt.items() if v]
         if extra:
             raise ConfigError(f"{', '.join(extra)} only go with --prompt; with --config put them in {config}")
@@ -223,7 +226,7 @@ def serve(
         cfg = single_route_config(prompt, artifact.hash, upstream, name=name, upstream_model=upstream_model,
                                   upstream_api_key_env=upstream_api_key_env, prompt_embeds=prompt_embeds,
                                   embeds_model=embeds_model, keys=keys, log_content=log_content,
-                                  limits=Limits(requests_per_minute=requests_per_minute))
+                                  limits=Limits(requests_per_minute=requests_per_minute), answer=answer)
         reload_config = Pinned(cfg, api_key_file, admin_key_file)  # the hash printed now stays pinned
     for f in (config, api_key_file, admin_key_file):
         if f is not None and (warning := writable_by_others(f)):
@@ -251,8 +254,8 @@ def serve(
     if not as_json:
         for r in routes:
             for pname, info in r["prompts"].items():
-                typer.echo(f"route {r['route']}: prompt {pname} ({info['type']}) {info['path']} "
-                           f"sha256 {info['sha256']} -> {r['upstream']}")
+                typer.echo(f"route {r['route']}: prompt {pname} ({info['type']}, answers: {info['answer']}) "
+                           f"{info['path']} sha256 {info['sha256']} -> {r['upstream']}")
         for line in limit_lines(cfg):
             typer.echo(line)
     if not cfg.keys and not _loopback(host):

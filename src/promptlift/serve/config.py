@@ -25,6 +25,7 @@ from typing import Any, Mapping
 
 from ..errors import ConfigError
 
+ANSWERS = ("label", "generate")  # a classifier route answers with its label, or generates freely
 PROMPT_HEADER = "x-promptlift-prompt"
 DEFAULT_PROMPT = "default"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -95,6 +96,7 @@ class Route:
     prompts: Mapping[str, PromptRef]  # DEFAULT_PROMPT and the names a request may pick by header
     labels: Mapping[str, str] | None = None  # label -> label words: how demonstrations answer (classification)
     max_tokens: int | None = None  # overrides limits.max_tokens for this route
+    answer: str | None = None  # "label" | "generate"; None: "label" for a classifier's artifact, else "generate"
 
 
 @dataclass(frozen=True)
@@ -213,7 +215,7 @@ def parse_upstream(spec: str, where: str = "--upstream") -> tuple[str | None, st
 
 LIMIT_FIELDS = tuple(Limits.__dataclass_fields__)
 ROUTE_FIELDS = ("name", "upstream", "upstream_model", "upstream_api_key_env", "prompt_embeds", "embeds_model",
-                "prompt", "sha256", "prompts", "labels", "max_tokens")
+                "prompt", "sha256", "prompts", "labels", "max_tokens", "answer")
 KEY_FIELDS = ("name", "sha256", "routes", "prompts", "requests_per_minute", "admin")
 TOP_FIELDS = ("host", "port", "workers", "limits", "log_content", "keys", "routes")
 
@@ -300,7 +302,17 @@ def _route(d: Any, base: Path, where: str) -> Route:
         if len(labels) < 2:
             raise _fail(f"{where}.labels", "a classification task has at least 2 labels")
     mt = _int(d["max_tokens"], f"{where}.max_tokens", 1) if d.get("max_tokens") is not None else None
-    return Route(name, up, prompts, labels, mt)
+    answer = parse_answer(d.get("answer"), f"{where}.answer")
+    return Route(name, up, prompts, labels, mt, answer)
+
+
+def parse_answer(v: Any, where: str) -> str | None:
+    """`answer:` of a route: None (by the artifact), "label" or "generate"."""
+    if v is None:
+        return None
+    if v not in ANSWERS:
+        raise _fail(where, f"expected one of: {', '.join(ANSWERS)}, got {v!r}")
+    return v
 
 
 def _key(d: Any, i: int, routes: dict[str, Route], where: str) -> ApiKey:
@@ -422,17 +434,19 @@ def single_route_config(prompt: str | Path, sha256: str, upstream: str, *, name:
                         upstream_model: str | None = None, upstream_api_key_env: str | None = None,
                         prompt_embeds: bool = False, embeds_model: str | None = None,
                         keys: tuple[ApiKey, ...] = (), host: str = "127.0.0.1", port: int = 8000,
-                        limits: Limits | None = None, log_content: bool = False) -> ServeConfig:
+                        limits: Limits | None = None, log_content: bool = False,
+                        answer: str | None = None) -> ServeConfig:
     """The config of `promptlift serve --prompt ...`: one route, its artifact pinned to `sha256`."""
     url, local_model = parse_upstream(upstream)
     if prompt_embeds and url is None:
         raise ConfigError("--prompt-embeds only applies to an HTTP upstream (vLLM with --enable-prompt-embeds)")
     up = Upstream(url=url, model=local_model or upstream_model, api_key_env=upstream_api_key_env,
                   prompt_embeds=prompt_embeds, embeds_model=embeds_model)
-    route = Route(_name(name, "--name"), up, {DEFAULT_PROMPT: PromptRef(DEFAULT_PROMPT, Path(prompt), sha256)})
+    route = Route(_name(name, "--name"), up, {DEFAULT_PROMPT: PromptRef(DEFAULT_PROMPT, Path(prompt), sha256)},
+                  answer=parse_answer(answer, "--answer"))
     return ServeConfig((route,), keys, limits or Limits(), log_content, host, port, None)
 
 
 __all__ = ["Limits", "PromptRef", "Upstream", "Route", "ApiKey", "ServeConfig", "hash_key", "parse_config",
            "load_config", "read_key_file", "single_route_config", "writable_by_others", "parse_upstream",
-           "parse_workers", "PROMPT_HEADER", "DEFAULT_PROMPT"]
+           "parse_workers", "parse_answer", "PROMPT_HEADER", "DEFAULT_PROMPT", "ANSWERS"]

@@ -10,11 +10,16 @@ artifacts: each row attends to its own prefix (prefixes of different lengths are
 padded and masked), so a batch of requests carrying different soft prompts is
 one forward pass per step, with the same answers as serving each alone.
 
-The constant prefix of a soft or prefix prompt is computed once per artifact
-and kept (`PrefixCache`). Sampled requests (temperature > 0) decode alone, so
-their seed gives the same answer as alone; prompts answered in more than one
-stage (`Applier.stages`, e.g. `Reasoning`) run through `generate_with_prompt`
-one request at a time.
+Each request's condition is its applier's `generation_condition` on a
+`WhiteBox` that keeps a `PrefixCache`: the constant prefix of a soft, prefix or
+token prompt is computed once per artifact and kept. Sampled requests
+(temperature > 0) decode alone, so their seed gives the same answer as alone;
+prompts answered in more than one stage (`Applier.stages`, e.g. `Reasoning`)
+run through `generate_with_prompt` one request at a time.
+
+A classifier route's requests (`classify`) are answered with the engine's own
+`classify` on the same backend, one batch per artifact: the label `eval`
+predicts, with every label's score.
 
 Log-probabilities, computed through the applied prompt on the same condition:
 
@@ -30,11 +35,9 @@ Log-probabilities, computed through the applied prompt on the same condition:
 from __future__ import annotations
 
 import asyncio
-import weakref
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -42,13 +45,12 @@ import torch.nn.functional as F
 
 from ..artifacts import Prompt
 from ..engine.apply import applier_for
-from ..engine.backends import Cond, WhiteBox
+from ..engine.backends import Cond, PrefixCache, WhiteBox
 from ..lm.decode import decode
-from ..engine.evaluate import check_model, generate_with_prompt
+from ..engine.evaluate import LabelAnswer, check_model, classify, generate_with_prompt
 from ..lm.scoring import pad_id_of, pad_rows
 from ..kv import KV
 from ..lm.base import GenerationConfig
-from ..template import answer_sep, to_ids
 from .apply import scoring_input
 
 
@@ -67,6 +69,7 @@ class Answer:
     finish: str  # "stop" or "length"
     first: list[tuple[int, float]] | None = None
     scored: "ScoredText | None" = None
+    label: LabelAnswer | None = None  # a classifier's answer: the label and every label's score
 
 
 @dataclass
@@ -99,37 +102,8 @@ class _Job:
     batch: int = 0  # how many rows decoded together with this one (itself included)
     top_logprobs: int | None = None  # chat `logprobs`: how many alternatives of the first token (None: not asked)
     score: bool = False  # completions `echo` + `max_tokens: 0`: score the text, generate nothing
+    classify: bool = False  # a classifier route: answer with the label (`task` holds the labels)
     first: list[tuple[int, float]] | None = None
-
-
-class _CondRecorder:
-    """WhiteBox in every respect but `generate`: it keeps the condition instead of decoding it.
-
-    Only one-stage prompts come here (`Applier.stages`), so `generate` is called once.
-    """
-
-    def __init__(self, wb: WhiteBox):
-        self._wb = wb
-        self.recorded: tuple[Cond, GenerationConfig] | None = None
-
-    def __getattr__(self, name):
-        return getattr(self._wb, name)
-
-    def generate(self, cond: Cond, cfg: GenerationConfig) -> list[str]:
-        self.recorded = (cond, cfg)
-        return [""] * len(cond.rows)
-
-
-class _WholeRows(WhiteBox):
-    """WhiteBox whose text conditions keep every token in the rows (no cached common prefix).
-
-    Scoring reads log-probabilities at every position of a row; a cached prefix has none.
-    """
-
-    def condition_text(self, rendered):
-        rendered = list(rendered)
-        sep = answer_sep(self.lm, rendered[0]) if rendered else ""
-        return Cond(None, [to_ids(self.lm, r) for r in rendered], sep, [] if self.lm.has_chat_template else ["\n"])
 
 
 def check_local(prompt: Prompt, lm, task=None) -> None:
@@ -183,79 +157,29 @@ def _merged_cfg(cfg: GenerationConfig, cond: Cond) -> GenerationConfig:
     return replace(cfg, stop=list(dict.fromkeys([*cfg.stop, *cond.stop])))
 
 
-class PrefixCache:
-    """Key/value caches of soft and prefix prompts' constant part, one per artifact (least recently used go).
-
-    An artifact's prefix ([header][soft vectors][instruction]) is the same for
-    every request, and computing it is most of the prompt's cost.
-    """
-
-    def __init__(self, max_entries: int = 256):
-        self.max_entries = max_entries
-        self._entries: OrderedDict[int, tuple[weakref.ref, KV]] = OrderedDict()
-
-    def get(self, prompt: Prompt, make: Callable[[], KV]) -> KV:
-        key = id(prompt)
-        hit = self._entries.get(key)
-        if hit is not None and hit[0]() is prompt:  # same object, not a new one at a reused address
-            self._entries.move_to_end(key)
-            return hit[1]
-        kv = make()
-        self._entries[key] = (weakref.ref(prompt), kv)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
-        return kv
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-
-class _CachingPrefix:
-    """Mixin for an applier with a `prefix` method (soft and prefix prompts): prefixes come from a PrefixCache."""
-
-    cache: PrefixCache
-
-    def prefix(self, prompt, lm, layout):
-        return self.cache.get(prompt, lambda: super(_CachingPrefix, self).prefix(prompt, lm, layout))
-
-
-_CACHING: dict[type, type] = {}
-
-
-def applier_with_cache(prompt: Prompt, cache: PrefixCache | None):
-    """The prompt's applier; for soft/prefix prompts one whose constant prefix is computed once per artifact.
-
-    (The core could take a prefix cache itself; see the serve report.)
-    """
-    ap = applier_for(prompt)
-    if cache is None or not callable(getattr(ap, "prefix", None)):
-        return ap
-    cls = _CACHING.get(type(ap))
-    if cls is None:
-        cls = _CACHING[type(ap)] = type(f"Caching{type(ap).__name__}", (_CachingPrefix, type(ap)), {})
-    cached = cls()
-    cached.cache = cache
-    return cached
-
-
 def run_jobs(lm, jobs: list[_Job], cache: PrefixCache | None = None) -> None:
     """Answer `jobs` (on the model's thread); each gets `result` or `error`."""
-    wb = WhiteBox(lm)
+    wb = WhiteBox(lm, prefixes=cache)
     groups: dict[tuple, list[_Job]] = {}
     scoring: dict[tuple, list[_Job]] = {}
+    labels: dict[tuple, list[_Job]] = {}
     for j in jobs:
         if j.score:
             scoring.setdefault((id(j.prompt), id(j.task), j.top_logprobs), []).append(j)
+        elif j.classify:
+            labels.setdefault((id(j.prompt), id(j.task)), []).append(j)
         elif applier_for(j.prompt).stages(j.prompt) > 1:
             _alone(lm, j)
         else:
             groups.setdefault((id(j.prompt), id(j.task), _cfg_key(j.cfg)), []).append(j)
     for group in scoring.values():
         _score(lm, group, cache)
+    for group in labels.values():
+        _classify(wb, group)
     ready: list[_Job] = []
     for group in groups.values():
         try:
-            _condition(wb, group, cache)
+            _condition(wb, group)
             ready += group
         except Exception:
             if len(group) == 1:
@@ -263,7 +187,7 @@ def run_jobs(lm, jobs: list[_Job], cache: PrefixCache | None = None) -> None:
                 continue
             for j in group:  # find which request is at fault: each alone
                 try:
-                    _condition(wb, [j], cache)
+                    _condition(wb, [j])
                     ready.append(j)
                 except Exception:
                     _fail(j)
@@ -289,13 +213,29 @@ def _cfg_key(cfg: GenerationConfig) -> tuple:
     return (cfg.max_tokens, tuple(cfg.stop), cfg.temperature, cfg.top_p, cfg.seed, cfg.n)
 
 
-def _condition(wb: WhiteBox, group: list[_Job], cache: PrefixCache | None = None) -> None:
+def _condition(wb: WhiteBox, group: list[_Job]) -> None:
     j0 = group[0]
-    rec = _CondRecorder(wb)
-    applier_with_cache(j0.prompt, cache).generate(j0.prompt, rec, j0.task, [j.conversation for j in group], j0.cfg)
-    cond, cfg = rec.recorded
+    cond = applier_for(j0.prompt).generation_condition(j0.prompt, wb, j0.task, [j.conversation for j in group])
     for i, j in enumerate(group):
-        j.cond, j.row, j.cfg = cond, i, _merged_cfg(cfg, cond)
+        j.cond, j.row, j.cfg = cond, i, _merged_cfg(j.cfg, cond)
+
+
+def _classify(wb: WhiteBox, group: list[_Job]) -> None:
+    """Answer a classifier's requests of one artifact together (each alone if that fails, to find the faulty one)."""
+    j0 = group[0]
+    try:
+        answers, _ = classify(applier_for(j0.prompt), j0.prompt, wb, j0.task, [j.conversation for j in group])
+    except Exception:
+        if len(group) == 1:
+            _fail(j0)
+        else:
+            for j in group:
+                _classify(wb, [j])
+        return
+    for j, a in zip(group, answers):
+        text = j.task.labels[a.label]
+        j.result = Answer(text, 0, len(wb.lm.encode(text)), "stop", label=a)
+        j.batch = len(group)
 
 
 def _decode(lm, batch: list[_Job]) -> None:
@@ -352,7 +292,9 @@ def score_answers(lm, prompt: Prompt, texts: Sequence[str], task=None, top: int 
     parsed = [scoring_input(t) for t in texts]
     inputs = [x for x, _, _ in parsed for _ in range(2)]
     answers = [v for _, a, _ in parsed for v in (a, "")]  # each with its answer, then without: where it starts
-    cond = applier_with_cache(prompt, cache).condition(prompt, _WholeRows(lm), task, inputs, answers)
+    # every token stays in the rows (no common prefix cached): log-probabilities are read at each position
+    backend = WhiteBox(lm, prefixes=cache, common_prefix=False)
+    cond = applier_for(prompt).condition(prompt, backend, task, inputs, answers)
     fulls, cuts = cond.rows[0::2], []
     for full, bare in zip(fulls, cond.rows[1::2]):
         c = 0
@@ -443,15 +385,17 @@ class LocalRunner:
         self.max_batch = max(1, int(max_batch))
 
     async def generate(self, prompt: Prompt, conversation: Any, cfg: GenerationConfig, task=None, *,
-                       top_logprobs: int | None = None, score: bool = False) -> Answer:
+                       top_logprobs: int | None = None, score: bool = False, classify: bool = False) -> Answer:
         """Answer one request (a string or chat messages) through `prompt`.
 
         top_logprobs: also give the first generated token's most likely tokens (one-stage prompts).
         score: `conversation` is a text to score (`score_answers`), nothing is generated.
+        classify: answer with the label `eval` predicts (`task` is a classification task): its words,
+          with every label's score in `Answer.label`.
         """
         loop = asyncio.get_running_loop()
         job = _Job(prompt, conversation, cfg, task, loop.create_future(), loop, top_logprobs=top_logprobs,
-                   score=score)
+                   score=score, classify=classify)
         if self._wake is None:
             self._wake = asyncio.Event()
         self._queue.append(job)
@@ -498,5 +442,5 @@ class LocalRunner:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
-__all__ = ["LocalRunner", "Answer", "ScoredText", "check_local", "merge_prefixes", "run_jobs",
+__all__ = ["LocalRunner", "Answer", "ScoredText", "PrefixCache", "check_local", "merge_prefixes", "run_jobs",
            "first_token_logprobs", "score_answers"]

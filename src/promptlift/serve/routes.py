@@ -24,23 +24,37 @@ from ..errors import ArtifactError, ConfigError
 from .apply import check_http, embeds_prompt, label_task
 from .auth import KeyStore
 from .config import DEFAULT_PROMPT, Limits, Route, ServeConfig
+from .labels import EndpointLabeler
 from .local import LocalRunner, check_local
 from .upstream import HttpUpstream
 
 
+LOCAL, EMBEDS, TEXT = "local", "embeds", "text"  # how a prompt reaches the model (`LiveRoute.via`)
+
+
 @dataclass
 class LiveRoute:
-    """A route ready to serve: its artifacts by name (with hashes) and where requests go."""
+    """A route ready to serve: its artifacts by name (with hashes) and where requests go.
+
+    Decided here, per artifact, once: so the request path never asks which kind of artifact it holds.
+    tasks: the label words each artifact's demonstrations answer with and a classifier answers with (a Task
+      carrying only labels: the route's `labels:`, else the artifact's own), or None.
+    answers: "label" (answer with the label `eval` predicts) or "generate" (free generation).
+    via: LOCAL (the in-process model), EMBEDS (vLLM prompt_embeds) or TEXT (rendered messages, HTTP).
+    """
 
     config: Route
     prompts: dict[str, Prompt]
     hashes: dict[str, str]
-    task: Any  # a Task carrying label words, or None
     max_tokens: int
     upstream_model: str
+    tasks: dict[str, Any] = field(default_factory=dict)
+    answers: dict[str, str] = field(default_factory=dict)
+    via: dict[str, str] = field(default_factory=dict)
     http: HttpUpstream | None = None
     local: LocalRunner | None = None
     embeds_lm: Any = None  # the local model that builds vLLM prompt_embeds
+    labeler: Any = None  # `serve.labels.EndpointLabeler`: a classifier's labels on an HTTP upstream
 
     @property
     def name(self) -> str:
@@ -72,6 +86,7 @@ class Resources:
         self.load_model = load_model or _load_hf
         self.runners: dict[str, LocalRunner] = {}
         self.http: dict[tuple, HttpUpstream] = {}
+        self.labelers: dict[tuple, EndpointLabeler] = {}
         self._lock = threading.Lock()
 
     def lm(self, name: str):
@@ -106,10 +121,23 @@ class Resources:
             retired = [self.http.pop(k) for k in unused]
         for up in retired:
             up.retire()
+        used = {id(r.labeler) for r in snapshot.routes.values() if r.labeler is not None}
+        with self._lock:  # dropped, not closed: a request in flight may still use one (its client goes with it)
+            self.labelers = {k: lab for k, lab in self.labelers.items() if id(lab) in used}
+
+    def labeler(self, url: str, api_key: str | None, model: str, limits: Limits) -> EndpointLabeler:
+        """What ranks a classifier's labels on an HTTP upstream (kept across reloads, like its pool)."""
+        key = (url, api_key, model, limits)
+        with self._lock:
+            if key not in self.labelers:
+                self.labelers[key] = EndpointLabeler(url, api_key, model, limits, self.transport)
+            return self.labelers[key]
 
     async def aclose(self) -> None:
         for up in list(self.http.values()):
             await up.aclose()
+        for lab in list(self.labelers.values()):
+            lab.close()
         for r in self.runners.values():
             r.close()
 
@@ -147,13 +175,27 @@ def build_snapshot(config: ServeConfig, resources: Resources, generation: int = 
     return Snapshot(config, routes, KeyStore(config.keys), generation)
 
 
+def _answers(rc: Route, prompts: dict[str, Prompt]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Each artifact's label task and how it answers (see `LiveRoute`)."""
+    route_task = label_task(rc.labels, rc.name)
+    tasks = {name: route_task or p.label_task() for name, p in prompts.items()}
+    answers = {}
+    for name, task in tasks.items():
+        if rc.answer == "label" and task is None:
+            raise ConfigError(f"route {rc.name}: answer: label, but prompt {name!r} stores no label words (made "
+                              "for a generation task, or saved before artifacts stored them): give the route "
+                              "labels: {label: words, ...}")
+        answers[name] = "label" if rc.answer != "generate" and task is not None else "generate"
+    return tasks, answers
+
+
 def _live_route(rc: Route, limits: Limits, res: Resources) -> LiveRoute:
     prompts = {name: load_prompt(rc.name, ref) for name, ref in rc.prompts.items()}
     hashes = {name: p.hash for name, p in prompts.items()}
-    task = label_task(rc.labels, rc.name)
+    tasks, answers = _answers(rc, prompts)
     up = rc.upstream
     default = prompts[DEFAULT_PROMPT]
-    live = LiveRoute(rc, prompts, hashes, task, rc.max_tokens or limits.max_tokens, up.model or rc.name)
+    live = LiveRoute(rc, prompts, hashes, rc.max_tokens or limits.max_tokens, up.model or rc.name, tasks, answers)
     if up.local:
         made_on = [m for p in [default, *prompts.values()] if (m := _made_on(p))]
         model = up.model or (made_on[0] if made_on else None)
@@ -164,9 +206,10 @@ def _live_route(rc: Route, limits: Limits, res: Resources) -> LiveRoute:
         live.local = res.runner(model, limits)
         for name, p in prompts.items():
             try:
-                check_local(p, live.local.lm, task)
+                check_local(p, live.local.lm, tasks[name])
             except (ConfigError, ArtifactError) as e:
                 raise type(e)(f"route {rc.name}: prompt {name!r}: {e}") from None
+            live.via[name] = LOCAL
         return live
     key = None
     if up.api_key_env:
@@ -175,8 +218,19 @@ def _live_route(rc: Route, limits: Limits, res: Resources) -> LiveRoute:
             raise ConfigError(f"route {rc.name}: environment variable {up.api_key_env} (the upstream's key) is not set")
     live.http = res.upstream(up.url, key, limits)
     for name, p in prompts.items():
+        task = tasks[name]
         check_http(p, prompt_embeds=up.prompt_embeds, where=f"route {rc.name}: prompt {name!r}", task=task)
         soft = embeds_prompt(p) if up.prompt_embeds and not p.text_only else None
+        live.via[name] = TEXT if soft is None else EMBEDS
+        if answers[name] == "label":
+            if soft is not None:
+                if rc.answer == "label":
+                    raise ConfigError(f"route {rc.name}: prompt {name!r}: a soft prompt sent to vLLM as "
+                                      "prompt_embeds answers by generation only (answer: generate); serve it with "
+                                      "--upstream local to answer with its label")
+                answers[name] = "generate"
+            elif live.labeler is None:
+                live.labeler = res.labeler(up.url, key, live.upstream_model, limits)
         if soft is not None:
             model = up.embeds_model or _made_on(soft)
             if not model:
@@ -201,7 +255,8 @@ def describe(snapshot: Snapshot) -> list[dict]:
         out.append({"route": r.name,
                     "upstream": ("local:" + r.upstream_model) if up.local else up.url and r.http.public,
                     "prompt_embeds": up.prompt_embeds,
-                    "prompts": {n: {"sha256": h, "type": r.prompts[n].type, "path": str(r.config.prompts[n].path)}
+                    "prompts": {n: {"sha256": h, "type": r.prompts[n].type, "path": str(r.config.prompts[n].path),
+                                    "answer": r.answers[n]}
                                 for n, h in r.hashes.items()}})
     return out
 

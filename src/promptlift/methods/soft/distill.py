@@ -216,7 +216,8 @@ def distill(lm, task: Task, teacher: Prompt, *, out: str | Path | None = None, s
     module = PromptTuningModule(lm, layout, init_ids, position, instruction)
     result = train(module, lm, student_task, layout, cfg.train_config(), ctx, loss_fn=loss_fn)
     student = result.prompt
-    student.model, student.task, student.method = model_key(lm), task.name, METHOD
+    student.model, student.method = model_key(lm), METHOD
+    student.made_for(task)
     student.meta.update({"teacher_sha256": teacher.hash, "agreement_selection": result.best_dev})
 
     teacher_dev = student_dev = agreement = None
