@@ -63,7 +63,7 @@ def _graph() -> dict[str, set[str]]:
 
 # The layers, bottom first: a module imports only modules of its own layer or a lower one.
 LAYERS = [
-    ["_version", "errors", "files", "kv"],                          # primitives: no promptlift imports
+    ["_version", "errors", "files", "kv", "reporter"],              # primitives: no promptlift imports
     ["datafiles", "metrics", "task", "render", "template", "runs", "checkpoints", "models"],
     ["artifacts"],                                                   # artifacts are data
     ["lm"],                                                          # models: calls, decoding, scoring, cache

@@ -1,5 +1,6 @@
-"""`promptlift distill`: a prefix prompt (which vLLM cannot take) becomes an input-level soft prompt that answers
-like it, trained by the one trainer on unlabelled inputs; on a tiny model built in the test."""
+"""`distill` (`promptlift optimize --method distill --teacher RUN`, alias `promptlift distill RUN`): a prefix
+prompt (which vLLM cannot take) becomes an input-level soft prompt that answers like it, trained by the one
+trainer on unlabelled inputs; on a tiny model built in the test."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import promptlift
 from conftest import make_tiny_lm
 from promptlift.artifacts import PrefixPrompt, SoftPrompt, load
 from promptlift.errors import ConfigError
-from promptlift.methods.soft.distill import distill
 from promptlift.task import Example, Task
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -91,10 +91,11 @@ def test_no_gold_label_is_read(tmp_path, lm):
     scrambled = Task(name=task.name, kind=task.kind, labels=task.labels, instruction=task.instruction,
                      train=[Example(e.input, flip[e.output]) for e in task.train],
                      dev=[Example(e.input, flip[e.output]) for e in task.dev])
-    a = distill(lm, task, teacher, progress=False, tokens=3, epochs=2)
-    b = distill(lm, scrambled, teacher, progress=False, tokens=3, epochs=2)
-    assert torch.equal(a.student.embeds, b.student.embeds) and a.agreement_dev == b.agreement_dev
-    assert a.teacher_dev.accuracy == pytest.approx(1 - b.teacher_dev.accuracy)  # gold is only for the report
+    a = promptlift.optimize("distill", lm, task, teacher=teacher, progress=False, tokens=3, epochs=2)
+    b = promptlift.optimize("distill", lm, scrambled, teacher=teacher, progress=False, tokens=3, epochs=2)
+    assert torch.equal(a.prompt.embeds, b.prompt.embeds) and a.details["agreement_dev"] == b.details["agreement_dev"]
+    teacher_dev = lambda r: r.details["teacher"]["dev"]["accuracy"]  # noqa: E731
+    assert teacher_dev(a) == pytest.approx(1 - teacher_dev(b))  # gold is only for the report
 
 
 def test_generation_teacher_is_matched_along_its_own_answers(tmp_path, lm):
@@ -105,8 +106,50 @@ def test_generation_teacher_is_matched_along_its_own_answers(tmp_path, lm):
     teacher = PrefixPrompt(instruction="Give the antonym.", keys=torch.randn(*shape, generator=g),
                            values=torch.randn(*shape, generator=g), hidden_size=lm.hidden_size,
                            num_layers=lm.num_layers, model=lm.model_id)
-    r = distill(lm, task, teacher, out=tmp_path / "run", progress=False, tokens=3, epochs=6, lr=0.1, answer_tokens=4)
-    assert isinstance(r.student, SoftPrompt) and r.student_dev is not None and r.agreement_dev is None
+    r = promptlift.optimize("distill", lm, task, teacher=teacher, out=tmp_path / "run", progress=False, tokens=3,
+                            epochs=6, lr=0.1, answer_tokens=4)
+    assert isinstance(r.prompt, SoftPrompt) and r.details["student"]["dev"] is not None
+    assert r.details["agreement_dev"] is None
     epochs = [json.loads(x) for x in (tmp_path / "run" / "history.jsonl").read_text().splitlines()
               if "dev_score" in x]
     assert len(epochs) == 6 and epochs[-1]["loss"] < epochs[0]["loss"]  # the KL to the teacher goes down
+
+
+def test_optimize_method_distill_is_the_run_the_alias_makes(tmp_path, lm, monkeypatch, capsys):
+    """`optimize --method distill --teacher RUN` and `distill RUN` make the same student; it resumes like any run."""
+    from promptlift import cli
+
+    task = write_task(tmp_path / "data")
+    teacher_run = tmp_path / "teacher"
+    promptlift.optimize("p-tuning-v2", lm, task, out=teacher_run, progress=False, seed=0, epochs=3, tokens=4,
+                        lr=0.03, eval_splits=())
+    monkeypatch.setattr(cli, "load_lm", lambda *a, **k: lm)
+    opts = ["--tokens", "3", "--epochs", "2"]
+    assert cli.main(["optimize", "--method", "distill", "--teacher", str(teacher_run), "--data", str(tmp_path / "data"),
+                     "--out", str(tmp_path / "a"), *opts, "--json"]) == 0
+    a = json.loads(capsys.readouterr().out)
+    assert cli.main(["distill", str(teacher_run), "--out", str(tmp_path / "b"), *opts, "--json"]) == 0
+    b = json.loads(capsys.readouterr().out)
+    assert load(tmp_path / "a").hash == load(tmp_path / "b").hash == a["student"]["sha256"] == b["student"]["sha256"]
+    assert a["teacher"]["sha256"] == b["teacher"]["sha256"] and a["teacher"]["path"] == str(teacher_run)
+    assert a["teacher"]["dev"]["accuracy"] == b["teacher"]["dev"]["accuracy"]
+    assert a["kept"] == b["kept"] and a["agreement_dev"] == b["agreement_dev"] is not None
+    assert a["method"] == "distill" and a["test"] is not None and a["dev"] == a["student"]["dev"]
+    assert (tmp_path / "a" / "spend.json").exists() and (tmp_path / "a" / "checkpoint").is_dir()
+    assert cli.main(["optimize", "--method", "distill", "--teacher", str(teacher_run), "--data", str(tmp_path / "data"),
+                     "--out", str(tmp_path / "a"), *opts, "--resume", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["student"]["sha256"] == a["student"]["sha256"]
+    assert cli.main(["methods", "--json"]) == 0
+    listed = {m["name"]: m for m in json.loads(capsys.readouterr().out)}
+    assert "teacher" in [o["name"] for o in listed["distill"]["options"]]
+
+
+def test_a_missing_or_malformed_teacher_is_refused_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    from promptlift import cli
+
+    monkeypatch.setattr(cli, "load_lm", lambda *a, **k: pytest.fail("the model must not load"))
+    for teacher, says in ((str(tmp_path / "nowhere"), "no such run directory"), ("shots:x", "shots:N"), (None, "required")):
+        args = ["optimize", "--method", "distill", "--data", "demo:demo_topics", "--out", str(tmp_path / "r")]
+        assert cli.main(args + (["--teacher", teacher] if teacher else [])) == 2
+        err = capsys.readouterr().err
+        assert says in err and len(err.strip().splitlines()) == 1

@@ -44,6 +44,7 @@ class Run:
     config: dict = field(default_factory=dict)
     dir: Path | None = None
     stopped: str = ""  # "budget" when the method stopped at its budget and kept its best prompt so far
+    details: dict = field(default_factory=dict)  # what the method adds to result.json (`Method.summarize`)
 
     def summary(self) -> dict:
         """The content of result.json."""
@@ -58,12 +59,13 @@ class Run:
             "stopped": self.stopped,
             "seconds": round(self.seconds, 3),
             "config": self.config,
+            **self.details,
         }
 
 
 def optimize(method: str, lm, task: Task, *, out: str | Path | None = None, seed: int = 0,
              budget: str | Budget | None = None, resume: bool = False, overwrite: bool = False,
-             progress: bool = True, optimizer_lm=None,
+             progress: bool = True, reporter: Any = "console", optimizer_lm=None,
              eval_splits: tuple[str, ...] = ("dev", "test"), eval_batch_size: int = 16, **options: Any) -> Run:
     """Run method `method` on `task` with `lm`; evaluate the result on dev and test.
 
@@ -74,12 +76,14 @@ def optimize(method: str, lm, task: Task, *, out: str | Path | None = None, seed
     `resume=True` continues a run that was cut off; an `out` that already holds
     a run is refused unless `resume` or `overwrite` is given (no work is lost silently).
     `optimizer_lm` proposes prompts for LLM-as-optimizer methods (default: `lm` itself).
+    `reporter` receives progress bars, notes and step records: "console" (bars when `progress`,
+    notes on stderr), None or "quiet" (nothing), or an object (e.g. `promptlift.reporter.Capture()`).
     """
     cls = get_method(method)
     m = cls(**options)
     m.check(lm, task)
     run_budget = budget if isinstance(budget, Budget) else Budget.parse(budget)
-    config = {"method": method, "options": dataclasses.asdict(m.config), "model": lm.model_id,
+    config = {"method": method, "options": m.config_record(), "model": lm.model_id,
               "optimizer_model": optimizer_lm.model_id if optimizer_lm is not None else None,
               "task": task.name, "data": task.source, "seed": seed, "budget": dict(run_budget.limits)}
     rd = RunDir(out) if out is not None else None
@@ -98,7 +102,7 @@ def optimize(method: str, lm, task: Task, *, out: str | Path | None = None, seed
     if rd is not None and resume:
         _restore_spend(rd.path, run_budget)  # what the killed run had spent still counts
     ctx = RunContext(seed=seed, run_dir=rd.path if rd else None, resume=resume, progress=progress,
-                     log=_logger(rd, run_budget) if rd else None, optimizer_lm=optimizer_lm)
+                     log=_logger(rd, run_budget) if rd else None, optimizer_lm=optimizer_lm, reporter=reporter)
     ctx.seed_everything()
 
     outer = lm.budget
@@ -128,17 +132,20 @@ def optimize(method: str, lm, task: Task, *, out: str | Path | None = None, seed
         if not getattr(task, split):
             continue
         if rd is None:
-            results[split] = evaluate(lm, task, prompt, split=split, batch_size=eval_batch_size, progress=progress)
+            results[split] = evaluate(lm, task, prompt, split=split, batch_size=eval_batch_size, progress=progress,
+                                      reporter=ctx.reporter)
             continue
         # predictions are written as they are computed; a killed evaluation of the same prompt resumes
         done = rd.done_predictions(split) if same_prompt else []
         with rd.open_predictions(split, resume=bool(done)) as writer:
             results[split] = evaluate(lm, task, prompt, split=split, batch_size=eval_batch_size, progress=progress,
-                                      on_records=writer.extend, done=done)
+                                      on_records=writer.extend, done=done, reporter=ctx.reporter)
     search_cost = prompt.meta.get("cost") if isinstance(prompt.meta.get("cost"), dict) else {}
     cost = {**run_budget.used(), **search_cost, "fit_seconds": round(fit_seconds, 3)}
     run = Run(method, prompt, results["dev"], results["test"], cost,
               time.perf_counter() - t0, config, rd.path if rd else None, stopped)
+    run.details = m.summarize(lm, task, run, ctx)
+    run.seconds = time.perf_counter() - t0
     if rd is not None:
         rd.write_result(run.summary())
         rd.close()  # release the run's lock

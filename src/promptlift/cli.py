@@ -385,24 +385,27 @@ def distill(
                                        "default: the teacher run's data"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="default: the model the teacher was made on"),
     seed: int = typer.Option(0),
+    resume: bool = typer.Option(False, help="continue the run in --out from its checkpoint"),
     overwrite: bool = typer.Option(False, help="replace a run already in --out"),
-    option: List[str] = typer.Option([], "--option", "-o", help="KEY=VALUE: tokens, init, position, instruction, "
-                                     "epochs, batch_size, lr, warmup, grad_clip, patience, answer_tokens"),
+    option: List[str] = typer.Option([], "--option", "-o", help="KEY=VALUE: any option of `promptlift methods "
+                                     "distill` (tokens, epochs, lr, ...)"),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     dtype: str = typer.Option("auto", help=DTYPE_HELP),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Distil a prompt (a prefix prompt vLLM cannot take) into an input-level soft prompt; reports the dev
-    accuracy of teacher and student. Options as `--tokens 20` or `-o tokens=20`."""
-    from types import SimpleNamespace
-
+    accuracy of teacher and student. The same run as `optimize --method distill --teacher RUN_DIR`;
+    data and model default to the teacher's. Options as `--tokens 20` or `-o tokens=20`."""
+    from .api import optimize as run_optimize
     from .artifacts import load
-    from .methods.soft.distill import DistillConfig, distill as run_distill, make_config
+    from .registry import get_method
     from .runs import probe_run_dir
 
+    cls = get_method("distill")
     opts = _parse_options(option)
-    opts.update(method_options(SimpleNamespace(Config=DistillConfig, name="distill"), list(ctx.args)))
-    tokens = make_config(**opts).tokens  # unknown or mistyped options: fail before loading anything
+    opts.update(method_options(cls, list(ctx.args)))
+    opts["teacher"] = str(run_dir)
+    tokens = cls.make_config(**opts).tokens  # unknown or mistyped options: fail before loading anything
     check_options(seed=seed)
     teacher = load(run_dir)
     config = {}
@@ -417,14 +420,15 @@ def distill(
     probe_run_dir(out)
     task = load_task(data)
     lm = load_lm(name, device=device, dtype=dtype)
-    r = run_distill(lm, task, teacher, out=out, seed=seed, progress=not as_json, overwrite=overwrite,
-                    teacher_ref=str(run_dir), **opts)
-    s = r.summary()
-    acc = lambda e: f"{e.accuracy:.3f}" if e else "-"  # noqa: E731
-    kept = f", kept {r.kept:.1%}" if r.kept is not None else ""
-    agree = f", agreement {r.agreement_dev:.3f}" if r.agreement_dev is not None else ""
+    run = run_optimize("distill", lm, task, out=out, seed=seed, resume=resume, overwrite=overwrite,
+                       progress=not as_json, eval_splits=("dev",), **opts)
+    s = run.summary()
+    acc = lambda e: f"{e['accuracy']:.3f}" if e else "-"  # noqa: E731
+    kept = f", kept {s['kept']:.1%}" if s["kept"] is not None else ""
+    agree = f", agreement {s['agreement_dev']:.3f}" if s["agreement_dev"] is not None else ""
     _print(s, as_json, f"distilled {teacher.type} -> soft ({tokens} tokens) on {task.name}: dev teacher "
-                       f"{acc(r.teacher_dev)}, student {acc(r.student_dev)}{kept}{agree}; {r.seconds:.1f}s -> {out}")
+                       f"{acc(s['teacher']['dev'])}, student {acc(s['student']['dev'])}{kept}{agree}; "
+                       f"{run.seconds:.1f}s -> {out}")
 
 
 @app.command()

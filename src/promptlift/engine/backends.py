@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from typing import Callable, Hashable, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from ..errors import UnsupportedError
 from ..kv import KV
 from ..lm.base import GenerationConfig
 from ..render import Rendered
+from ..reporter import Quiet, Reporter
 from ..template import answer_sep, to_ids
 from ..lm.decode import decode
 from ..lm.scoring import score_candidates
@@ -101,11 +101,11 @@ class WhiteBox:
     white_box = True
     can_score_labels = True
 
-    def __init__(self, lm, batch_size: int = 16, progress: bool = False, *, prefixes: PrefixCache | None = None,
-                 common_prefix: bool = True):
+    def __init__(self, lm, batch_size: int = 16, reporter: Reporter | None = None, *,
+                 prefixes: PrefixCache | None = None, common_prefix: bool = True):
         self.lm = lm
         self.batch_size = max(1, int(batch_size))
-        self.progress = progress
+        self.reporter = reporter or Quiet()  # progress bars of long scoring and decoding passes
         self.prefixes = prefixes
         self.common_prefix = common_prefix
         self._embedded: dict[tuple, torch.Tensor] = {}
@@ -137,7 +137,7 @@ class WhiteBox:
         """(N, L) total log-probabilities of each label's words after each row."""
         cands = [self.lm.encode(cond.sep + w) for w in words]
         out = torch.empty(len(cond.rows), len(cands))
-        bar = tqdm(total=len(cond.rows), desc="eval", unit="ex", disable=not self.progress, leave=False)
+        bar = self.reporter.progress(len(cond.rows), "eval", unit="ex")
         for idx in self._order(cond.rows):
             s = score_candidates(self.lm, cond.prefix, [cond.rows[i] for i in idx], [cands] * len(idx))
             out[torch.tensor(idx)] = s.float().cpu()
@@ -168,7 +168,7 @@ class WhiteBox:
         cfg = GenerationConfig(n=cfg.n, temperature=cfg.temperature, max_tokens=cfg.max_tokens,
                                stop=list(dict.fromkeys([*cfg.stop, *cond.stop])), top_p=cfg.top_p, seed=cfg.seed)
         out = [""] * len(cond.rows)
-        bar = tqdm(total=len(cond.rows), desc="generate", unit="ex", disable=not self.progress, leave=False)
+        bar = self.reporter.progress(len(cond.rows), "generate", unit="ex")
         for idx in self._order(cond.rows):
             for i, o in zip(idx, decode(self.lm, cond.prefix, [cond.rows[i] for i in idx], cfg)):
                 out[i] = o[0]
@@ -211,9 +211,9 @@ class Endpoint:
 
     white_box = False
 
-    def __init__(self, lm, batch_size: int = 16, progress: bool = False):
+    def __init__(self, lm, batch_size: int = 16, reporter: Reporter | None = None):
         self.lm = lm
-        self.progress = progress
+        self.reporter = reporter or Quiet()
 
     @property
     def chat(self) -> bool:
@@ -293,6 +293,7 @@ def first_token_scores(top: dict[str, float], targets: Sequence[str], where: str
     return out
 
 
-def backend_for(lm, batch_size: int = 16, progress: bool = False):
+def backend_for(lm, batch_size: int = 16, reporter: Reporter | None = None):
     """The backend that runs prompts on `lm`."""
-    return WhiteBox(lm, batch_size, progress) if getattr(lm, "is_white_box", False) else Endpoint(lm, batch_size, progress)
+    cls = WhiteBox if getattr(lm, "is_white_box", False) else Endpoint
+    return cls(lm, batch_size, reporter)

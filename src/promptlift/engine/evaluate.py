@@ -22,19 +22,18 @@ wrong and reported as `unparsed` (never given to some label).
 from __future__ import annotations
 
 import re
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..artifacts import Prompt, TextPrompt
 from ..errors import ArtifactError, UnsupportedError
 from ..lm.base import GenerationConfig, same_model
 from ..metrics import get_metric, normalize, summarize
+from ..reporter import Console, Quiet, Reporter
 from ..task import Example, Task
 from .apply import applier_for, calibrate, label_words
 from .backends import backend_for
@@ -72,30 +71,22 @@ class EvalResult:
         return d
 
 
-def check_model(prompt: Prompt, lm, task: Task | None = None) -> None:
-    """Refuse a prompt with trained tensors on another model than the one it was made for; note on
-    stderr (once per pair) a text prompt made on another model, or a prompt made for another task."""
+def check_model(prompt: Prompt, lm, task: Task | None = None, reporter: Reporter | None = None) -> None:
+    """Refuse a prompt with trained tensors on another model than the one it was made for; note to
+    `reporter` (default: stderr) a text prompt made on another model, or a prompt made for another task."""
+    note = (reporter or Console(bars=False)).note
     if not same_model(prompt.model, lm):
         if not prompt.text_only:
             raise ArtifactError(f"prompt was made for model {prompt.model!r}, not {lm.model_id!r}")
-        _note(f"this text prompt was found on model {prompt.model!r}; applying it as text to {lm.model_id!r}")
+        note(f"note: this text prompt was found on model {prompt.model!r}; applying it as text to {lm.model_id!r}")
     if task is not None and prompt.task and prompt.task != task.name:
-        _note(f"this prompt was made for task {prompt.task!r}, not {task.name!r}")
-
-
-_NOTED: set[str] = set()
-
-
-def _note(message: str) -> None:
-    if message not in _NOTED:
-        _NOTED.add(message)
-        print(f"promptlift: note: {message}", file=sys.stderr)
+        note(f"note: this prompt was made for task {prompt.task!r}, not {task.name!r}")
 
 
 def evaluate(lm, task: Task, prompt: Prompt | None = None, *, split: str = "test", limit: int | None = None,
              examples: Sequence[Example] | None = None, batch_size: int = 16, max_new_tokens: int = 32,
              progress: bool = True, on_records: Callable[[list[dict]], None] | None = None,
-             done: Sequence[dict] = (), chunk_size: int = 256) -> EvalResult:
+             done: Sequence[dict] = (), chunk_size: int = 256, reporter: Reporter | None = None) -> EvalResult:
     """Score `prompt` (default: the task's instruction, zero-shot) on a split of `task`.
 
     on_records: called with each chunk's records as soon as it is scored (a run directory writes
@@ -103,20 +94,22 @@ def evaluate(lm, task: Task, prompt: Prompt | None = None, *, split: str = "test
     done: records of a killed evaluation of the same prompt; the examples they cover (a prefix of
       the split, checked by input) are not scored again.
     chunk_size: examples scored together (the prompt's shared prefix is encoded once per chunk).
+    progress, reporter: progress bars (when `progress`) and notes go to `reporter` (default: stderr).
     """
+    reporter = reporter or Console()
+    bars = reporter if progress else Quiet()
     prompt = prompt or TextPrompt(instruction=task.instruction)
     exs = list(examples) if examples is not None else task.split(split)
     if limit is not None:
         exs = exs[:limit]
-    backend = backend_for(lm, batch_size, progress and len(exs) <= chunk_size)
+    backend = backend_for(lm, batch_size, bars if len(exs) <= chunk_size else None)
     ap = applier_for(prompt)
-    check_model(prompt, lm, task)
+    check_model(prompt, lm, task, reporter)
     ap.check(prompt, backend, task)
     records = _reusable(done, exs)
     t0 = time.perf_counter()
     scoring, start = "", len(records)
-    bar = tqdm(total=len(exs), initial=start, desc=f"eval {split}", unit="ex",
-               disable=not progress or len(exs) <= chunk_size, leave=False)
+    bar = (bars if len(exs) > chunk_size else Quiet()).progress(len(exs), f"eval {split}", initial=start, unit="ex")
     for i in range(start, len(exs), chunk_size):
         chunk = exs[i : i + chunk_size]
         preds, extra, scoring = _predict(ap, prompt, backend, task, [ex.input for ex in chunk], max_new_tokens)
@@ -199,18 +192,18 @@ def _predict(ap, prompt, backend, task, inputs, max_new_tokens) -> tuple[list, l
 
 
 def classify_scores(lm, task: Task, prompt: Prompt, exs: Sequence[Example], batch_size: int = 16,
-                    progress: bool = False) -> torch.Tensor:
+                    reporter: Reporter | None = None) -> torch.Tensor:
     """(N, labels) label scores of `prompt` on `exs` (calibrated if the prompt is)."""
-    backend = backend_for(lm, batch_size, progress)
+    backend = backend_for(lm, batch_size)
     ap = applier_for(prompt)
-    check_model(prompt, lm)
+    check_model(prompt, lm, reporter=reporter)
     ap.check(prompt, backend, task)
     return ap.label_scores(prompt, backend, task, [ex.input for ex in exs])
 
 
 def answer_scores(lm, task: Task, prompt: Prompt, exs: Sequence[Example], batch_size: int = 16) -> torch.Tensor:
     """(N,) total log-probability of each example's reference output under `prompt` (then the end of the answer)."""
-    backend = backend_for(lm, batch_size, False)
+    backend = backend_for(lm, batch_size)
     ap = applier_for(prompt)
     check_model(prompt, lm)
     ap.check(prompt, backend, task)

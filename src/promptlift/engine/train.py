@@ -6,7 +6,8 @@ the prompt's key/value prefix (`prefix(lm, layout, header)`), plus
 AdamW with warm-up and linear decay, gradient clipping, seeds, length-bucketed
 batches, dev evaluation with the shared engine after every epoch, best-epoch
 selection on dev (never test), early stopping, a checkpoint every epoch,
-`resume`, NaN/inf detection, budget, progress bar and history.
+`resume`, NaN/inf detection, budget, and progress and history through `ctx`
+(`ctx.bar`, `ctx.note`, `ctx.record`: the run's reporter, never stderr).
 
 Compute per step: the chat header's cache is computed once per run; the
 [soft][instruction] part once per step (batch 1, with gradients) and shared by
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import abc
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +26,6 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..artifacts import Prompt
 from ..checkpoints import load_checkpoint, save_checkpoint
@@ -51,27 +50,40 @@ class SoftModule(nn.Module, abc.ABC):
         """The trained prompt as an artifact (reparameterisations folded away, tensors detached)."""
 
 
+LOSSES = ("auto", "class", "lm")
+
+
 @dataclass
 class TrainConfig:
-    """Options of the shared trainer (every soft method exposes them as its own)."""
+    """Options of the one trainer. A gradient method's Config extends this class, so every method
+    exposes the trainer's options under the same names, defaults and checks."""
 
-    epochs: int = 10
-    batch_size: int = 8
-    lr: float = 3e-2
-    weight_decay: float = 0.0
-    warmup: float = 0.1  # fraction of steps with linear warm-up
-    grad_clip: float = 1.0
-    patience: int = 0  # stop after this many epochs without dev improvement (0: never)
-    loss: str = "auto"  # classification: "class" (softmax over label scores) | "lm"; generation: "lm"
-    eval_batch_size: int = 16
+    epochs: int = field(default=10, metadata={"help": "passes over train"})
+    batch_size: int = field(default=8, metadata={"help": "examples per step"})
+    lr: float = field(default=3e-2, metadata={"help": "AdamW learning rate"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    warmup: float = field(default=0.1, metadata={"help": "fraction of steps of linear warm-up"})
+    grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm (0: off)"})
+    patience: int = field(default=0, metadata={"help": "early stopping after N epochs without dev gain (0: off)"})
+    eval_batch_size: int = field(default=16, metadata={"help": "examples per forward pass of the dev evaluations"})
 
     def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError("epochs and batch_size must be >= 1")
+        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ConfigError("epochs, batch_size and eval_batch_size must be >= 1")
         if not (self.lr > 0):
             raise ConfigError(f"lr must be > 0, got {self.lr}")
-        if self.loss not in ("auto", "class", "lm"):
-            raise ConfigError(f"loss must be auto, class or lm, got {self.loss!r}")
+        if self.weight_decay < 0 or not 0 <= self.warmup < 1 or self.grad_clip < 0 or self.patience < 0:
+            raise ConfigError("weight_decay, grad_clip and patience must be >= 0, warmup in [0, 1)")
+
+
+def loss_option(default: str = "auto"):
+    """The `loss` option of a method trained on gold outputs (see `train`'s `loss`)."""
+    return field(default=default, metadata={"help": "auto | class (softmax over labels) | lm (gold tokens)"})
+
+
+def check_loss(loss: str) -> None:
+    if loss not in LOSSES:
+        raise ConfigError(f"loss must be auto, class or lm, got {loss!r}")
 
 
 @dataclass
@@ -96,19 +108,25 @@ def _batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list
     return [batches[p] for p in perm]
 
 
-def train(module: SoftModule, lm, task: Task, layout, cfg: TrainConfig, ctx,
-          loss_fn: Callable[[KV, list[list[int]], list[int]], torch.Tensor] | None = None) -> TrainResult:
+LossFn = Callable[[KV, list[list[int]], list[int]], torch.Tensor]
+
+
+def train(module: SoftModule, lm, task: Task, layout, cfg: TrainConfig, ctx, loss: str | LossFn = "auto") -> TrainResult:
     """Train `module` on task.train, select the best epoch on task.dev; return its prompt.
 
-    loss_fn: replaces the built-in loss (`cfg.loss`): `loss_fn(prefix, rows, batch)` gets the
-      step's differentiable prefix, the batch's token rows (`layout.example` of each input) and
-      their indices in task.train, and returns the scalar loss to minimise. Distillation uses
+    loss: "class" (softmax over the label scores), "lm" (log-likelihood of the gold tokens) or
+      "auto" (class for classification, else lm); or a function `loss(prefix, rows, batch)` that
+      gets the step's differentiable prefix, the batch's token rows (`layout.example` of each input)
+      and their indices in task.train, and returns the scalar loss to minimise. Distillation uses
       it to fit a teacher's output distributions instead of the outputs in task.train.
     """
     if not task.train:
         raise ConfigError(f"{task.source}: gradient training needs a non-empty train split")
     classification = task.is_classification
-    loss_kind = cfg.loss if cfg.loss != "auto" else ("class" if classification else "lm")
+    loss_fn = loss if callable(loss) else None
+    if loss_fn is None:
+        check_loss(loss)
+    loss_kind = "fn" if loss_fn is not None else loss if loss != "auto" else ("class" if classification else "lm")
     if loss_kind == "class" and not classification:
         raise ConfigError("loss=class needs a classification task")
 
@@ -154,7 +172,7 @@ def train(module: SoftModule, lm, task: Task, layout, cfg: TrainConfig, ctx,
         start_epoch, history, best, bad_epochs = state["epoch"] + 1, state["history"], state["best"], state["bad_epochs"]
         # history lines logged after the checkpoint belong to the epoch being redone: drop them
         truncate_history(ctx.run_dir, lambda r: r.get("epoch", -1) < start_epoch)
-        print(f"promptlift: resuming from {ckpt} at epoch {start_epoch}", file=sys.stderr)
+        ctx.note(f"resuming from {ckpt} at epoch {start_epoch}")
 
     stopped = ""
     try:
@@ -164,18 +182,18 @@ def train(module: SoftModule, lm, task: Task, layout, cfg: TrainConfig, ctx,
             header = header.detach() if header is not None else None
     except BudgetExceeded as e:  # spent before training (e.g. on choosing a start): the start is kept
         header, stopped, start_epoch = None, "budget", cfg.epochs
-        print(f"promptlift: {e}; keeping the starting prompt", file=sys.stderr)
+        ctx.note(f"{e}; keeping the starting prompt")
 
     def dev_score() -> float:
         module.eval()
         with torch.no_grad():
             prompt = module.to_prompt()
-            r = evaluate(lm, task, prompt, split="dev", batch_size=cfg.eval_batch_size, progress=False)
+            r = evaluate(lm, task, prompt, split="dev", batch_size=cfg.eval_batch_size, progress=False,
+                         reporter=ctx.reporter)
         module.train()
         return r.accuracy
 
-    bar = tqdm(total=total, initial=start_epoch * steps_per_epoch, desc="train", unit="step",
-               disable=not ctx.progress, leave=False)
+    bar = ctx.bar(total, "train", initial=start_epoch * steps_per_epoch)
     t0 = time.perf_counter()
     module.train()
     last_good = {k: v.detach().clone() for k, v in module.state_dict().items()}
@@ -222,7 +240,7 @@ def train(module: SoftModule, lm, task: Task, layout, cfg: TrainConfig, ctx,
             score = dev_score()
         except BudgetExceeded as e:
             stopped = "budget"
-            print(f"promptlift: {e}; keeping the best prompt so far", file=sys.stderr)
+            ctx.note(f"{e}; keeping the best prompt so far")
             break
         row = {"epoch": epoch, "step": (epoch + 1) * steps_per_epoch, "loss": sum(losses) / max(1, len(losses)),
                "dev_score": score, "seconds": round(time.perf_counter() - t0, 3)}
@@ -243,8 +261,8 @@ def train(module: SoftModule, lm, task: Task, layout, cfg: TrainConfig, ctx,
             break
     bar.close()
     if stopped == "nan":
-        print("promptlift: loss or gradient became NaN/inf; stopped and kept the last good prompt "
-              "(lower --lr or raise grad clipping)", file=sys.stderr)
+        ctx.note("loss or gradient became NaN/inf; stopped and kept the last good prompt "
+                 "(lower --lr or raise grad clipping)")
         ctx.record(event="nan", epoch=epoch)
         module.load_state_dict(last_good)
         if best["state"] is None:

@@ -19,6 +19,7 @@ import torch
 
 from ..artifacts import Prompt
 from ..errors import ConfigError
+from ..reporter import make_reporter
 from ..task import Task
 
 
@@ -29,8 +30,11 @@ class RunContext:
     seed: every random choice derives from it (0 is a seed like any other).
     run_dir: where the method may write checkpoints (None = in memory only).
     resume: continue from the checkpoint in run_dir if there is one.
+    progress: show progress bars (with the default console reporter).
     log: callback(dict) appending one line to the run's history.
     optimizer_lm: the model that proposes prompts for LLM-as-optimizer methods (None: the target itself).
+    reporter: where progress, notes and step records go (`promptlift.reporter`): "console"
+      (default), None / "quiet", or an object. Methods call `ctx.note`, `ctx.bar`, `ctx.record`.
     """
 
     seed: int = 0
@@ -39,6 +43,10 @@ class RunContext:
     progress: bool = True
     log: Any = None
     optimizer_lm: Any = None
+    reporter: Any = "console"
+
+    def __post_init__(self):
+        self.reporter = make_reporter(self.reporter, self.progress)
 
     def rng(self) -> random.Random:
         return random.Random(self.seed)
@@ -49,8 +57,18 @@ class RunContext:
         torch.manual_seed(self.seed)
 
     def record(self, **row) -> None:
+        """One history row: to the run's history (if any) and to the reporter."""
         if self.log is not None:
             self.log(row)
+        self.reporter.record(row)
+
+    def note(self, message: str) -> None:
+        """A one-line note for the person running (e.g. why a run stopped early)."""
+        self.reporter.note(message)
+
+    def bar(self, total: int, desc: str, *, initial: int = 0, unit: str = "step"):
+        """A progress bar (`update`, `set_postfix`, `close`)."""
+        return self.reporter.progress(total, desc, initial=initial, unit=unit)
 
 
 class Method:
@@ -92,7 +110,7 @@ class Method:
             clean[k] = _coerce(cls.name, fields[k], v)
         try:
             return cls.Config(**clean)
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, ConfigError) as e:
             raise ConfigError(f"method {cls.name!r}: {e}") from None
 
     @classmethod
@@ -104,6 +122,14 @@ class Method:
                 f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
             out.append({"name": f.name, "type": str(f.type), "default": default, "help": f.metadata.get("help", "")})
         return out
+
+    def config_record(self) -> dict:
+        """The options as recorded in config.json (and compared on --resume)."""
+        return dataclasses.asdict(self.config)
+
+    def summarize(self, lm, task: Task, run, ctx: RunContext) -> dict:
+        """Fields this method adds to result.json, after the run's prompt was evaluated (`run`: `api.Run`)."""
+        return {}
 
     def check(self, lm, task: Task) -> None:
         if self.white_box and not getattr(lm, "is_white_box", False):

@@ -2,7 +2,8 @@
 
 - demonstrations: `balanced_sample` (few-shot, calibrated, the LLM optimizers' demo sets);
 - the start of a prompt in token space: `INITS`, `init_token_ids`, `init_kv` (soft prompts, BBT, BBTv2);
-- the soft-prompt options (`SoftConfig`: prompt tuning and the methods built on it, such as `project`);
+- the soft-prompt options (`StudentOptions`: the trainer's and the prompt's shape, extended by `SoftConfig`
+  for prompt tuning and the methods built on it, such as `project`, and by `distill`);
 - token prompts (token search and black-box methods): the options (`TokenOptions`), the vocabulary a
   search may use (`allowed_tokens`, `train_vocab`), the starting tokens (`start_ids`), the fixed part
   after the searched tokens (`Fixed`, `instruction_choices`, `FixedInstruction`) and the artifact
@@ -19,12 +20,13 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
 from ..artifacts import POSITIONS, TokenPrompt
 from ..engine.apply import label_words, query_text
-from ..engine.train import TrainConfig
+from ..engine.train import TrainConfig, check_loss, loss_option
 from ..errors import ConfigError
 from ..lm.base import model_key
 from ..task import Example, Task
@@ -67,41 +69,36 @@ def balanced_sample(task: Task, k: int, rng: random.Random) -> list[Example]:
 
 
 @dataclass
-class SoftConfig:
-    """Options shared by every soft-prompt method (the trainer's and the prompt's)."""
+class StudentOptions(TrainConfig):
+    """The trainer's options and the trained prompt's shape: what every soft-prompt trainee shares."""
+
+    allowed_positions: ClassVar[tuple[str, ...]] = POSITIONS
 
     tokens: int = field(default=20, metadata={"help": "number of virtual tokens k"})
     init: str = field(default="text", metadata={"help": "text (instruction tokens) | random (vocabulary) | labels"})
     position: str = field(default="after_header", metadata={"help": "after_header | prepend"})
     instruction: str = field(default="", metadata={"help": "instruction after the soft tokens; '' = task's, 'none' = no text"})
-    epochs: int = field(default=10, metadata={"help": "passes over train"})
-    batch_size: int = field(default=8, metadata={"help": "examples per step"})
-    lr: float = field(default=3e-2, metadata={"help": "AdamW learning rate"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    warmup: float = field(default=0.1, metadata={"help": "fraction of steps of linear warm-up"})
-    grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm (0: off)"})
-    patience: int = field(default=0, metadata={"help": "early stopping after N epochs without dev gain (0: off)"})
-    loss: str = field(default="auto", metadata={"help": "auto | class (softmax over labels) | lm (gold tokens)"})
 
     def __post_init__(self):
+        super().__post_init__()
         if self.tokens < 1:
             raise ValueError("tokens must be >= 1")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
-        if self.position not in POSITIONS:
-            raise ValueError(f"position must be one of {', '.join(POSITIONS)}, got {self.position!r}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch_size must be >= 1")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.weight_decay < 0 or not 0 <= self.warmup < 1 or self.grad_clip < 0 or self.patience < 0:
-            raise ValueError("weight_decay, grad_clip and patience must be >= 0, warmup in [0, 1)")
-        if self.loss not in ("auto", "class", "lm"):
-            raise ValueError(f"loss must be auto, class or lm, got {self.loss!r}")
+        if self.position not in self.allowed_positions:
+            raise ValueError(f"position must be one of {', '.join(p for p in self.allowed_positions if p)}, "
+                             f"got {self.position!r}")
 
-    def train_config(self) -> TrainConfig:
-        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
-                           warmup=self.warmup, grad_clip=self.grad_clip, patience=self.patience, loss=self.loss)
+
+@dataclass
+class SoftConfig(StudentOptions):
+    """Options of a soft-prompt method trained on the task's gold outputs."""
+
+    loss: str = loss_option()
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_loss(self.loss)
 
 
 def init_token_ids(lm, task, how: str, k: int, rng: random.Random, instruction: str) -> list[int]:

@@ -6,8 +6,6 @@ the tokens, the `TokenPrompt` artifact) is in `methods/shared.py`.
 
 from __future__ import annotations
 
-import sys
-
 import torch
 import torch.nn.functional as F
 
@@ -53,9 +51,9 @@ def best_body(lm, task, found: list[int], choices: list[Fixed], ctx) -> tuple[li
         return bodies[0], list(choices[0].demos)
     prompts = [token_prompt(lm, found, b, demos=f.demos) for b, f in zip(bodies, choices)]
     try:
-        results = [evaluate(lm, task, p, split="dev", progress=False) for p in prompts]
+        results = [evaluate(lm, task, p, split="dev", progress=False, reporter=ctx.reporter) for p in prompts]
     except BudgetExceeded as e:
-        print(f"promptlift: {e}; keeping the task's instruction", file=sys.stderr)
+        ctx.note(f"{e}; keeping the task's instruction")
         return bodies[0], list(choices[0].demos)
     best = best_on_dev(lm, task, prompts, results)
     ctx.record(event="instruction", dev={f.label: r.accuracy for f, r in zip(choices, results)},

@@ -27,8 +27,7 @@ from torch import nn
 from ...artifacts import TokenPrompt
 from ...engine.apply import TokenApplier
 from ...engine.soft import soft_prefix_kv
-from ...engine.train import SoftModule, TrainConfig, train
-from ...errors import ConfigError
+from ...engine.train import SoftModule, TrainConfig, check_loss, loss_option, train
 from ...registry import register
 from ..base import Method
 from ..shared import (INSTRUCTION_HELP, TokenOptions, allowed_tokens, fixed_instruction, instruction_choices, start_ids,
@@ -65,35 +64,23 @@ class PEZModule(SoftModule):
 
 
 @dataclass
-class PEZConfig(TokenOptions):
+class PEZConfig(TrainConfig, TokenOptions):
     """PEZ options: the tokens searched, the projection, and the shared trainer's."""
 
     init: str = field(default="random", metadata={
         "help": "starting tokens: random (readable vocabulary, as the paper) | text (the instruction's) | labels"})
     instruction: str = field(default="auto", metadata={"help": INSTRUCTION_HELP})
     metric: str = field(default="cosine", metadata={"help": "projection to the nearest token: cosine | l2"})
-    epochs: int = field(default=10, metadata={"help": "passes over train"})
-    batch_size: int = field(default=8, metadata={"help": "examples per step"})
     lr: float = field(default=0.1, metadata={"help": "AdamW learning rate (paper: 0.1)"})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (paper: 0.1)"})
-    warmup: float = field(default=0.1, metadata={"help": "fraction of steps of linear warm-up"})
-    grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm (0: off)"})
-    patience: int = field(default=0, metadata={"help": "early stopping after N epochs without dev gain (0: off)"})
-    loss: str = field(default="auto", metadata={"help": "auto | class (softmax over labels) | lm (gold tokens)"})
+    loss: str = loss_option()
 
     def __post_init__(self):
-        super().__post_init__()
+        TokenOptions.__post_init__(self)
+        TrainConfig.__post_init__(self)
+        check_loss(self.loss)
         if self.metric not in METRICS:
             raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
-        self.train_config()  # the trainer checks its own options
-
-    def train_config(self) -> TrainConfig:
-        try:
-            return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                               weight_decay=self.weight_decay, warmup=self.warmup, grad_clip=self.grad_clip,
-                               patience=self.patience, loss=self.loss)
-        except ConfigError as e:
-            raise ValueError(str(e)) from None
 
 
 @register("pez")
@@ -114,4 +101,4 @@ class PEZ(Method):
         layout = TokenApplier.layout(lm, task.labels if task.is_classification else None, body, demos)
         torch.manual_seed(ctx.seed)
         module = PEZModule(lm, init, body, c.metric, allowed, demos)
-        return train(module, lm, task, layout, c.train_config(), ctx).prompt
+        return train(module, lm, task, layout, c, ctx, loss=c.loss).prompt

@@ -30,7 +30,6 @@ start; that is how the default was chosen (dev only).
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -142,19 +141,19 @@ class Project(Method):
                 found = fluent_tokens(lm, head, sim, {s: body}, c.fluency, c.fluency_candidates)
                 how = "fluency"
             except BudgetExceeded as e:
-                print(f"promptlift: {e}; keeping the nearest tokens (no fluency term)", file=sys.stderr)
+                ctx.note(f"{e}; keeping the nearest tokens (no fluency term)")
         # a split soft prompt had its instruction between the first s vectors and the rest; its demonstrations
         # (if any) follow as the token prompt's (for a split one the last vectors' tokens move before them)
         keep = [body] if c.keep_instruction == "yes" or not body else [[]] if c.keep_instruction == "no" else [body, []]
         prompts = [token_prompt(lm, found[:s], b + found[s:], demos=soft.demos) for b in keep]
-        prompt, dev = self.dev_before_after(lm, task, soft, prompts)
+        prompt, dev = self.dev_before_after(lm, task, soft, prompts, ctx)
         prompt.meta = {**prompt.meta, "tokens": k, "projection": how, "source": c.source or "prompt-tuning",
                        "source_position": soft.position, "instruction_kept": bool(body) and prompt is prompts[0], **dev}
         ctx.record(event="project", **{m: prompt.meta[m] for m in ("dev_before", "dev_after", "projection",
                                                                    "instruction_kept")})
         return prompt
 
-    def dev_before_after(self, lm, task, soft: SoftPrompt, prompts: list) -> tuple:
+    def dev_before_after(self, lm, task, soft: SoftPrompt, prompts: list, ctx) -> tuple:
         """The best of `prompts` on dev (ties: `common.best_on_dev`), and dev accuracy of the soft prompt and of it.
 
         Accuracies are None where there is no dev set or the budget ran out (then the first prompt is kept).
@@ -163,10 +162,10 @@ class Project(Method):
         if not task.dev or lm.budget.exhausted():
             return prompts[0], out
         try:
-            out["dev_before"] = evaluate(lm, task, soft, split="dev", progress=False).accuracy
-            results = [evaluate(lm, task, p, split="dev", progress=False) for p in prompts]
+            out["dev_before"] = evaluate(lm, task, soft, split="dev", progress=False, reporter=ctx.reporter).accuracy
+            results = [evaluate(lm, task, p, split="dev", progress=False, reporter=ctx.reporter) for p in prompts]
         except BudgetExceeded as e:
-            print(f"promptlift: {e}; dev accuracy before/after projection not measured", file=sys.stderr)
+            ctx.note(f"{e}; dev accuracy before/after projection not measured")
             return prompts[0], out
         best = best_on_dev(lm, task, prompts, results)
         out["dev_after"] = results[best].accuracy

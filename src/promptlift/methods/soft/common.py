@@ -35,6 +35,6 @@ class SoftMethod(Method):
         init_ids = init_token_ids(lm, task, self.config.init, self.config.tokens, ctx.rng(), instruction)
         torch.manual_seed(ctx.seed)
         module = self.build(lm, task, layout, init_ids)
-        result = train(module, lm, task, layout, self.config.train_config(), ctx)
+        result = train(module, lm, task, layout, self.config, ctx, loss=self.config.loss)
         return result.prompt
 
