@@ -5,6 +5,7 @@ which method or prompt flag it is running. Imports inside functions count as muc
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import promptlift
@@ -159,3 +160,13 @@ def test_no_family_imports_another():
                 parts = name.split(".")
                 if parts[:2] == ["promptlift", "methods"] and len(parts) > 2 and parts[2] in families:
                     assert parts[2] == own, f"methods/{path.relative_to(SRC / 'methods')} imports {name}"
+
+
+def test_tests_share_fakes_not_each_other():
+    """tests/ mirrors the package; what tests share lives in tests/fakes.py (fixtures in conftest.py), so no test
+    module imports another test module or conftest."""
+    tests = Path(__file__).resolve().parent
+    bad = [f"{p.relative_to(tests)}: {line.strip()}" for p in tests.rglob("*.py")
+           for line in p.read_text().splitlines()
+           if re.match(r"\s*(from (test_\w+|conftest) import|import (test_\w+|conftest)\b)", line)]
+    assert not bad, "\n".join(bad)

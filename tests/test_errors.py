@@ -8,11 +8,12 @@ import json
 import pytest
 import torch
 
-from conftest import make_tokenizer
+from fakes import make_tokenizer
 from promptlift import Task, TextPrompt, evaluate, optimize
 from promptlift.cli import main
 from promptlift.errors import ConfigError, DataError, ModelError, PromptliftError
 from promptlift.registry import get_method
+from fakes import make_tokenizer  # noqa: F401
 
 
 def one_line(msg: str) -> str:

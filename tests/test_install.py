@@ -22,8 +22,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from fakes import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 TRANSFORMERS = os.environ.get("PROMPTLIFT_INSTALL_TRANSFORMERS", "5.22.2")
 TORCH = "2.13.0"
 FAST_TESTS = ["tests/test_template.py", "tests/test_models.py", "tests/test_peft_prefix.py"]

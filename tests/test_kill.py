@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_tiny_lm
+from fakes import REPO, make_tiny_lm
 from promptlift.artifacts import load
+from fakes import make_tiny_lm  # noqa: F401
 
 CLI = [sys.executable, "-m", "promptlift.cli"]
 
@@ -49,7 +50,7 @@ def write_task(d: Path, n_train: int, n_test: int) -> Path:
 
 def env() -> dict:
     e = dict(os.environ, OMP_NUM_THREADS="1", PROMPTLIFT_NO_CACHE="1", TOKENIZERS_PARALLELISM="false")
-    e["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "src")
+    e["PYTHONPATH"] = str(REPO / "src")
     return e
 
 

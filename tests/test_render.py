@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import DATA
+from fakes import DATA
 from promptlift import Task
 from promptlift.artifacts import KnnPrompt, Reasoning, SoftPrompt, TextPrompt
 from promptlift.artifacts.wrappers import least_to_most
@@ -16,6 +16,7 @@ from promptlift.errors import ConfigError
 from promptlift.render import render
 from promptlift.task import Example
 from promptlift.template import build_layout
+from fakes import DATA  # noqa: F401
 
 DEMOS = [Example("great film", "pos"), Example("dull film", "neg")]
 LABELS = {"pos": "positive", "neg": "negative"}

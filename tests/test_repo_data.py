@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from conftest import REPO, outside_repo, read_guard
+from fakes import REPO, outside_repo, read_guard
+from fakes import REPO, outside_repo, read_guard  # noqa: F401
 
 # built so that this file does not match itself
 ABOVE_ROOT = [re.compile(r"parents\[[2-9]\]"), re.compile(r"\.\./+shared"), re.compile(r"\bshared\W{1,6}datasets"),

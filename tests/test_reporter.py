@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 import promptlift
-from conftest import make_tiny_lm, synth_task
 from promptlift.artifacts import TextPrompt
 from promptlift.reporter import Capture
+from fakes import make_tiny_lm, synth_task  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -19,6 +19,7 @@ from promptlift.errors import ConfigError
 from promptlift.files import read_jsonl, write_json
 from promptlift.runs import LOCK, MARKER, RunDir, is_run_dir, probe_run_dir, truncate_history
 from promptlift.task import Example, Task
+from fakes import make_tiny_lm  # noqa: F401
 
 SRC = str(Path(promptlift.__file__).resolve().parents[1])
 
@@ -147,7 +148,7 @@ def test_second_optimize_on_the_cli_fails_with_one_line(held_run, tmp_path, caps
 
     path, _ = held_run
     tiny = tmp_path / "tiny"
-    from conftest import make_tiny_lm
+    from fakes import make_tiny_lm
 
     lm = make_tiny_lm()
     lm.model.save_pretrained(tiny)

@@ -7,11 +7,12 @@ import math
 
 import pytest
 
-from conftest import DATA
+from fakes import DATA
 from promptlift import Task
 from promptlift.errors import ConfigError, DataError
 from promptlift.metrics import contains, exact_match, get_metric, normalize, summarize, token_f1, wilson_ci95
 from promptlift.task import Example
+from fakes import DATA  # noqa: F401
 
 
 def write_jsonl(path, rows):

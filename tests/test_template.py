@@ -11,7 +11,8 @@ from promptlift.task import Example, Task
 from promptlift.render import render
 from promptlift.template import build_layout, to_ids
 
-from conftest import DATA
+from fakes import DATA
+from fakes import DATA  # noqa: F401
 
 TEXTS = ["no movement , no yuks , not much of anything .", "  leading spaces and\ttabs", "ends with newline\n",
          "Café — naïve “quotes” 123", "a"]
