@@ -133,3 +133,35 @@ def test_evaluation_killed_part_way_resumes_without_redoing_work(tiny_dir, tmp_p
     assert json.loads(full.stdout)["accuracy"] == out["accuracy"]
     again = run(common + ["--predictions", preds])  # neither --resume nor --overwrite: refused, nothing lost
     assert again.returncode == 2 and "--resume" in again.stderr and preds.read_text().count("\n") == 600
+
+
+def test_ctrl_c_prints_where_it_stopped_and_the_resume_command_that_works(tiny_dir, tmp_path):
+    data = write_task(tmp_path / "data", 160, 8)
+    out = tmp_path / "run"
+    args = ["optimize", "--method", "prompt-tuning", "--model", tiny_dir, "--data", data, "--epochs", 3,
+            "--tokens", 2, "--batch-size", 2, "--out", out, "--json"]
+    p = subprocess.Popen(CLI + [str(a) for a in args], env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    t0 = time.monotonic()
+    try:
+        while not any("dev_score" in r for r in history(out)):  # epoch 0 done and checkpointed
+            assert p.poll() is None, "the run ended before it could be interrupted"
+            assert time.monotonic() - t0 < 240
+            time.sleep(0.02)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130, err
+    assert "Traceback" not in err
+    line = next(x for x in err.splitlines() if "interrupted" in x)
+    assert "after step" in line and "epoch 1 done" in line, line
+    command = line.split("continue with: ", 1)[1]
+    assert command == f"promptlift optimize --out {out} --resume"
+    # the printed command, as printed: no option retyped, the stored ones are used
+    resumed = run(command.split()[1:])
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stderr
+    result = json.loads((out / "result.json").read_text())
+    assert result["config"]["options"]["epochs"] == 3 and result["config"]["model"] == str(tiny_dir)

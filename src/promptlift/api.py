@@ -65,7 +65,7 @@ class Run:
 
 def optimize(method: str, lm, task: Task, *, out: str | Path | None = None, seed: int = 0,
              budget: str | Budget | None = None, resume: bool = False, overwrite: bool = False,
-             progress: bool = True, reporter: Any = "console", optimizer_lm=None,
+             progress: bool = True, reporter: Any = "console", optimizer_lm=None, command: dict | None = None,
              eval_splits: tuple[str, ...] = ("dev", "test"), eval_batch_size: int = 16, **options: Any) -> Run:
     """Run method `method` on `task` with `lm`; evaluate the result on dev and test.
 
@@ -78,6 +78,8 @@ def optimize(method: str, lm, task: Task, *, out: str | Path | None = None, seed
     `optimizer_lm` proposes prompts for LLM-as-optimizer methods (default: `lm` itself).
     `reporter` receives progress bars, notes and step records: "console" (bars when `progress`,
     notes on stderr), None or "quiet" (nothing), or an object (e.g. `promptlift.reporter.Capture()`).
+    `command`: how the run was asked for (the CLI's options), kept in config.json so `--resume` needs no
+    options retyped.
     """
     cls = get_method(method)
     m = cls(**options)
@@ -86,6 +88,8 @@ def optimize(method: str, lm, task: Task, *, out: str | Path | None = None, seed
     config = {"method": method, "options": m.config_record(), "model": lm.model_id,
               "optimizer_model": optimizer_lm.model_id if optimizer_lm is not None else None,
               "task": task.name, "data": task.source, "seed": seed, "budget": dict(run_budget.limits)}
+    if command is not None:
+        config["command"] = command
     rd = RunDir(out) if out is not None else None
     if rd is not None:
         old = rd.read_config()
@@ -95,8 +99,8 @@ def optimize(method: str, lm, task: Task, *, out: str | Path | None = None, seed
                                   "--overwrite to replace it, or choose another --out")
             rd.clear()
         if resume and old is not None and _comparable(old) != _comparable(config):
-            raise ConfigError(f"{rd.path}: --resume with different settings than the run there "
-                              f"(was {_comparable(old)}, now {_comparable(config)})")
+            raise ConfigError(f"{rd.path}: --resume with other settings than the run there: "
+                              f"{config_differences(_comparable(old), _comparable(config))}")
         rd.write_config(config)
     previous_hash = _saved_hash(rd.path) if (rd is not None and resume) else None
     if rd is not None and resume:
@@ -193,3 +197,16 @@ def _logger(rd: RunDir, budget: Budget):
 
 def _comparable(cfg: dict) -> dict:
     return {k: cfg.get(k) for k in ("method", "options", "model", "task", "seed")}
+
+
+def config_differences(old: dict, new: dict, where: str = "") -> str:
+    """The keys whose values differ, with both values: "options.lr 0.03 -> 0.1; seed 0 -> 1"."""
+    out = []
+    for k in sorted(set(old) | set(new), key=str):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            inner = config_differences(a, b, f"{where}{k}.")
+            out += [inner] if inner else []
+        elif a != b:
+            out.append(f"{where}{k} {a!r} -> {b!r}")
+    return "; ".join(out)

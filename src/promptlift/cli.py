@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -70,6 +71,22 @@ def load_task(data: str):
     if p.is_file() or p.suffix.lower() in (".jsonl", ".json", ".csv", ".tsv"):  # a missing file: "file not found"
         return Task.from_files(test=p)
     return Task.from_dir(p)
+
+
+def check_artifact(p, model: str, task=None, where: Path | str = "prompt") -> None:
+    """Refuse, from the files alone and before the model loads, an artifact with trained tensors made on
+    another model than `model`, or (with `task`) one whose demonstrations use labels the task lacks."""
+    from .engine.evaluate import check_labels
+    from .errors import ArtifactError
+    from .models import BUNDLED, model_identity
+
+    if not p.text_only and p.model and not model.startswith("openai:"):
+        if p.model not in (model, model_identity(model)):
+            name = p.model.split("@", 1)[0]
+            hint = f"pass --model {name}" if name in BUNDLED else "pass --model with the model it was made on"
+            raise ArtifactError(f"{where}: this {p.type} prompt was made on model {p.model!r}, not {model!r}; {hint}")
+    if task is not None:
+        check_labels(p, task)
 
 
 def check_options(**opts) -> None:
@@ -162,10 +179,14 @@ def methods(name: Optional[str] = typer.Argument(None, help="one method: its opt
              "white_box": c.white_box, "tasks": list(c.task_kinds),
              "doc": (c.__doc__ or "").strip().splitlines()[0] if c.__doc__ else "", "options": c.options()}
             for c in found.values()]
-    text = "\n".join(f"{r['name']:16} {r['family']:9} {r['doc']}\n" + "".join(
-        f"    --{o['name'].replace('_', '-')} {o['type'].upper()} (default {o['default']!r}): {o['help']}\n"
-        for o in r["options"]) for r in rows)
-    _print(rows, as_json, text.rstrip())
+    if name:  # one method: every option with its type, default and help
+        text = "\n".join(f"{r['name']:16} {r['family']:9} {r['doc']}\n" + "".join(
+            f"    --{o['name'].replace('_', '-')} {o['type'].upper()} (default {o['default']!r}): {o['help']}\n"
+            for o in r["options"]) for r in rows).rstrip()
+    else:  # one line per method
+        text = "\n".join(f"{r['name']:18} {r['family']:9} {r['doc']}" for r in rows) + \
+            "\n\n`promptlift methods NAME` lists a method's options with their types, defaults and help."
+    _print(rows, as_json, text)
 
 
 @app.command("eval")
@@ -177,7 +198,9 @@ def eval_cmd(
     prompt: Optional[Path] = typer.Option(None, help="a prompt artifact or a run directory"),
     shots: int = typer.Option(0, help="k class-balanced random demonstrations from train"),
     calibrate: bool = typer.Option(False, help="contextual calibration (classification)"),
-    limit: Optional[int] = typer.Option(None, help="only the first N examples"),
+    limit: Optional[int] = typer.Option(None, help="only N examples (see --sample)"),
+    sample: str = typer.Option("first", help="with --limit: first (the first N rows) | stratified (N rows as "
+                               "balanced across labels as N allows, drawn with --seed)"),
     batch_size: int = typer.Option(16, help="examples per forward pass"),
     seed: int = typer.Option(0, help="seed for demonstration sampling"),
     predictions: Optional[Path] = typer.Option(None, help="write per-example predictions (JSONL) here, as they "
@@ -205,6 +228,8 @@ def eval_cmd(
     if prompt is not None and (instruction is not None or shots):
         raise ConfigError("--prompt cannot be combined with --instruction or --shots")
     check_options(limit=limit, batch_size=batch_size, shots=shots, seed=seed, chunk_size=chunk_size, api=api)
+    if sample not in ("first", "stratified"):
+        raise ConfigError(f"--sample must be first or stratified, got {sample!r}")
     if resume and predictions is None:
         raise ConfigError("--resume continues the evaluation written to --predictions; give --predictions FILE")
     done: list = []
@@ -215,8 +240,19 @@ def eval_cmd(
             raise ConfigError(f"{predictions} already holds predictions; pass --resume to continue that "
                               "evaluation, or --overwrite to replace it")
     task = load_task(data)
-    task.split(split)  # a missing or empty split fails before the model loads
+    rows = task.split(split)  # a missing or empty split fails before the model loads
+    if limit is not None and limit < len(rows):
+        if sample == "stratified":
+            rows = balanced_sample(task, limit, random.Random(seed), split=split)
+        else:
+            rows = rows[:limit]
+        seen = {ex.output for ex in rows}
+        if task.is_classification and len(seen) == 1 and 1 < len(task.labels) <= limit:
+            typer.echo(f"promptlift: warning: the {limit} rows of {split} hold one label only ({next(iter(seen))!r}); "
+                       "accuracy on them says little; add --sample stratified", err=True)
     p = load(prompt) if prompt is not None else None  # a bad artifact fails before the model loads
+    if p is not None:
+        check_artifact(p, model, task, prompt)
     lm = load_lm(model, base_url, api_key, device=device, dtype=dtype, api=api)
     if p is None:
         demos = balanced_sample(task, shots, random.Random(seed)) if shots else []
@@ -228,7 +264,7 @@ def eval_cmd(
         predictions.parent.mkdir(parents=True, exist_ok=True)
         writer = PredictionWriter(predictions, resume=bool(done))
     try:
-        r = evaluate(lm, task, p, split=split, limit=limit, batch_size=batch_size, progress=not as_json,
+        r = evaluate(lm, task, p, split=split, examples=rows, batch_size=batch_size, progress=not as_json,
                      on_records=writer.extend if writer else None, done=done, chunk_size=chunk_size)
     finally:
         if writer is not None:
@@ -247,16 +283,22 @@ def eval_cmd(
     _print(out, as_json, text)
 
 
+# The optimize options stored in config.json ("command") so that `--resume` needs no options retyped.
+RESUMABLE = ("method", "model", "data", "seed", "budget", "base_url", "api", "optimizer_model",
+             "optimizer_base_url", "optimizer_api", "device", "dtype")
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def optimize(
     ctx: typer.Context,
-    method: str = typer.Option(..., "--method", help="a registered method (see `promptlift methods`)"),
+    method: Optional[str] = typer.Option(None, "--method", help="a registered method (see `promptlift methods`)"),
     model: str = typer.Option("smollm2-135m", "--model", "-m"),
-    data: str = typer.Option(..., "--data", "-d"),
+    data: Optional[str] = typer.Option(None, "--data", "-d"),
     out: Path = typer.Option(..., "--out", help="run directory"),
     seed: int = typer.Option(0),
     budget: Optional[str] = typer.Option(None, help="limits, e.g. calls=200,tokens=1e6,forward=500"),
-    resume: bool = typer.Option(False, help="continue the run in --out from its checkpoint"),
+    resume: bool = typer.Option(False, help="continue the run in --out from its checkpoint, with the options "
+                                "stored there (any option given must match them)"),
     overwrite: bool = typer.Option(False, help="replace a run already in --out"),
     option: List[str] = typer.Option([], "--option", "-o", help="any method option as KEY=VALUE (repeatable)"),
     base_url: Optional[str] = typer.Option(None),
@@ -274,42 +316,139 @@ def optimize(
 
     Every option of the method's Config is accepted as `--name VALUE` (or `-o name=VALUE`);
     `promptlift methods NAME` lists them with their types, defaults and help.
+    `promptlift optimize --out RUN --resume` continues a run with the options stored in RUN.
     """
     from .api import optimize as run_optimize
     from .registry import get_method
+    from .runs import probe_run_dir
 
-    cls = get_method(method)  # unknown method: fail before loading anything
+    given = dict(method=method, model=model, data=data, seed=seed, budget=budget, base_url=base_url, api=api,
+                 optimizer_model=optimizer_model, optimizer_base_url=optimizer_base_url,
+                 optimizer_api=optimizer_api, device=device, dtype=dtype)
+    explicit = {k for k in given if _given(ctx, k)}
     opts = _parse_options(option)
+    stored = _stored_command(out) if (resume or overwrite) else None
+    if resume:
+        if stored is None:
+            raise ConfigError(f"{out}: no run to resume (no config.json with its options); start it without --resume")
+        given.update({k: stored[k] for k in RESUMABLE if k in stored and k not in explicit})
+    for k in ("method", "data"):
+        if given[k] is None:
+            raise ConfigError(f"missing option '--{k}'")
+    method, model, data, seed, budget = (given[k] for k in ("method", "model", "data", "seed", "budget"))
+    cls = get_method(method)  # unknown method: fail before loading anything
     opts.update(method_options(cls, list(ctx.args)))
+    if resume:
+        opts = {**stored.get("options", {}), **opts}
     cls.make_config(**opts)  # unknown or mistyped options: fail before loading the model
-    check_options(seed=seed, api=api)
-    check_options(api=optimizer_api)
+    check_options(seed=seed, api=given["api"])
+    check_options(api=given["optimizer_api"])
     from .lm.budget import Budget
 
     Budget.parse(budget)  # a malformed budget: fail before loading the model
-    from .runs import probe_run_dir
-
     probe_run_dir(out)  # a directory that is not a run, or a run another process writes: fail now
+    if not resume and not overwrite and (out / "config.json").is_file():
+        raise ConfigError(f"{out} already holds a run; pass --resume to continue it, --overwrite to replace it, "
+                          "or choose another --out")
+    if resume and stored is not None and "options" in stored:
+        _check_same(out, stored, {**given, "options": opts})
     task = load_task(data)
     for split in ("train", "dev"):  # methods select on dev: a task without one fails now, not after an epoch
         task.split(split)
-    lm = load_lm(model, base_url, api_key, device=device, dtype=dtype, api=api)
+    lm = load_lm(model, given["base_url"], api_key, device=given["device"], dtype=given["dtype"], api=given["api"])
     optimizer_lm = None
-    if optimizer_model is not None:
-        optimizer_lm = (lm if optimizer_model == model and optimizer_base_url in (None, base_url) else
-                        load_lm(optimizer_model, optimizer_base_url, api_key, device=device, dtype=dtype,
-                                api=optimizer_api))
-    run = run_optimize(method, lm, task, out=out, seed=seed, budget=budget, resume=resume, overwrite=overwrite,
-                       progress=not as_json, optimizer_lm=optimizer_lm, **opts)
+    if given["optimizer_model"] is not None:
+        optimizer_lm = (lm if given["optimizer_model"] == model and given["optimizer_base_url"] in (None, given["base_url"])
+                        else load_lm(given["optimizer_model"], given["optimizer_base_url"], api_key,
+                                     device=given["device"], dtype=given["dtype"], api=given["optimizer_api"]))
+    command = {**{k: given[k] for k in RESUMABLE}, "options": opts}
+    try:
+        run = run_optimize(method, lm, task, out=out, seed=seed, budget=budget, resume=resume, overwrite=overwrite,
+                           progress=not as_json, optimizer_lm=optimizer_lm, command=command, **opts)
+    except KeyboardInterrupt:
+        typer.echo(f"promptlift: interrupted {_where(out)}; continue with: "
+                   f"promptlift optimize --out {shlex.quote(str(out))} --resume", err=True)
+        raise typer.Exit(130) from None
     s = run.summary()
     dev = f"dev {run.dev.accuracy:.3f}" if run.dev else "dev -"
     test = (f"test {run.test.accuracy:.3f} (95% CI {run.test.ci95[0]:.3f}-{run.test.ci95[1]:.3f})"
             if run.test else "test -")
     _print(s, as_json, f"{method} on {task.name} with {lm.model_id}: {dev}, {test}; {run.seconds:.1f}s -> {out}")
     if run.stopped == "budget":
-        from .errors import BudgetExceeded
+        _budget_stop(run, budget, out)
 
-        raise BudgetExceeded(f"budget {budget} used up; the best prompt found so far is saved in {out}")
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether option `name` was given on the command line (not its default)."""
+    source = ctx.get_parameter_source(name)  # typer may ship its own click: compare the enum by name
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def _stored_command(out: Path) -> dict | None:
+    """The optimize options a run in `out` was started with (config.json's "command"; older runs: what
+    config.json records), or None when `out` holds no run."""
+    p = out / "config.json"
+    if not p.is_file():
+        return None
+    try:
+        cfg = json.loads(p.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ConfigError(f"{p}: malformed JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{p}: expected a JSON object")
+    if isinstance(cfg.get("command"), dict):
+        return cfg["command"]
+    old = {k: cfg[k] for k in ("method", "seed") if k in cfg}
+    if isinstance(cfg.get("model"), str) and not cfg["model"].startswith("openai:"):  # an endpoint's id is no --model
+        old["model"] = cfg["model"]
+    if cfg.get("data") and cfg["data"] != "<memory>":
+        old["data"] = cfg["data"]
+    return old
+
+
+def _check_same(out: Path, stored: dict, now: dict) -> None:
+    """Refuse a --resume whose options differ from the stored ones, naming each differing key."""
+    from .api import config_differences
+
+    keys = [k for k in (*RESUMABLE, "options") if k in stored]
+    diff = config_differences({k: stored[k] for k in keys}, {k: now.get(k) for k in keys})
+    if diff:
+        raise ConfigError(f"{out}: --resume with other settings than the run there: {diff}; "
+                          "leave them out to resume as it was, or pass --overwrite to start again")
+
+
+def _where(out: Path) -> str:
+    """Where an interrupted run stopped, from its history: the last step and the last epoch scored on dev."""
+    from .runs import read_jsonl
+
+    rows = read_jsonl(out / "history.jsonl")
+    steps = [r["step"] for r in rows if isinstance(r.get("step"), int)]
+    epochs = [r["epoch"] for r in rows if "dev_score" in r and isinstance(r.get("epoch"), int)]
+    if not steps:
+        return "before the first step"
+    where = f"after step {steps[-1]}"
+    if epochs:
+        where += f" (last checkpoint: epoch {epochs[-1] + 1} done)"
+    return where
+
+
+def _budget_stop(run, budget: Optional[str], out: Path) -> None:
+    """A budget stop is the normal end of a budgeted run: one line, exit 0. Only a budget too small to
+    score any prompt on dev (nothing was chosen, the starting prompt is all there is) exits 3."""
+    from .errors import BudgetExceeded
+    from .runs import read_jsonl
+
+    meta = run.prompt.meta
+    search = meta.get("search") if isinstance(meta.get("search"), dict) else {}
+    scored = [r for r in read_jsonl(out / "history.jsonl") if r.get("dev_score") is not None]
+    if search:  # the search loop: candidates registered; no best_dev when not even a start was scored
+        ok, n = search.get("best_dev") is not None, int(search.get("candidates", 0))
+    else:  # the trainer's epochs, few-shot's trials: one history row with a dev score per candidate
+        ok, n = bool(scored), len(scored)
+    if not ok:
+        raise BudgetExceeded(f"budget {budget} is too small to score any prompt on dev; the starting prompt "
+                             f"is saved in {out}; raise --budget")
+    typer.echo(f"promptlift: stopped at the budget after {n} candidate{'s' if n != 1 else ''}; best kept in {out}", err=True)
 
 
 @app.command()
@@ -337,6 +476,7 @@ def generate(text: str = typer.Argument(..., help="the user message"),
 
     check_options(max_tokens=max_tokens, temperature=temperature)
     p = load(prompt) if prompt else TextPrompt()  # a bad artifact fails before the model loads
+    check_artifact(p, model, where=prompt or "prompt")
     lm = load_lm(model, device=device, dtype=dtype)
     # demonstrations answer with the label words the prompt was made with, as `eval` renders them
     outs = generate_with_prompt(lm, p, [text], max_tokens=max_tokens, temperature=temperature, task=p.label_task())
@@ -356,7 +496,9 @@ def export(run_dir: Path = typer.Argument(..., help="a run directory or prompt a
     if fmt != "peft":
         raise ConfigError(f"unknown export format {fmt!r}; expected: peft")
     p = load(run_dir)
-    lm = load_lm(model or p.model or "smollm2-135m")
+    if model:
+        check_artifact(p, model, where=run_dir)
+    lm = load_lm(model or (p.model or "").split("@", 1)[0] or "smollm2-135m")
     path = export_peft(p, lm, out)
     _print({"adapter": str(path)}, as_json, f"wrote PEFT adapter to {path}")
 
@@ -418,6 +560,8 @@ def distill(
     if not name:
         raise ConfigError(f"{run_dir}: the teacher records no model; give --model")
     probe_run_dir(out)
+    if model:
+        check_artifact(teacher, model, where=run_dir)
     task = load_task(data)
     lm = load_lm(name, device=device, dtype=dtype)
     run = run_optimize("distill", lm, task, out=out, seed=seed, resume=resume, overwrite=overwrite,
@@ -453,8 +597,9 @@ def _report_error(message: str, kind: str, code: int, as_json: bool) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: a user error becomes one line on stderr (JSON with --json) and its exit code.
 
-    Exit codes: 0 success; 2 bad input or configuration (and usage errors); 3 budget
-    spent; 4 a remote endpoint still failing after retries; 130 interrupted.
+    Exit codes: 0 success (a run stopped at its budget included); 2 bad input or configuration (and usage
+    errors); 3 a budget too small to score any prompt; 4 a remote endpoint still failing after retries;
+    130 interrupted.
     """
     from typer.main import get_command
 

@@ -3,7 +3,9 @@
 Every error a user can cause (bad file, unknown name, budget spent, a prompt too
 long for the model) is a `PromptliftError`. The CLI prints its message as one
 line on stderr (one JSON line with --json) and exits with the error's
-`exit_code`: 2 for bad input, 3 when the budget is spent, 4 when a remote
+`exit_code`: 2 for bad input, 3 when the budget is spent before any prompt
+could be scored (a run that stops at its budget with a best prompt is a normal
+end, exit 0, handled by the CLI), 4 when a remote
 endpoint keeps failing; the Python API lets it propagate.
 """
 

@@ -59,7 +59,11 @@ def get_method(name: str) -> type:
     """Return the method class registered as `name` (ConfigError if unknown)."""
     _load_all()
     if name not in _METHODS:
-        raise ConfigError(f"unknown method {name!r}; expected one of: {', '.join(sorted(_METHODS))}")
+        import difflib
+
+        close = difflib.get_close_matches(name, list(_METHODS), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(f"unknown method {name!r}; {hint}expected one of: {', '.join(sorted(_METHODS))}")
     return _METHODS[name]
 
 

@@ -81,6 +81,36 @@ def check_model(prompt: Prompt, lm, task: Task | None = None, reporter: Reporter
         note(f"note: this text prompt was found on model {prompt.model!r}; applying it as text to {lm.model_id!r}")
     if task is not None and prompt.task and prompt.task != task.name:
         note(f"note: this prompt was made for task {prompt.task!r}, not {task.name!r}")
+    if task is not None:
+        check_labels(prompt, task)
+
+
+def prompt_labels(prompt: Prompt) -> set[str]:
+    """The labels an artifact's demonstrations (and any nested artifact's) answer with."""
+    import dataclasses
+
+    out = {ex.output for f in dataclasses.fields(prompt) if f.metadata.get("kind") == "examples"
+           for ex in getattr(prompt, f.name) or ()}
+    for child in prompt.children():
+        out |= prompt_labels(child)
+    return out
+
+
+def check_labels(prompt: Prompt, task: Task) -> None:
+    """Refuse a prompt made for another label set: demonstrations that answer with labels the classification
+    task does not have, or trained vectors whose recorded labels (`Prompt.labels`) are not the task's (a text
+    prompt's instruction is portable). Reads only the artifact, so it runs before a model loads."""
+    if not task.is_classification:
+        return
+    recorded = set(getattr(prompt, "labels", None) or ())
+    if recorded and not prompt.text_only and recorded != set(task.labels):
+        raise ArtifactError(f"this {prompt.type} prompt was trained for labels {', '.join(sorted(recorded))}; task "
+                            f"{task.name!r} has {', '.join(task.labels)}: it was made for another label set")
+    foreign = sorted(prompt_labels(prompt) - set(task.labels))
+    if foreign:
+        raise ArtifactError(f"the prompt's demonstrations answer with label(s) {', '.join(map(repr, foreign))} that "
+                            f"task {task.name!r} does not have (its labels: {', '.join(task.labels)}); it was made "
+                            "for another label set")
 
 
 def evaluate(lm, task: Task, prompt: Prompt | None = None, *, split: str = "test", limit: int | None = None,
@@ -285,4 +315,4 @@ def match_label(text: str, task: Task) -> str | None:
 
 
 __all__ = ["EvalResult", "evaluate", "classify", "LabelAnswer", "classify_scores", "generate_with_prompt", "match_label", "calibrate",
-           "label_candidates", "check_model"]
+           "label_candidates", "check_model", "check_labels"]

@@ -43,11 +43,11 @@ INSTRUCTION_HELP = ("fixed instruction after the searched tokens; '' = task's, '
                     "log-probability, then that order)")
 
 
-def balanced_sample(task: Task, k: int, rng: random.Random) -> list[Example]:
-    """k training examples, as balanced across labels as k allows, in random order."""
-    pool = list(task.split("train"))
+def balanced_sample(task: Task, k: int, rng: random.Random, split: str = "train") -> list[Example]:
+    """k examples of `split`, as balanced across labels as k allows, in random order."""
+    pool = list(task.split(split))
     if k > len(pool):
-        raise ConfigError(f"shots={k} but the train split has only {len(pool)} examples")
+        raise ConfigError(f"shots={k} but the {split} split has only {len(pool)} examples")
     if not task.is_classification:
         return rng.sample(pool, k)
     by_label: dict[str, list[Example]] = {lab: [] for lab in task.labels}
