@@ -419,7 +419,7 @@ def _check_same(out: Path, stored: dict, now: dict) -> None:
 
 def _where(out: Path) -> str:
     """Where an interrupted run stopped, from its history: the last step and the last epoch scored on dev."""
-    from .runs import read_jsonl
+    from .files import read_jsonl
 
     rows = read_jsonl(out / "history.jsonl")
     steps = [r["step"] for r in rows if isinstance(r.get("step"), int)]
@@ -436,7 +436,7 @@ def _budget_stop(run, budget: Optional[str], out: Path) -> None:
     """A budget stop is the normal end of a budgeted run: one line, exit 0. Only a budget too small to
     score any prompt on dev (nothing was chosen, the starting prompt is all there is) exits 3."""
     from .errors import BudgetExceeded
-    from .runs import read_jsonl
+    from .files import read_jsonl
 
     meta = run.prompt.meta
     search = meta.get("search") if isinstance(meta.get("search"), dict) else {}
