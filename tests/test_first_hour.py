@@ -101,6 +101,10 @@ def test_resume_needs_no_options_and_a_mismatch_names_the_differing_keys(tiny_di
     again = json.loads((out / "result.json").read_text())
     assert again["config"]["options"]["shots"] == 2 and again["seed"] == 1
     assert again["test"]["accuracy"] == first["test"]["accuracy"]
+    g = first["gain"]  # every run: the gain over zero-shot on the same test rows, with its paired test
+    assert g["baseline"] == "zero-shot" and g["n"] == first["test"]["n"] and g["test"] == "mcnemar-exact"
+    assert g["gain"] == pytest.approx(first["test"]["accuracy"] - g["baseline_score"])
+    assert g["ci95"][0] <= g["gain"] <= g["ci95"][1] and 0 <= g["p_value"] <= 1
 
     code, _, err = cli(capsys, ["optimize", "--out", out, "--resume", "--shots", 3, "--seed", 2])
     assert code == 2
@@ -205,3 +209,37 @@ def test_limit_with_stratified_sample_and_a_warning_for_one_class(tiny_dir, tmp_
     assert runs[0] == runs[1]  # seeded
     code, _, err = cli(capsys, ["eval", "--data", data, "--limit", 6, "--sample", "random"])
     assert code == 2 and "--sample" in err
+
+
+# --- 4. proof of the gain: a paired test on the same rows --------------------------------------------
+
+def test_paired_gain_mcnemar_exact_on_a_constructed_case():
+    from promptlift.metrics import describe_gain, paired_gain
+
+    # 30 rows: 8 only the new prompt gets right, 2 only the old one, 12 both, 8 neither
+    before = [0] * 8 + [1] * 2 + [1] * 12 + [0] * 8
+    after = [1] * 8 + [0] * 2 + [1] * 12 + [0] * 8
+    g = paired_gain(before, after)
+    assert g["test"] == "mcnemar-exact" and g["n"] == 30
+    assert g["gain"] == pytest.approx(0.2)
+    assert g["p_value"] == pytest.approx(112 / 1024)  # 2 * P(Binomial(10, 1/2) <= 2)
+    half = (1.959963984540054 * (10 - 36 / 30) ** 0.5 + 1) / 30
+    assert g["ci95"] == pytest.approx([0.2 - half, 0.2 + half])
+    assert g["ci95"][0] < 0 and not g["significant"]
+    assert "not significant" in describe_gain(g) and "+0.200" in describe_gain(g)
+
+    g = paired_gain([0] * 10 + [1] * 10, [1] * 20)  # 10 wins, no loss
+    assert g["p_value"] == pytest.approx(2 / 1024) and g["significant"] and g["ci95"][0] > 0
+    assert "significant at 5%" in describe_gain(g)
+    assert paired_gain([1, 0], [1, 0])["p_value"] == 1.0  # no discordant pair
+
+
+def test_paired_gain_bootstrap_on_graded_scores():
+    from promptlift.metrics import paired_gain
+
+    before = [0.2, 0.5, 0.4, 0.9, 0.3] * 8
+    g = paired_gain(before, [b + 0.1 for b in before])  # every row gains exactly 0.1
+    assert g["test"] == "paired-bootstrap"
+    assert g["gain"] == pytest.approx(0.1) and g["ci95"] == pytest.approx([0.1, 0.1]) and g["p_value"] == 0.0
+    g = paired_gain(before, list(reversed(before)))  # the same scores shuffled: no gain
+    assert g["ci95"][0] < 0 < g["ci95"][1] and not g["significant"]

@@ -45,6 +45,7 @@ class Run:
     dir: Path | None = None
     stopped: str = ""  # "budget" when the method stopped at its budget and kept its best prompt so far
     details: dict = field(default_factory=dict)  # what the method adds to result.json (`Method.summarize`)
+    gain: dict | None = None  # test gain over the zero-shot instruction on the same rows (metrics.paired_gain)
 
     def summary(self) -> dict:
         """The content of result.json."""
@@ -57,6 +58,7 @@ class Run:
             "test": self.test.to_dict() if self.test else None,
             "cost": self.cost,
             "stopped": self.stopped,
+            "gain": self.gain,
             "seconds": round(self.seconds, 3),
             "config": self.config,
             **self.details,
@@ -146,14 +148,36 @@ def optimize(method: str, lm, task: Task, *, out: str | Path | None = None, seed
                                       on_records=writer.extend, done=done, reporter=ctx.reporter)
     search_cost = prompt.meta.get("cost") if isinstance(prompt.meta.get("cost"), dict) else {}
     cost = {**run_budget.used(), **search_cost, "fit_seconds": round(fit_seconds, 3)}
+    gain = _gain_over_zero_shot(lm, task, prompt, results["test"], eval_batch_size)
     run = Run(method, prompt, results["dev"], results["test"], cost,
-              time.perf_counter() - t0, config, rd.path if rd else None, stopped)
+              time.perf_counter() - t0, config, rd.path if rd else None, stopped,
+              gain=gain)
     run.details = m.summarize(lm, task, run, ctx)
     run.seconds = time.perf_counter() - t0
     if rd is not None:
         rd.write_result(run.summary())
         rd.close()  # release the run's lock
     return run
+
+
+def _gain_over_zero_shot(lm, task: Task, prompt: Prompt, test: EvalResult | None, batch_size: int) -> dict | None:
+    """The test gain over the task's instruction alone (zero-shot) on the same rows, with its paired test.
+
+    The baseline is scored here (not counted in the method's budget); none for a zero-shot prompt itself.
+    """
+    from .artifacts import TextPrompt
+    from .metrics import paired_gain
+
+    if test is None or not test.predictions:
+        return None
+    base_prompt = TextPrompt(instruction=task.instruction)
+    if base_prompt.hash == TextPrompt(instruction=getattr(prompt, "instruction", None) or "",
+                                      demos=list(getattr(prompt, "demos", []) or [])).hash and prompt.type == "text":
+        return None
+    base = evaluate(lm, task, base_prompt, split="test", batch_size=batch_size, progress=False)
+    rows = [(b["score"], a["score"]) for b, a in zip(base.predictions, test.predictions) if b["input"] == a["input"]]
+    return {"baseline": "zero-shot", "baseline_score": base.accuracy,
+            **paired_gain([b for b, _ in rows], [a for _, a in rows])}
 
 
 SPEND = "spend.json"

@@ -373,7 +373,12 @@ def optimize(
     dev = f"dev {run.dev.accuracy:.3f}" if run.dev else "dev -"
     test = (f"test {run.test.accuracy:.3f} (95% CI {run.test.ci95[0]:.3f}-{run.test.ci95[1]:.3f})"
             if run.test else "test -")
-    _print(s, as_json, f"{method} on {task.name} with {lm.model_id}: {dev}, {test}; {run.seconds:.1f}s -> {out}")
+    gain = ""
+    if run.gain:
+        from .metrics import describe_gain
+
+        gain = "\n  " + describe_gain(run.gain)
+    _print(s, as_json, f"{method} on {task.name} with {lm.model_id}: {dev}, {test}; {run.seconds:.1f}s -> {out}{gain}")
     if run.stopped == "budget":
         _budget_stop(run, budget, out)
 
