@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_tiny_lm
+from fakes import make_tiny_lm
 from promptlift.artifacts import SoftPrompt, TextPrompt
 from promptlift.cli import main
 from promptlift.task import Example

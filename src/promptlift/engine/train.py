@@ -235,7 +235,7 @@ def train(module: SoftModule, lm, task: Task, layout, cfg: TrainConfig, ctx, los
                 shown = {"loss": f"{losses[-1]:.3f}"}
                 if best["score"] > float("-inf"):  # no dev number before the first dev evaluation
                     shown["dev"] = f"{best['score']:.3f}"
-                bar.set_postfix(shown)
+                bar.set_postfix(**shown)
                 ctx.record(step=epoch * steps_per_epoch + len(losses), epoch=epoch,
                            loss=losses[-1], lr=sched.get_last_lr()[0], step_seconds=round(time.perf_counter() - t_step, 4))
             if stopped:
