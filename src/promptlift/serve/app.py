@@ -76,6 +76,7 @@ from .ratelimit import RateLimiter, retry_after_header
 from .routes import EMBEDS, LOCAL, LiveRoute, Resources, Snapshot, build_snapshot, describe
 
 log = logging.getLogger("promptlift.serve")
+_timeout = getattr(asyncio, "timeout", None)
 JSON = "application/json"
 _PASS_TO_EMBEDS = ("max_tokens", "temperature", "top_p", "seed", "stop", "n", "stream", "stream_options",
                    "presence_penalty", "frequency_penalty", "user", "logprobs")
@@ -292,7 +293,11 @@ async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
             chunks.append(chunk)
 
     try:
-        await asyncio.wait_for(read(), timeout_s)
+        if _timeout is not None:  # Python >= 3.11: no task of its own
+            async with _timeout(timeout_s):
+                await read()
+        else:
+            await asyncio.wait_for(read(), timeout_s)
     except asyncio.TimeoutError:
         raise P.ServeError(408, f"the request body did not arrive within {timeout_s:g} s", "invalid_request_error",
                            "request_timeout", {"connection": "close"}) from None

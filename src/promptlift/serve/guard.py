@@ -216,25 +216,33 @@ async def _disconnected(request: Request) -> None:
 
 
 async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
-    """`work`'s result, or (the client closed the connection first) `work` cancelled and a 499 raised."""
-    task = asyncio.ensure_future(work)
-    watch = asyncio.ensure_future(_disconnected(request))
+    """`work`'s result, or (the client closed the connection first) `work` cancelled and a 499 raised.
+
+    `work` runs in this task (no task of its own: this is on every request's path); a watcher task cancels
+    this one if the client goes away first.
+    """
+    me = asyncio.current_task()
+    state = {"gone": False, "done": False}
+
+    def client_left(watcher: asyncio.Task) -> None:
+        if not state["done"] and not watcher.cancelled() and watcher.exception() is None:
+            state["gone"] = True
+            me.cancel()
+
+    watcher = asyncio.ensure_future(_disconnected(request))
+    watcher.add_done_callback(client_left)
     try:
-        await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:
-        task.cancel()
-        watch.cancel()
-        raise
-    if task.done():
-        watch.cancel()
-        return task.result()
-    task.cancel()
-    try:
-        await task  # its clean-up (the upstream connection freed) runs now
-    except BaseException:  # noqa: BLE001 - cancelled, or failed meanwhile: nobody is there to tell
-        pass
-    raise P.ServeError(499, "the client closed the connection before the answer", "invalid_request_error",
-                       CLIENT_GONE)
+        return await work
+    except asyncio.CancelledError:
+        if not state["gone"]:
+            raise
+        if hasattr(me, "uncancel"):
+            me.uncancel()
+        raise P.ServeError(499, "the client closed the connection before the answer", "invalid_request_error",
+                           CLIENT_GONE) from None
+    finally:
+        state["done"] = True
+        watcher.cancel()
 
 
 __all__ = ["CLIENT_GONE", "PROMPT_RETURNING", "Scrubber", "check_fields", "hidden_texts", "openai_http_errors",
