@@ -243,3 +243,11 @@ def test_paired_gain_bootstrap_on_graded_scores():
     assert g["gain"] == pytest.approx(0.1) and g["ci95"] == pytest.approx([0.1, 0.1]) and g["p_value"] == 0.0
     g = paired_gain(before, list(reversed(before)))  # the same scores shuffled: no gain
     assert g["ci95"][0] < 0 < g["ci95"][1] and not g["significant"]
+
+
+def test_an_llm_method_on_a_local_target_says_to_pass_a_stronger_optimizer(tmp_path, capsys, no_model_load):
+    with pytest.raises(AssertionError, match="a model was loaded"):
+        main(["optimize", "--method", "opro", "--data", "demo:demo_topics", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert "asks the target model smollm2-135m to write prompts for itself" in err
+    assert "--optimizer-model openai:NAME --optimizer-base-url URL" in err

@@ -341,6 +341,11 @@ def optimize(
     if resume:
         opts = {**stored.get("options", {}), **opts}
     cls.make_config(**opts)  # unknown or mistyped options: fail before loading the model
+    own = given["optimizer_model"] in (None, model)
+    if cls.family == "llm" and own and not model.startswith("openai:") and not as_json:
+        typer.echo(f"promptlift: note: {method} asks the target model {model} to write prompts for itself; a small "
+                   "local model rarely writes usable ones: pass a stronger proposer, e.g. --optimizer-model "
+                   "openai:NAME --optimizer-base-url URL", err=True)
     check_options(seed=seed, api=given["api"])
     check_options(api=given["optimizer_api"])
     from .lm.budget import Budget

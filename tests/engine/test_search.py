@@ -495,3 +495,13 @@ def test_classification_ties_go_to_the_gold_label_probability_at_no_extra_call(t
     again = search(Paraphraser(steps=1), again_target, toy_task(),
                    ctx(tmp_path, resume=True, optimizer=ScriptedLM(["write a poem", "the sentiment"])))
     assert again.hash == first.hash and again.instruction == "the sentiment" and again_target.scored == 0
+
+
+def test_the_budget_plan_says_what_the_starts_cost_and_how_many_candidates_are_left(capsys):
+    target = RuleTarget(sentiment_rule)
+    target.budget = Budget(limits={"target_calls": 21})
+    search(Paraphraser(steps=50), target, toy_task(), ctx(optimizer=ScriptedLM(numbered)))
+    plan = next(x for x in capsys.readouterr().err.splitlines() if "budget plan" in x)
+    # 1 start x 8 dev rows = 8 of 21 calls; 13 left, a candidate scored on all of dev costs 8: about 1
+    assert "starting prompt(s) on the 8 dev rows costs 8 of the 21 target calls" in plan
+    assert "the 13 left pay for about 1 candidate(s)" in plan

@@ -256,6 +256,7 @@ def _initial(method: SearchMethod, state: SearchState, ctx) -> None:
     starts = [Candidate(p, origin="initial") for p in method.initial(state)]
     for c in starts:
         state.add(c)
+    _print_plan(method, state, starts)
     for c in starts:
         state.score(c.prompt, state.dev)
     results = [Result(c, c.prompt.hash, state.dev_score(c.prompt.hash) or 0.0, len(state.dev)) for c in starts]
@@ -296,6 +297,20 @@ def _print_estimate(method, state: SearchState) -> None:
             if e else "an unknown number of calls")
     print(f"promptlift: {method.name}: {what} (dev {len(state.dev)} examples, {state.settings.steps} steps, "
           f"selection {state.settings.selection}); limits: {state.limits.describe()}", file=sys.stderr)
+
+
+def _print_plan(method, state: SearchState, starts: list[Candidate]) -> None:
+    """Before the starts are scored: what they cost and how many candidates the target calls left then buy."""
+    left = state.target_calls_left()
+    if not math.isfinite(left):
+        return
+    n_dev = len(state.dev)
+    cost = n_dev * sum(1 for c in starts if state.dev_score(c.prompt.hash) is None)
+    per = max(1, cost_to_finish(state.settings.selection, 1, n_dev, state.settings.select))
+    after = max(0, int(left) - cost)
+    print(f"promptlift: {method.name}: budget plan: scoring the {len(starts)} starting prompt(s) on the {n_dev} dev "
+          f"rows costs {cost} of the {int(left)} target calls; the {after} left pay for about {after // per} "
+          f"candidate(s) scored on all of dev", file=sys.stderr)
 
 
 def _print_spend(method, state: SearchState, best: float | None, seconds: float) -> None:
