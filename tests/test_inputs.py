@@ -75,7 +75,11 @@ BAD = [
     Bad("tsv_text_after_closing_quote", {"test.tsv": 'text\tlabel\n"hi" he said\tpos\n'},
         ("{d}/test.tsv:2:", "malformed TSV", "closing quote")),
     Bad("csv_empty_label", {"test.csv": "text,label\na,pos\nb,\n"}, ("{d}/test.csv:3:", "'label' is empty")),
-    Bad("csv_empty_text", {"test.csv": "text,label\na,pos\n  ,neg\n"}, ("{d}/test.csv:3:", "'text' is empty")),
+    Bad("jsonl_empty_label", {"test.jsonl": J(R("a", "pos"), R("", " "))}, ("{d}/test.jsonl:2:", "'label' is empty")),
+    Bad("jsonl_empty_output", {"test.jsonl": J({"input": "q", "output": "a"}, {"input": "", "output": ""})},
+        ("{d}/test.jsonl:2:", "'output' is empty")),
+    Bad("missing_text_field_beside_empty_ones", {"test.jsonl": J(R("", "pos"), {"label": "neg"})},
+        ("{d}/test.jsonl:2:", "missing field 'text'")),
     # --- encodings and empty files ---
     Bad("not_utf8_names_line", {"test.csv": "text,label\na,pos\ncaf\xe9,neg\n".encode("latin-1")},
         ("{d}/test.csv:3:", "not UTF-8")),
@@ -297,6 +301,11 @@ GOOD = [
          {"task.yaml": "labels:\n  'yes': 'Yes'\n  \"no\": \"No\"\n", "test.jsonl": J(R("a", "no"))},
          [("a", "no")], {"yes": "Yes", "no": "No"}),
     Good("empty_task_yaml", {"task.yaml": "# nothing set\n", "test.jsonl": TWO}, [("a", "pos"), ("b", "neg")]),
+    # an empty input is an example (public files hold empty reviews); only empty labels/outputs are refused
+    Good("csv_empty_text", {"test.csv": "text,label\na,pos\n  ,neg\n,pos\n"}, [("a", "pos"), ("  ", "neg"), ("", "pos")]),
+    Good("jsonl_empty_text", {"test.jsonl": J(R("", "pos"), R("b", "neg"))}, [("", "pos"), ("b", "neg")]),
+    Good("generation_empty_input", {"test.jsonl": J({"input": "", "output": "nothing"}, {"input": "q", "output": "a"})},
+         [("", "nothing"), ("q", "a")], kind="generation"),
 ]
 
 
@@ -376,3 +385,37 @@ def test_in_memory_rows_name_split_and_row():
     assert str(ei.value).startswith("<datasets:d>[train]:2: field 'label'")
     t = Task(name="g", kind="generation")
     assert t.metric == "exact"  # a generation task's default metric
+
+
+def test_an_empty_review_loads_is_counted_and_evaluates(tmp_path, capsys):
+    """The LM-BFF CR split holds one empty review in train and one in test: it loads, the count is reported
+    (Task.empty_inputs, a note from the CLI, `empty_inputs` in eval's JSON) and eval scores it."""
+    from conftest import make_tiny_lm
+
+    def rows(n, empty_at=None):
+        out = [R(f"the movie was {'good' if i % 2 else 'bad'}", "positive" if i % 2 else "negative") for i in range(n)]
+        if empty_at is not None:
+            out[empty_at] = R("", "negative")
+        return out
+
+    d = build(tmp_path, {"train.jsonl": J(*rows(12, empty_at=3)), "dev.jsonl": J(*rows(4)),
+                         "test.csv": "text,label\nthe movie was good,positive\n,negative\nthe movie was bad,negative\n"})
+    task = Task.from_dir(d)
+    assert task.empty_inputs == {"train": 1, "test": 1}
+    assert task.test[1].input == "" and task.test[1].output == "negative"
+    assert task.load_note() == f"{d}: 2 rows with an empty input (train 1, test 1), kept as examples"
+
+    lm = make_tiny_lm()
+    model_dir = tmp_path / "tiny"
+    lm.model.save_pretrained(model_dir)
+    lm.tokenizer.save_pretrained(model_dir)
+    capsys.readouterr()
+    assert main(["eval", "--data", str(d), "--model", str(model_dir), "--json"]) == 0
+    out, err = capsys.readouterr()
+    got = json.loads(out)
+    assert got["n"] == 3 and got["empty_inputs"] == 1
+    assert f"promptlift: note: {d}: 2 rows with an empty input (train 1, test 1)" in err
+    assert main(["optimize", "--method", "few-shot", "--data", str(d), "--model", str(model_dir), "--shots", "2",
+                 "--trials", "2", "--out", str(tmp_path / "run"), "--json"]) == 0
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["test"]["n"] == 3 and result["dev"]["n"] == 4

@@ -89,6 +89,13 @@ def check_artifact(p, model: str, task=None, where: Path | str = "prompt") -> No
         check_labels(p, task)
 
 
+def note_load(task) -> None:
+    """After a task's splits are checked: one stderr line on rows that loaded unusually (empty inputs)."""
+    note = task.load_note()
+    if note:
+        typer.echo(f"promptlift: note: {note}", err=True)
+
+
 def check_options(**opts) -> None:
     """Refuse out-of-range options before anything loads (one line each)."""
     rules = {"limit": (1, "N >= 1"), "batch_size": (1, ">= 1"), "shots": (0, ">= 0"), "seed": (0, ">= 0"),
@@ -241,6 +248,7 @@ def eval_cmd(
                               "evaluation, or --overwrite to replace it")
     task = load_task(data)
     rows = task.split(split)  # a missing or empty split fails before the model loads
+    note_load(task)
     if limit is not None and limit < len(rows):
         if sample == "stratified":
             rows = balanced_sample(task, limit, random.Random(seed), split=split)
@@ -272,7 +280,7 @@ def eval_cmd(
     out = {"accuracy": r.accuracy, "n": r.n, "ci95": r.ci95, "per_class": r.per_class, "split": split,
            "model": lm.model_id, "task": task.name, "seconds": round(r.seconds, 3),
            "examples_per_second": round(r.examples_per_second, 2), "scoring": r.scoring, "unparsed": r.unparsed,
-           "resumed": min(len(done), r.n)}
+           "resumed": min(len(done), r.n), "empty_inputs": task.empty_inputs.get(split, 0)}
     text = (f"{task.name} [{split}] {lm.model_id}: accuracy {r.accuracy:.3f} "
             f"(95% CI {r.ci95[0]:.3f}-{r.ci95[1]:.3f}, n={r.n}, {r.examples_per_second:.1f} ex/s)")
     if r.unparsed:
@@ -360,6 +368,7 @@ def optimize(
     task = load_task(data)
     for split in ("train", "dev"):  # methods select on dev: a task without one fails now, not after an epoch
         task.split(split)
+    note_load(task)
     lm = load_lm(model, given["base_url"], api_key, device=given["device"], dtype=given["dtype"], api=given["api"])
     optimizer_lm = None
     if given["optimizer_model"] is not None:
@@ -573,6 +582,7 @@ def distill(
     if model:
         check_artifact(teacher, model, where=run_dir)
     task = load_task(data)
+    note_load(task)
     lm = load_lm(name, device=device, dtype=dtype)
     run = run_optimize("distill", lm, task, out=out, seed=seed, resume=resume, overwrite=overwrite,
                        progress=not as_json, eval_splits=("dev",), **opts)

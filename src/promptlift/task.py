@@ -15,7 +15,9 @@ Values: text fields take strings; numbers are written as text (`5` -> "5",
 `0.5` -> "0.5"), so JSON labels 0/1 match task.yaml labels `0:`/`1:`. Booleans,
 null, NaN/Infinity, objects and lists are refused (a generation reference may be a
 list of acceptable answers; the first is the target). Labels are compared after
-stripping surrounding whitespace; an empty label, reference or input is refused.
+stripping surrounding whitespace; an empty label or reference is refused. An empty
+input (an empty review in a public benchmark file) is a valid example: the model
+still answers; `Task.empty_inputs` counts such rows per split.
 """
 
 from __future__ import annotations
@@ -106,6 +108,21 @@ class Task:
                 raise DataError(f"{self.source}: split {name!r} is empty or missing: {self.empty_reasons[name]}")
             raise DataError(f"{self.source}: split {name!r} is empty or missing (expected {name}.jsonl)")
         return rows
+
+    @property
+    def empty_inputs(self) -> dict[str, int]:
+        """split -> number of examples whose input is empty (or only whitespace); splits without any are left out."""
+        counts = {s: sum(1 for ex in getattr(self, s) if not ex.input.strip()) for s in SPLITS}
+        return {s: n for s, n in counts.items() if n}
+
+    def load_note(self) -> str | None:
+        """One line on what loaded unusually (today: rows with an empty input), None when nothing did."""
+        empty = self.empty_inputs
+        if not empty:
+            return None
+        n = sum(empty.values())
+        where = ", ".join(f"{k} {v}" for k, v in empty.items())
+        return f"{self.source}: {n} row{'s' * (n != 1)} with an empty input ({where}), kept as examples"
 
     def with_splits(self, **splits: list[Example]) -> "Task":
         """A copy of the task with some splits replaced."""
@@ -469,9 +486,7 @@ def _make_example(r: Mapping, at: str, kind: str, input_field: str | None, input
         except (ValueError, TypeError, KeyError, IndexError) as e:
             raise DataError(f"{at}: input_format {input_format!r} cannot format this row ({e})") from None
     else:
-        text = _field_text(r, input_field, at)
-        if not text.strip():
-            raise DataError(f"{at}: field {input_field!r} is empty")
+        text = _field_text(r, input_field, at)  # may be empty: a valid input, counted by Task.empty_inputs
     if output_field not in r or r[output_field] is None:
         _field_text(r, output_field, at)  # raises: missing or null
     out = r[output_field]
