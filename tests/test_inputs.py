@@ -390,7 +390,7 @@ def test_in_memory_rows_name_split_and_row():
 def test_an_empty_review_loads_is_counted_and_evaluates(tmp_path, capsys):
     """The LM-BFF CR split holds one empty review in train and one in test: it loads, the count is reported
     (Task.empty_inputs, a note from the CLI, `empty_inputs` in eval's JSON) and eval scores it."""
-    from conftest import make_tiny_lm
+    from fakes import make_tiny_lm
 
     def rows(n, empty_at=None):
         out = [R(f"the movie was {'good' if i % 2 else 'bad'}", "positive" if i % 2 else "negative") for i in range(n)]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import promptlift
-from conftest import learner, synth_task
+from fakes import learner, synth_task
 from promptlift.runs import read_jsonl
 
 pytestmark = pytest.mark.usefixtures("one_thread")
