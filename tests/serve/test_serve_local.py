@@ -7,6 +7,7 @@ batched together with other artifacts.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -376,7 +377,7 @@ def test_serve_local_real_model_matches_the_engine_on_sst2(tmp_path, real_lm):
     sp = SoftPrompt(instruction="Sentiment:", embeds=vectors, hidden_size=real_lm.hidden_size,
                     num_layers=real_lm.num_layers, model=model_key(real_lm))  # as optimize records it
     assert sp.model.startswith("smollm2-135m@")  # `--upstream local` loads the model by the name before "@"
-    cfg = local_config(tmp_path, {"default": text, "soft": sp}, labels=dict(task.labels),
+    cfg = local_config(tmp_path, {"default": text, "soft": sp}, labels=dict(task.labels), answer="generate",
                        limits={"batch_window_ms": 20})
     s = Served(cfg, real_lm)
     try:
@@ -401,7 +402,9 @@ def test_optimized_soft_prompt_served_locally_gives_the_eval_predictions_on_sst2
     """End to end on smollm2-135m: prompt-tuning (tiny budget) -> `promptlift serve --prompt RUN --upstream local`
     -> `promptlift eval --model openai:ROUTE --api completions --instruction ''` through the proxy (the real openai
     client underneath) gives the same predictions and accuracy on the first 200 SST-2 test rows as
-    `promptlift eval --prompt RUN`; chat `logprobs` give the engine's first-token label scores."""
+    `promptlift eval --prompt RUN`; chat `logprobs` give the engine's first-token label scores (a route that
+    generates); the route's own chat answers (`max_tokens=5, temperature=0`, the real client, concurrent) are the
+    words of eval's predicted labels, row for row."""
     import promptlift
     from promptlift.artifacts import load
     from promptlift.cli import main
@@ -424,16 +427,25 @@ def test_optimized_soft_prompt_served_locally_gives_the_eval_predictions_on_sst2
     local = eval_json("--prompt", str(run), "--predictions", str(tmp_path / "local.jsonl"))
     lp = read_jsonl(tmp_path / "local.jsonl")
     cfg = single_route_config(run, artifact.hash, "local", name="sst2-soft")  # what `promptlift serve` builds
-    s = Served(cfg, real_lm)
+    gen = single_route_config(run, artifact.hash, "local", name="sst2-soft-gen", answer="generate")
+    s = Served(dataclasses.replace(cfg, routes=cfg.routes + gen.routes), real_lm)
     try:
         # the proxy applies the soft prompt, so the client evaluates with an empty prompt; the completions API
         # scores whole label words (echo + logprobs), as the local engine does
         remote = eval_json("--model", "openai:sst2-soft", "--base-url", s.srv.url + "/v1", "--api", "completions",
                            "--instruction", "", "--predictions", str(tmp_path / "remote.jsonl"))
         batches = list(s.runner().batches)
-        tops = [s.client.chat.completions.create(model="sst2-soft", messages=[{"role": "user", "content": r["input"]}],
-                                                 max_tokens=1, logprobs=True, top_logprobs=20)
+        tops = [s.client.chat.completions.create(model="sst2-soft-gen", max_tokens=1, logprobs=True, top_logprobs=20,
+                                                 messages=[{"role": "user", "content": r["input"]}])
                 for r in lp[:30]]
+
+        def answer(r):
+            out = s.client.chat.completions.create(model="sst2-soft", messages=[{"role": "user", "content": r["input"]}],
+                                                   max_tokens=5, temperature=0)
+            return out.choices[0].message.content
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(answer, lp[:100]))
     finally:
         s.srv.stop()
     rp = read_jsonl(tmp_path / "remote.jsonl")
@@ -451,5 +463,7 @@ def test_optimized_soft_prompt_served_locally_gives_the_eval_predictions_on_sst2
                 listed += 1
                 assert top[words] == pytest.approx(rec["scores"][label], abs=2e-3)
     assert listed > 30
+    assert answers == [task.labels[r["pred"]] for r in lp[:100]]  # the served classifier answers with eval's label
+    assert len(set(answers)) == 2
     print(f"\nsoft prompt (dev {artifact.meta.get('best_dev')}) on SST-2 test[:200]: accuracy {local['accuracy']:.3f} "
           f"locally and through the proxy; {listed}/60 chat label log-probs listed in top 20")
