@@ -456,12 +456,19 @@ def assert_error(resp: httpx.Response, status: int, type_: str, code: str):
 
 
 class FakeOpenAIServer:
-    """`with FakeOpenAIServer(lm) as srv: srv.base_url` — serves until the block ends."""
+    """`with FakeOpenAIServer(lm) as srv: srv.base_url` — serves until the block ends.
 
-    def __init__(self, lm, *, logprobs: bool = True, top_k: int = 20):
+    guided: the field of vLLM's guided choice it honours ("structured_outputs" or "guided_choice": the answer is
+    the choice whose tokens the model scores highest); strict: refuse those fields (400), as OpenAI does.
+    """
+
+    def __init__(self, lm, *, logprobs: bool = True, top_k: int = 20, guided: str | None = None,
+                 strict: bool = False):
         self.lm = lm
         self.logprobs = logprobs
         self.top_k = top_k
+        self.guided = guided
+        self.strict = strict
         self.requests: list[dict] = []
         self.script: list = []
         self.lock = threading.Lock()
@@ -487,6 +494,17 @@ class FakeOpenAIServer:
                                seed=body.get("seed"))
         return decode(self.lm, None, [ids], cfg)[0]
 
+    def _choice(self, ids: list[int], body: dict) -> str | None:
+        """The guided choice answered, if the request asks for one in the field this server honours."""
+        want = body.get(self.guided) if self.guided else None
+        choices = want.get("choice") if isinstance(want, dict) else want
+        if not choices:
+            return None
+        from promptlift.lm.scoring import score_candidates
+
+        scores = score_candidates(self.lm, None, [ids], [[self.lm.encode(c) for c in choices]])[0]
+        return choices[int(scores.argmax())]
+
     def _chat(self, body: dict) -> dict:
         msgs = body["messages"]
         cont = bool(body.get("continue_final_message")) and msgs[-1]["role"] == "assistant"
@@ -496,7 +514,10 @@ class FakeOpenAIServer:
         want_lp = bool(body.get("logprobs")) and self.logprobs
         if want_lp:
             top, _ = self._first_logprobs(ids, int(body.get("top_logprobs") or 1))
-        if want_lp and body.get("max_tokens") == 1 and not body.get("temperature") and (body.get("n") or 1) == 1:
+        chosen = self._choice(ids, body)
+        if chosen is not None:
+            outs = [chosen]
+        elif want_lp and body.get("max_tokens") == 1 and not body.get("temperature") and (body.get("n") or 1) == 1:
             outs = [top[0][0]]  # greedy, one token: the most likely one, already computed
         else:
             outs = self._generate(ids, body)
@@ -544,6 +565,11 @@ class FakeOpenAIServer:
             with self.lock:
                 self.requests.append(body)
                 scripted = self.script.pop(0) if self.script else None
+            unknown = {"structured_outputs", "guided_choice"} & set(body)
+            if self.strict and unknown:
+                return JSONResponse({"error": {"message": f"Unrecognized request argument supplied: "
+                                               f"{sorted(unknown)[0]}", "type": "invalid_request_error"}},
+                                    status_code=400)
             if scripted is not None:
                 if scripted[0] == "sleep":
                     time.sleep(scripted[1])

@@ -117,15 +117,18 @@ def test_served_classifier_answers_are_eval_predictions_locally(trained):
         assert "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices) == task.labels[want[0]["pred"]]
 
 
-@pytest.mark.parametrize("logprobs", [True, False])
-def test_served_classifier_answers_are_eval_predictions_on_an_endpoint(trained, tmp_path, logprobs):
+@pytest.mark.parametrize("logprobs,guided,strict", [(True, None, False), (False, None, False),
+                                                     (False, "guided_choice", False), (False, None, True)])
+def test_served_classifier_answers_are_eval_predictions_on_an_endpoint(trained, tmp_path, logprobs, guided, strict):
     """A text prompt on an OpenAI-compatible upstream: first-token logprob ranking where it gives log-probabilities,
-    else a short answer matched to the label words — in both cases what `eval --model openai:...` predicts."""
+    else a short answer constrained to the label words where the upstream has guided choice (an older vLLM that
+    ignores `structured_outputs` but honours `guided_choice`), else matched to them (a server that ignores both,
+    or one that refuses them like OpenAI) — in every case what `eval --model openai:...` predicts."""
     _, task, _, fs_run = trained
     lm = make_tiny_lm(seed=1, init_range=0.5)
     rows = task.test[:ROWS]
     p = load(fs_run)
-    with serving(lm, logprobs=logprobs) as up:
+    with serving(lm, logprobs=logprobs, guided=guided, strict=strict) as up:
         ep = OpenAIModel("tiny", base_url=up.base_url, cache=CallCache(enabled=False), retry_backoff=0.01)
         want = evaluate(ep, task, p, examples=rows, progress=False)
         assert want.scoring == ("logprobs" if logprobs else "generate")
@@ -135,6 +138,9 @@ def test_served_classifier_answers_are_eval_predictions_on_an_endpoint(trained, 
         sent = [r for r in up.requests if r.get("messages")][-1]["messages"]
     expected = [task.labels[r["pred"]] if r["pred"] is not None else r["raw"] for r in want.predictions]
     assert got == expected
+    if guided:  # constrained: every answer is a label's words, asked in the spelling the upstream honours
+        assert set(got) <= set(task.labels.values())
+        assert all(r.get("guided_choice") == list(task.labels.values()) for r in up.requests[-ROWS:])
     # the upstream saw the demonstrations answer with the label words, as eval sent them
     answers = {m["content"] for m in sent if m["role"] == "assistant"}
     assert answers and answers <= set(task.labels.values())

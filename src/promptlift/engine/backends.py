@@ -258,7 +258,8 @@ class Endpoint:
 
     def generate(self, cond: EndpointCond, cfg: GenerationConfig) -> list[str]:
         cfg = GenerationConfig(n=cfg.n, temperature=cfg.temperature, max_tokens=cfg.max_tokens,
-                               stop=list(dict.fromkeys([*cfg.stop, *cond.stop])), top_p=cfg.top_p, seed=cfg.seed)
+                               stop=list(dict.fromkeys([*cfg.stop, *cond.stop])), top_p=cfg.top_p, seed=cfg.seed,
+                               choices=list(cfg.choices))
         outs = self.lm.generate(self._prompts(cond), cfg)
         return [(o[0] if o else "").strip() for o in outs]
 

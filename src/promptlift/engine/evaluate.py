@@ -15,8 +15,9 @@ favours labels that split into more (near-certain) continuation tokens. The
 prior bias of a small model across labels is what `Calibrated` removes.
 
 An endpoint that returns no log-probabilities classifies by generation: the
-answer is matched to the label words; an answer that matches none is counted
-wrong and reported as `unparsed` (never given to some label).
+answer (constrained to the label words where the endpoint has guided decoding)
+is matched to the label words; an answer that matches none is counted wrong and
+reported as `unparsed` (never given to some label).
 """
 
 from __future__ import annotations
@@ -198,14 +199,16 @@ def classify(ap, prompt: Prompt, backend, task: Task, inputs: Sequence[Any]) -> 
     """Each input's label, decided the one way the engine decides it, and how ("logprobs" | "generate").
 
     Rank classification where the backend gives label log-probabilities; else a short generation matched to
-    the label words (`match_label`). `evaluate` and the proxy's classifier routes both answer with this.
+    the label words (`match_label`), constrained to them where the endpoint has guided decoding (`OpenAIModel`).
+    `evaluate` and the proxy's classifier routes both answer with this.
     """
     names = task.label_names
     if backend.can_score_labels:
         scores = ap.label_scores(prompt, backend, task, inputs)
         return [LabelAnswer(names[int(row.argmax())], {n: float(v) for n, v in zip(names, row)})
                 for row in scores], "logprobs"
-    texts = ap.generate(prompt, backend, task, inputs, GenerationConfig(max_tokens=CLASSIFY_MAX_TOKENS, stop=["\n"]))
+    cfg = GenerationConfig(max_tokens=CLASSIFY_MAX_TOKENS, stop=["\n"], choices=label_words(task))
+    texts = ap.generate(prompt, backend, task, inputs, cfg)
     return [LabelAnswer(match_label(t, task), None, t) for t in texts], "generate"
 
 

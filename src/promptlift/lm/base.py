@@ -31,6 +31,8 @@ class GenerationConfig:
     stop: list[str] = field(default_factory=list)
     top_p: float = 1.0
     seed: int | None = None
+    choices: list[str] = field(default_factory=list)  # answer with one of these: constrained where the endpoint
+    #   can (vLLM guided choice); a classifier that generates asks for its label words
 
 
 class LM(abc.ABC):

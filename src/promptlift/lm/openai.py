@@ -37,6 +37,9 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _RETRY_STATUS = {408, 409, 425, 429}  # plus every 5xx except 501
 _SCORE_UNSUPPORTED_STATUS = {400, 404, 405, 422, 501}
 _MAX_BACKOFF_S = 30.0
+# Constrained choice among given answers (vLLM): today's spelling, then the older one; a server that has
+# neither ignores them (an answer outside the choices) or refuses them (400), and is asked plainly after that.
+GUIDED_CHOICE = ("structured_outputs", "guided_choice")
 
 
 def _public_url(url: str) -> str:
@@ -152,6 +155,7 @@ class OpenAIModel(LM):
         self.top_logprobs = int(top_logprobs)
         self._caps: dict | None = None
         self._prefill: bool | None = None  # does the server continue a final assistant message?
+        self._guided = 0  # the GUIDED_CHOICE spelling to try for a generation with `choices`; past the end: none
         if client is not None and base_url is None:
             base_url = str(getattr(client, "base_url", "") or "") or None
         self.base_url = (base_url or os.environ.get("PROMPTLIFT_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
@@ -270,7 +274,23 @@ class OpenAIModel(LM):
             stop = [stop]
         req.update(n=int(config.n), temperature=float(config.temperature), max_tokens=int(config.max_tokens),
                    stop=list(stop or []), top_p=float(config.top_p), seed=config.seed, rollout=int(rollout))
+        if config.choices:
+            req["choices"] = list(config.choices)
         return req
+
+    def _guided_body(self, choices: Sequence[str]) -> tuple[int, dict | None]:
+        """(the GUIDED_CHOICE spelling used, the extra request fields constraining the answer to `choices`, or
+        None: no choices, or a server that has no guided choice)."""
+        used = self._guided
+        if not choices or used >= len(GUIDED_CHOICE):
+            return used, None
+        field = GUIDED_CHOICE[used]
+        return used, {field: {"choice": list(choices)}} if field == "structured_outputs" else {field: list(choices)}
+
+    def _no_guided(self, used: int) -> None:
+        """The server has not the guided choice spelled GUIDED_CHOICE[used]: the next one (requests in parallel
+        may all find it out at once)."""
+        self._guided = max(self._guided, used + 1)
 
     def _generate_one(self, req: dict) -> tuple[list[str], list[Any]]:
         params: dict[str, Any] = dict(model=self.model, temperature=req["temperature"],
@@ -279,14 +299,18 @@ class OpenAIModel(LM):
             params["stop"] = req["stop"]
         if req["seed"] is not None:
             params["seed"] = req["seed"]
-        extra = self._prefill_body(req.get("messages"))
-        if extra:
-            params["extra_body"] = extra
+        prefill = self._prefill_body(req.get("messages"))
+        allowed = req.get("choices") or []
         texts: list[str] = []
         responses: list[Any] = []
         want = req["n"]
         while len(texts) < want:  # some servers ignore n and return fewer choices
             n = want - len(texts)
+            spelling, guided = self._guided_body(allowed)
+            extra = {**(prefill or {}), **(guided or {})}
+            params.pop("extra_body", None)
+            if extra:
+                params["extra_body"] = extra
             try:
                 if req["endpoint"] == "chat":
                     resp = self._send(lambda: self._client.chat.completions.create(
@@ -298,9 +322,12 @@ class OpenAIModel(LM):
                     choices = sorted(resp.choices or [], key=lambda c: c.index or 0)
                     new = [c.text or "" for c in choices]
             except _RequestFailed as e:
-                if e.status == 400 and "extra_body" in params and self._prefill is None:
+                if e.status == 400 and guided:
+                    self._no_guided(spelling)  # the server refuses this spelling: the next one, or none
+                    continue
+                if e.status == 400 and prefill and self._prefill is None:
                     self._prefill = False  # the server refuses continue_final_message: plain messages then
-                    params.pop("extra_body")
+                    prefill = None
                     continue
                 if (e.status == 400 and req["endpoint"] == "chat" and "max_tokens" in params
                         and "max_completion_tokens" in e.message):
@@ -309,7 +336,10 @@ class OpenAIModel(LM):
                     continue
                 raise self._fail(e, f"{req['endpoint']} request") from None
             responses.append(resp)
-            if "extra_body" in params and self._prefill is None:
+            if guided and any(t.strip() not in allowed for t in new):
+                self._no_guided(spelling)  # the server ignored this spelling: ask again with the next one, or plainly
+                continue
+            if prefill and self._prefill is None:
                 self._prefill = True
             if not new:
                 raise ModelError(f"{self.model_id}: the server returned no choices")
