@@ -27,6 +27,7 @@ own timeout is the app's: 408.)
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import multiprocessing
@@ -193,6 +194,17 @@ def setup_logging(level: int = logging.INFO) -> None:
     logger.propagate = False
 
 
+def _freeze_heap() -> None:
+    """Move everything loaded so far (torch, the app, artifacts) out of the collector's sight before serving.
+
+    The process holds some 250,000 long-lived objects from its imports (torch among them); without
+    this, the cyclic collector walks them all again and again under load (a third of the CPU per
+    proxied request on the gateway bench).
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def run_foreground(app, host: str, port: int, log_level: str = "info",
                    on_listening: Callable[[int], None] | None = None) -> None:
     """Serve until SIGINT/SIGTERM (in-flight requests finish first); SIGHUP reloads (see app).
@@ -203,6 +215,7 @@ def run_foreground(app, host: str, port: int, log_level: str = "info",
     if on_listening:
         on_listening(sock.getsockname()[1])
     server = uvicorn.Server(_config(app, log_level))
+    _freeze_heap()
     server.run(sockets=[sock])
 
 
@@ -263,6 +276,7 @@ def _worker_main(make_app: Callable[[WorkerContext], Any], ctx: WorkerContext, h
         sys.exit(int(getattr(e, "exit_code", 2)))
     server = _WorkerServer(_config(app, log_level))
     threading.Thread(target=_watch, args=(server, ctx), name="promptlift-worker-watch", daemon=True).start()
+    _freeze_heap()
     server.run(sockets=[sock])
 
 
