@@ -211,7 +211,9 @@ def main() -> None:
             f"CPU per request, promptlift / LiteLLM: {ratio1:.3f} with 1 worker, {ration:.3f} with {args.workers} "
             f"(target: at most 0.1). Throughput: {rps[names[0]]:.0f} req/s with 1 worker, "
             f"{rps[names[1]]:.0f} with {args.workers} ({rps[names[1]] / rps[names[0]]:.2f}x), LiteLLM "
-            f"{rps[names[2]]:.0f}."]
+            f"{rps[names[2]]:.0f}. Several workers buy throughput, not CPU per request: each worker's event loop "
+            "wakes for fewer requests at a time, and here the workers, the clients and the upstream share the "
+            f"machine's {facts['usable_cpus']} cores."]
     path = write_section("gateway", "\n".join(text), args.out)
     progress(f"wrote {path}")
     print(json.dumps(runs, indent=1, default=str))
