@@ -99,3 +99,58 @@ def test_malformed_history_names_line(tmp_path: Path) -> None:
     (d / "history.jsonl").write_text('{"step": 0}\nnot json\n')
     with pytest.raises(DataError, match=r"history\.jsonl:2"):
         write_report([d], tmp_path / "report.html")
+
+
+def _learned_run(root: Path) -> Path:
+    """A run as optimize writes it: a text prompt with demonstrations, a gain, a budget stop, per-step
+    and per-epoch training rows and search rows."""
+    from promptlift.artifacts import TextPrompt
+    from promptlift.task import Example
+
+    d = _make_run(root, "learned", method="opro", test_acc=0.867)
+    TextPrompt(instruction="Decide if the <review> is positive.",
+               demos=[Example("a joy to watch", "positive")]).save(d)
+    result = json.loads((d / "result.json").read_text())
+    result.update(stopped="budget", gain={"baseline": "zero-shot", "gain": 0.1, "ci95": [-0.02, 0.22],
+                                          "p_value": 0.07, "n": 30, "test": "mcnemar-exact", "significant": False},
+                  cost={f"counter_{i}": i for i in range(19)})
+    (d / "result.json").write_text(json.dumps(result))
+    rows = [{"step": s, "epoch": s // 4, "loss": 2.0 - s / 10} for s in range(1, 9)]
+    rows.insert(4, {"epoch": 0, "step": 4, "loss": 1.8, "dev_score": 0.6})
+    rows.append({"epoch": 1, "step": 8, "loss": 1.4, "dev_score": 0.7})
+    rows += [{"step": k, "candidates": 2, "best_dev": 0.5 + k / 10, "calls": 10 * k} for k in range(3)]
+    (d / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return d
+
+
+def test_report_shows_the_learned_prompt_the_gain_and_the_budget_stop(tmp_path: Path) -> None:
+    from promptlift.report import _rows_epoch, _rows_step, _series, load_run
+
+    d = _learned_run(tmp_path)
+    page = write_report([d], tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "Decide if the &lt;review&gt; is positive." in page and "a joy to watch" in page
+    assert "+0.100 [-0.020, +0.220] p=0.07, not significant" in page
+    assert "stopped at budget" in page
+    assert '<details class="cost"><summary>Cost details (19 counters)' in page  # behind a toggle
+    assert page.count("data:image/png;base64,") == 4  # dev score, search over candidates and calls, loss
+    run = load_run(d)
+    _, steps, _ = _series(run, ("loss",), _rows_step)
+    _, epochs, _ = _series(run, ("loss",), _rows_epoch)
+    assert steps == list(range(1, 9)) and epochs == [4, 8]  # two series: no line joins a step to an epoch mean
+
+
+@pytest.mark.skipif(not __import__("shutil").which("chromium"), reason="headless Chromium not installed")
+def test_report_fits_a_1280_px_window_in_chromium(tmp_path: Path) -> None:
+    import re
+    import subprocess
+
+    d = _learned_run(tmp_path)
+    page = write_report([d, _make_run(tmp_path, "a-run-with-a-rather-long-directory-name", method="few-shot",
+                                      test_acc=0.8)], tmp_path / "r.html").read_text(encoding="utf-8")
+    probe = tmp_path / "probe.html"  # the page plus a script that writes its scroll width into the DOM
+    probe.write_text(page.replace("</body>", "<script>document.body.setAttribute('data-w', "
+                                             "document.documentElement.scrollWidth)</script></body>"))
+    dom = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1280,900",
+                          "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    width = int(re.search(r'data-w="(\d+)"', dom).group(1))
+    assert width <= 1280, width  # no horizontal scrolling
