@@ -30,6 +30,65 @@ REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS_MD = REPO / "BENCHMARKS.md"
 _T0 = time.perf_counter()
 
+# --- data --------------------------------------------------------------------------------------
+# The full public data sets sit beside the checkout (the tests ship only the few rows they read, under
+# tests/data); PROMPTLIFT_BENCH_DATA names a copy elsewhere (a GPU box).
+DATASETS = Path(os.environ.get("PROMPTLIFT_BENCH_DATA") or REPO.parent / "shared" / "datasets")
+SST2 = DATASETS / "sst2"
+# Instruction-induction tasks: the instruction each task's zero-shot row uses (after the task
+# descriptions of Honovich et al. 2022, "Instruction Induction", Table 1).
+II_INSTRUCTIONS = {
+    "antonyms": "Write a word that means the opposite of the input word.",
+    "first_word_letter": "Extract the first letter of the input word.",
+    "singular_to_plural": "Convert the input word to its plural form.",
+    "sum": "Sum the two given numbers.",
+    "num_to_verbal": "Write the number in English words.",
+    "negation": "Negate the input sentence.",
+    "larger_animal": "Write the larger of the two given animals.",
+}
+II_DEV = 32  # peers' split: dev = 32 rows of train.jsonl (after a seed-0 shuffle), the induce/train pool = the rest
+
+
+def discrete_task(name: str, n_train: int, n_dev: int):
+    """The split of `discrete.py` and `dev_sweep.py`: SST-2 as shipped, or an instruction-induction task whose
+    train and dev are fixed slices (rows 0..n_train and the next n_dev) of a seed-0 shuffle of its pool."""
+    import random
+
+    from promptlift.task import Task
+
+    if name == "sst2":
+        return Task.from_dir(SST2)
+    if name not in II_INSTRUCTIONS:
+        raise SystemExit(f"--task: expected sst2 or one of {', '.join(II_INSTRUCTIONS)}, got {name!r}")
+    full = Task.from_dir(DATASETS / "instruction_induction" / name, instruction=II_INSTRUCTIONS[name])
+    pool = sorted(full.train + full.dev, key=lambda ex: (ex.input, ex.output))  # undo from_dir's own dev carve
+    random.Random(0).shuffle(pool)
+    return Task(name=name, kind=full.kind, train=pool[:n_train], dev=pool[n_train:n_train + n_dev],
+                test=full.test, labels=full.labels, instruction=full.instruction, metric=full.metric,
+                source=full.source)
+
+
+def peers_task(name: str, test_limit: int):
+    """The split of `llm_opt_vs_peers.py` (and the investigations on its runs): SST-2 as shipped (train 32 /
+    dev 32); an instruction-induction task with dev = II_DEV rows of a seed-0 shuffle of train.jsonl and the
+    rest as the train pool; the first `test_limit` test rows (0 = all)."""
+    import json
+    import random
+
+    from promptlift.task import Task
+
+    if name == "sst2":
+        task = Task.from_dir(SST2)
+    else:
+        d = DATASETS / "instruction_induction" / name
+        rows = [json.loads(line) for line in (d / "train.jsonl").read_text().splitlines() if line.strip()]
+        random.Random(0).shuffle(rows)  # train.jsonl can be ordered (sum: "0 0", "0 1", ...): dev must be a sample
+        test = [json.loads(line) for line in (d / "test.jsonl").read_text().splitlines() if line.strip()]
+        task = Task.from_rows({"train": rows[II_DEV:], "dev": rows[:II_DEV], "test": test}, name=name, source=str(d))
+    if test_limit:
+        task = task.with_splits(test=task.test[:test_limit])
+    return task
+
 
 # --- timing --------------------------------------------------------------------------------
 @dataclass

@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command_line, loadavg, machine_facts, md_table, now, progress, timed, write_section  # noqa: E402
-from discrete import load_task  # noqa: E402
+from common import (command_line, discrete_task, loadavg, machine_facts, md_table, now, progress, timed,  # noqa: E402
+                    write_section)
 
 import promptlift  # noqa: E402
 from promptlift.artifacts import load  # noqa: E402
@@ -167,7 +167,7 @@ def main() -> None:
     grid = [parse_grid(g) for g in args.grid]
     torch.set_num_threads(1)
     facts = machine_facts()
-    task = load_task(args.task, args.ii_train, args.ii_dev)
+    task = discrete_task(args.task, args.ii_train, args.ii_dev)
     lm = HFModel("smollm2-135m")
     dirs = [(opts, seed, args.runs / task.name / args.method / slug(opts) / f"seed{seed}")
             for opts in grid for seed in args.seeds]

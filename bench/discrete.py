@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
 import sys
 from pathlib import Path
@@ -51,7 +50,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command_line, loadavg, machine_facts, md_table, now, progress, timed, write_section  # noqa: E402
+from common import (II_INSTRUCTIONS, command_line, discrete_task, loadavg, machine_facts, md_table, now,  # noqa: E402
+                    progress, timed, write_section)
 
 import promptlift  # noqa: E402
 from promptlift.artifacts import TextPrompt, TokenPrompt, load  # noqa: E402
@@ -60,37 +60,10 @@ from promptlift.lm.hf import HFModel  # noqa: E402
 from promptlift.registry import get_method, list_methods  # noqa: E402
 from promptlift.task import Task  # noqa: E402
 
-DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-DATA = DATASETS / "sst2"
 RESULTS = Path(__file__).resolve().parent / "DISCRETE_RESULTS.md"
 METHODS = ["zero-shot", "no-instruction", "pez", "autoprompt", "project", "bbt"]
 BASELINES = {"no-instruction": ""}  # rows that are a fixed instruction, not a method: scored as they are
 DETERMINISTIC = ("zero-shot", "calibrated", *BASELINES)  # one run, whatever the seeds
-# Instruction-induction tasks: the instruction each task's zero-shot row uses (after the task
-# descriptions of Honovich et al. 2022, "Instruction Induction", Table 1).
-II_INSTRUCTIONS = {
-    "antonyms": "Write a word that means the opposite of the input word.",
-    "first_word_letter": "Extract the first letter of the input word.",
-    "singular_to_plural": "Convert the input word to its plural form.",
-    "sum": "Sum the two given numbers.",
-    "num_to_verbal": "Write the number in English words.",
-    "negation": "Negate the input sentence.",
-    "larger_animal": "Write the larger of the two given animals.",
-}
-
-
-def load_task(name: str, n_train: int, n_dev: int) -> Task:
-    """SST-2 (its own train/dev/test files) or an instruction-induction task with train/dev from train.jsonl."""
-    if name == "sst2":
-        return Task.from_dir(DATA)
-    if name not in II_INSTRUCTIONS:
-        raise SystemExit(f"--task: expected sst2 or one of {', '.join(II_INSTRUCTIONS)}, got {name!r}")
-    full = Task.from_dir(DATASETS / "instruction_induction" / name, instruction=II_INSTRUCTIONS[name])
-    pool = sorted(full.train + full.dev, key=lambda ex: (ex.input, ex.output))  # undo from_dir's own dev carve
-    random.Random(0).shuffle(pool)
-    return Task(name=name, kind=full.kind, train=pool[:n_train], dev=pool[n_train:n_train + n_dev],
-                test=full.test, labels=full.labels, instruction=full.instruction, metric=full.metric,
-                source=full.source)
 
 
 def parse_sets(items: list[str]) -> dict[str, dict[str, str]]:
@@ -275,7 +248,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     facts = machine_facts()
     sets = parse_sets(args.set)
-    task = load_task(args.task, args.ii_train, args.ii_dev)
+    task = discrete_task(args.task, args.ii_train, args.ii_dev)
     limit = args.test_limit or None
     n_test = min(limit or len(task.test), len(task.test))
     lm = HFModel("smollm2-135m")

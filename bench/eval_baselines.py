@@ -42,7 +42,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    BENCHMARKS_MD, REPO, StageLog, command_line, loadavg, machine_facts, md_table, now, peak_rss_mb, progress,
+    BENCHMARKS_MD, REPO, SST2, StageLog, command_line, loadavg, machine_facts, md_table, now, peak_rss_mb, progress,
     timed,
 )
 
@@ -194,7 +194,7 @@ def verdict(ok: bool) -> str:
 # --- main ------------------------------------------------------------------------------------
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", default=str(REPO.parent / "shared" / "datasets" / "sst2"))
+    ap.add_argument("--data", default=str(SST2))
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--limit", type=int, default=None, help="test examples for the accuracy runs (default: all)")
     ap.add_argument("--plain-limit", type=int, default=400,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, machine_facts, md_table, now, progress, timed, write_section  # noqa: E402
+from common import SST2, machine_facts, md_table, now, progress, timed, write_section  # noqa: E402
 
 
 def cuda_status() -> tuple[bool, str]:
@@ -65,7 +65,7 @@ def measure(device: str, dtype: str, task, limit: int, batch_size: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(REPO.parent / "shared" / "datasets" / "sst2"))
+    ap.add_argument("--data", default=str(SST2))
     ap.add_argument("--limit", type=int, default=200, help="first N test rows")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")

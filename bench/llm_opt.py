@@ -28,7 +28,7 @@ os.environ.setdefault("PROMPTLIFT_NO_CACHE", "1")  # before promptlift is import
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command_line, machine_facts, md_table, now, progress, write_section  # noqa: E402
+from common import SST2, command_line, machine_facts, md_table, now, progress, write_section  # noqa: E402
 
 import promptlift  # noqa: E402
 from promptlift.artifacts import TextPrompt  # noqa: E402
@@ -36,8 +36,6 @@ from promptlift.engine.evaluate import evaluate  # noqa: E402
 from promptlift.lm.hf import HFModel  # noqa: E402
 from promptlift.task import Task  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "datasets" / "sst2"
 RESULTS = Path(__file__).resolve().parent / "LLM_OPT_RESULTS.md"
 METHODS = ["ape", "opro", "protegi", "grips", "bootstrap-fewshot"]
 
@@ -67,7 +65,7 @@ def main() -> None:
     ap.add_argument("--budget", default="calls=300", help="search budget of every run, as --budget takes it")
     ap.add_argument("--option", action="append", default=[], help="method:key=value, repeatable")
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--data", default=str(SST2))
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--note", default="", help="a sentence added to the report (e.g. which code was run)")

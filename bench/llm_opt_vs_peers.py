@@ -47,7 +47,7 @@ os.environ.setdefault("DSPY_CACHEDIR", "/tmp/promptlift-bench-dspy-cache")  # ne
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command_line, loadavg, machine_facts, md_table, now, progress, write_section  # noqa: E402
+from common import II_DEV, REPO, command_line, loadavg, machine_facts, md_table, now, peers_task, progress, write_section  # noqa: E402
 
 import promptlift  # noqa: E402
 from promptlift.artifacts import TextPrompt  # noqa: E402
@@ -55,8 +55,6 @@ from promptlift.engine.evaluate import evaluate  # noqa: E402
 from promptlift.lm.hf import HFModel  # noqa: E402
 from promptlift.task import Task  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("PROMPTLIFT_BENCH_DATA") or REPO.parent / "shared" / "datasets")  # a copy elsewhere (a GPU box)
 RESULTS = Path(__file__).resolve().parent / "LLM_PEERS_RESULTS.md"
 TASKS = ["sst2", "antonyms", "sum", "singular_to_plural"]
 # the other instruction-induction tasks of ../shared/datasets (runnable with --tasks; reported in this order)
@@ -67,26 +65,9 @@ PL_METHODS = ["ape", "opro", "reflect", "bootstrap-fewshot", "ape-iterative", "p
 DSPY_METHODS = ["dspy-bfrs", "dspy-gepa", "dspy-mipro-light"]
 PTL_METHODS = ["promptolution-opro", "promptolution-evoprompt-ga"]
 SYSTEMS = ["promptlift", "dspy", "promptolution"]
-II_DEV = 32  # instruction induction: dev = 32 rows of train.jsonl (after a seed-0 shuffle), the induce/train pool = the rest
 
 
 # --- data ------------------------------------------------------------------------------------
-def load_task(name: str, test_limit: int) -> Task:
-    """SST-2 as shipped (train 32 / dev 32); an instruction-induction task with dev = 32 rows of a seed-0
-    shuffle of train.jsonl and the rest as the train pool."""
-    if name == "sst2":
-        task = Task.from_dir(SHARED / "sst2")
-    else:
-        d = SHARED / "instruction_induction" / name
-        rows = [json.loads(line) for line in (d / "train.jsonl").read_text().splitlines() if line.strip()]
-        random.Random(0).shuffle(rows)  # train.jsonl can be ordered (sum: "0 0", "0 1", ...): dev must be a sample
-        test = [json.loads(line) for line in (d / "test.jsonl").read_text().splitlines() if line.strip()]
-        task = Task.from_rows({"train": rows[II_DEV:], "dev": rows[:II_DEV], "test": test}, name=name, source=str(d))
-    if test_limit:
-        task = task.with_splits(test=task.test[:test_limit])
-    return task
-
-
 def normalize(text: str) -> str:
     """Exact match as promptlift's `exact` metric compares (lower case; punctuation, articles, spacing dropped)."""
     from promptlift.metrics import normalize as squad_normalize
@@ -555,7 +536,7 @@ def main() -> None:
         for i, (system, method, task_name, seed) in enumerate(todo, 1):
             if result_path(rdir, method, task_name, seed).exists():  # finished meanwhile by a shard beside this one
                 continue
-            task = tasks.setdefault(task_name, load_task(task_name, args.test_limit))
+            task = tasks.setdefault(task_name, peers_task(task_name, args.test_limit))
             progress(f"[{i}/{len(todo)}] {method} on {task_name}, seed {seed} ...")
             t0 = time.perf_counter()
             sink = io.StringIO()

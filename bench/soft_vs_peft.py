@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_facts, md_table, now, command_line, progress, write_section  # noqa: E402
+from common import SST2, machine_facts, md_table, now, command_line, progress, write_section  # noqa: E402
 
 import promptlift  # noqa: E402
 from promptlift.engine.evaluate import evaluate  # noqa: E402
@@ -44,7 +44,6 @@ from promptlift.artifacts import PrefixPrompt, SoftPrompt  # noqa: E402
 from promptlift.task import Task  # noqa: E402
 from promptlift.template import build_layout  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "sst2"
 PAIRS = {
     "prompt-tuning": "PromptTuning",
     "p-tuning": "PromptEncoder (MLP)",
@@ -211,7 +210,7 @@ def main() -> None:
 
     progress("loading model and data")
     lm = HFModel("smollm2-135m")
-    task = Task.from_dir(DATA)
+    task = Task.from_dir(SST2)
     test = task.test[: args.test_limit] if args.test_limit else task.test
     zero = evaluate(lm, task, examples=test, progress=False).accuracy
     progress(f"zero-shot test accuracy {zero:.3f} (n={len(test)})")

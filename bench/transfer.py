@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command_line, loadavg, machine_facts, md_table, now, progress, timed, write_section  # noqa: E402
+from common import SST2, command_line, loadavg, machine_facts, md_table, now, progress, timed, write_section  # noqa: E402
 
 import promptlift  # noqa: E402
 from promptlift.artifacts import TextPrompt, TokenPrompt, load  # noqa: E402
@@ -46,7 +46,6 @@ from promptlift.errors import PromptliftError  # noqa: E402
 from promptlift.lm.hf import HFModel  # noqa: E402
 from promptlift.task import Task  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "sst2"
 RESULTS = Path(__file__).resolve().parent / "DISCRETE_RESULTS.md"
 MODELS = ("smollm2-135m", "gemma3-270m")
 
@@ -124,7 +123,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     facts = machine_facts()
-    task = Task.from_dir(DATA)
+    task = Task.from_dir(SST2)
     limit = args.test_limit or None
     n_test = limit or len(task.test)
     models = Models()

@@ -8,7 +8,7 @@ k = 0, 4, 8, 16 and 31 random training examples (seeds 0-2 for k > 0). Where eve
 instruction with 31 examples stays near 0, no search over text can show a meaningful gain on that
 model, and the bench's gains there are noise. Test is never scored.
 
-    .venv/bin/python bench/text_ceiling.py --tasks antonyms sum singular_to_plural --models smollm2-135m gemma3-270m
+    .venv/bin/python bench/investigations/text_ceiling.py --tasks antonyms sum singular_to_plural --models smollm2-135m gemma3-270m
 """
 
 from __future__ import annotations
@@ -21,16 +21,14 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command_line, md_table, now, progress, write_section  # noqa: E402
-from discrete import II_INSTRUCTIONS  # noqa: E402
-from llm_opt_vs_peers import load_task  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, for the bench library
+from common import II_INSTRUCTIONS, command_line, md_table, now, peers_task, progress, write_section  # noqa: E402
 
 from promptlift.artifacts import TextPrompt  # noqa: E402
 from promptlift.engine.evaluate import evaluate  # noqa: E402
 from promptlift.lm.hf import HFModel  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "DEV_SWEEPS.md"
+RESULTS = Path(__file__).resolve().parents[1] / "DEV_SWEEPS.md"
 
 
 def main() -> None:
@@ -46,7 +44,7 @@ def main() -> None:
     for model in args.models:
         lm = HFModel(model)
         for name in args.tasks:
-            task = load_task(name, 0)
+            task = peers_task(name, 0)
             instructions = [("generic (the optimizers' start)", task.instruction),
                             ("the task's reference", II_INSTRUCTIONS[name])]
             for label, instruction in instructions:

@@ -6,13 +6,13 @@ never a model. For every run under RUNS/METHOD/seedN it reports ties among the s
 top of a step's candidates (what AutoPrompt keeps each step). A run with none of these would make
 the same choices under any tie rule; the others are the ones to re-fit after the rule changes.
 
-    python bench/tied_picks.py runs/discrete_bbtdemos
+    python bench/investigations/tied_picks.py runs/discrete_bbtdemos
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 
@@ -42,9 +42,9 @@ def ties(checkpoint: Path) -> list[str]:
 
 
 def main() -> None:
-    if len(sys.argv) != 2:
-        raise SystemExit("usage: python bench/tied_picks.py RUNS_DIR")
-    root = Path(sys.argv[1])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", type=Path, help="a folder of METHOD/seedN run directories")
+    root = ap.parse_args().runs
     for ck in sorted(root.glob("*/seed*/checkpoint/search.json")):
         run = ck.parent.parent
         print(f"{run.parent.name} {run.name}: " + ("; ".join(ties(ck)) or "no ties"))

@@ -2,10 +2,10 @@
 
 For each instruction-induction task (the data split of `llm_opt_vs_peers.py`), scores on the 32 dev
 rows the task's instruction alone and with 4 random training examples (seeds 0-2): exact match,
-and the mean log-probability of the reference answers, the value `engine/search.py` breaks ties
+and the mean log-probability of the reference answers, the value `engine/search/` breaks ties
 with. Test is never touched. Prints a markdown table.
 
-    .venv/bin/python bench/tiebreak_signal.py --tasks antonyms sum
+    .venv/bin/python bench/investigations/tiebreak_signal.py --tasks antonyms sum
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from llm_opt_vs_peers import load_task  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, for the bench library
+from common import peers_task  # noqa: E402
 
 from promptlift.artifacts import TextPrompt  # noqa: E402
 from promptlift.engine.evaluate import evaluate, reference_logprob  # noqa: E402
@@ -35,7 +35,7 @@ def main() -> None:
     lm = HFModel("smollm2-135m")
     print("| task | prompt | dev exact match % | dev mean log P(reference) |\n| --- | --- | ---: | ---: |")
     for name in args.tasks:
-        task = load_task(name, 0)
+        task = peers_task(name, 0)
         prompts = [("instruction alone", TextPrompt(instruction=task.instruction))]
         prompts += [(f"+ {args.demos} examples, seed {s}",
                      TextPrompt(instruction=task.instruction, demos=random.Random(s).sample(list(task.train), args.demos)))
