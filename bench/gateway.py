@@ -6,7 +6,7 @@
 LiteLLM goes in its own virtual environment (never the project's):
     python -m venv .venv-litellm && .venv-litellm/bin/pip install "litellm[proxy]==1.106.12"
 
-One fast fake OpenAI-compatible upstream (bench/serve_load.py's raw asyncio
+One fast fake OpenAI-compatible upstream (bench/loadgen.py's raw asyncio
 server, a fixed answer) in its own process; three proxies in front of it, all
 running at once and loaded in turn, repeat after repeat (so a load change on
 the shared machine hits all alike):
@@ -16,7 +16,7 @@ the shared machine hits all alike):
   - `litellm --config` (1 process): one model routed to the same upstream, a
     master key, request logging off; it gets the messages already rendered.
 Each run: `--clients` keep-alive clients send `--requests` chat completions
-(bench/serve_load.py's raw client). Measured per run: requests answered (and
+(bench/loadgen.py's raw client). Measured per run: requests answered (and
 errors), requests/s, and the proxy's CPU seconds (user + system of the process
 and all its children, /proc) per request. The clients and the upstream share
 the machine's cores with the proxy, so requests/s is a lower bound.
@@ -37,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (BENCHMARKS_MD, REPO, command_line, loadavg, machine_facts, md_table, now, progress,  # noqa: E402
                     write_section)
-from serve_load import KEY, cpu_seconds, free_port, load, stop, wait_http  # noqa: E402
+from loadgen import KEY, cpu_seconds, free_port, load, stop, wait_http  # noqa: E402
 
 
 def tree_cpu_seconds(pid: int) -> float:

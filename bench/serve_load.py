@@ -27,8 +27,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,172 +37,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (BENCHMARKS_MD, REPO, command_line, loadavg, machine_facts, md_table, now, progress,  # noqa: E402
                     write_section)
-
-KEY = "sk-bench-key"
-RUN_DEADLINE_S = 180.0
-REQ_TIMEOUT_S = 30.0
-
-ANSWER = json.dumps({"id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": "fake",
-                     "choices": [{"index": 0, "finish_reason": "stop",
-                                  "message": {"role": "assistant", "content": "positive"}}],
-                     "usage": {"prompt_tokens": 42, "completion_tokens": 1, "total_tokens": 43}}).encode()
-
-
-# --- the fake upstream: raw asyncio HTTP/1.1, keep-alive, one fixed answer -----------------------------
-
-
-class _FakeProtocol(asyncio.Protocol):
-    response = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
-                + str(len(ANSWER)).encode() + b"\r\n\r\n" + ANSWER)
-
-    def connection_made(self, transport):
-        self.transport = transport
-        self.buf = b""
-
-    def data_received(self, data):
-        self.buf += data
-        while True:
-            head_end = self.buf.find(b"\r\n\r\n")
-            if head_end < 0:
-                return
-            length = 0
-            for line in self.buf[:head_end].split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value.strip())
-            end = head_end + 4 + length
-            if len(self.buf) < end:
-                return
-            self.buf = self.buf[end:]
-            self.transport.write(self.response)
-
-
-def run_fake_upstream(port: int) -> None:
-    async def main():
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(_FakeProtocol, "127.0.0.1", port, backlog=4096)
-        print("ready", flush=True)
-        async with server:
-            await asyncio.sleep(RUN_DEADLINE_S * 10)  # stops by itself even if the parent dies
-
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:
-        pass
-
-
-# --- the load generator: raw asyncio HTTP/1.1 client ----------------------------------------------------
-
-
-async def _one_client(host, port, request: bytes, todo: list, lat: list, errors: list, deadline: float):
-    reader = writer = None
-    while todo[0] > 0 and time.monotonic() < deadline:
-        todo[0] -= 1
-        t0 = time.perf_counter()
-        try:
-            if writer is None:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), REQ_TIMEOUT_S)
-            writer.write(request)
-            status = await asyncio.wait_for(_read_response(reader), REQ_TIMEOUT_S)
-            if status != 200:
-                errors.append(status)
-            else:
-                lat.append(time.perf_counter() - t0)
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as e:
-            errors.append(type(e).__name__)
-            if writer is not None:
-                writer.close()
-            reader = writer = None
-    if writer is not None:
-        writer.close()
-
-
-async def _read_response(reader) -> int:
-    status = int((await reader.readline()).split()[1])
-    length, chunked = 0, False
-    while True:
-        line = await reader.readline()
-        if line in (b"\r\n", b""):
-            break
-        name, _, value = line.partition(b":")
-        name = name.strip().lower()
-        if name == b"content-length":
-            length = int(value.strip())
-        elif name == b"transfer-encoding" and b"chunked" in value.lower():
-            chunked = True
-    if chunked:
-        while True:
-            size = int((await reader.readline()).strip(), 16)
-            await reader.readexactly(size + 2)
-            if size == 0:
-                break
-    else:
-        await reader.readexactly(length)
-    return status
-
-
-def load(port: int, path: str, body: dict, clients: int, requests: int, headers: dict | None = None) -> dict:
-    """`requests` POSTs by `clients` concurrent keep-alive connections: latencies, errors, requests/s."""
-    data = json.dumps(body).encode()
-    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-    request = (f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\ncontent-type: application/json\r\n"
-               f"authorization: Bearer {KEY}\r\n{extra}content-length: {len(data)}\r\n\r\n").encode() + data
-    todo, lat, errors = [requests], [], []
-
-    async def main():
-        deadline = time.monotonic() + RUN_DEADLINE_S
-        await asyncio.gather(*[_one_client("127.0.0.1", port, request, todo, lat, errors, deadline)
-                               for _ in range(clients)])
-
-    t0 = time.perf_counter()
-    asyncio.run(main())
-    wall = time.perf_counter() - t0
-    lat.sort()
-    q = (lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1000) if lat else (lambda p: float("nan"))
-    return {"clients": clients, "ok": len(lat), "errors": len(errors), "error_kinds": sorted(set(map(str, errors))),
-            "wall_s": wall, "rps": len(lat) / wall if wall else 0.0, "p50_ms": q(0.50), "p90_ms": q(0.90),
-            "p99_ms": q(0.99), "mean_ms": statistics.fmean(lat) * 1000 if lat else float("nan")}
-
-
-# --- processes --------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def wait_http(port: int, proc: subprocess.Popen, what: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{what} did not start in {timeout:.0f} s")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
+from loadgen import (KEY, RUN_DEADLINE_S, one_client, cpu_seconds, free_port, load, run_fake_upstream, stop,  # noqa: E402
+                     wait_http)
 
 def proxy_part(args, tmp: Path) -> tuple[list[list], dict]:
     from promptlift.artifacts import TextPrompt
@@ -365,7 +199,7 @@ def _local_load(port: int, body: dict, clients: int, n: int, reviews: list[str])
             results.append((lat, errors))
             if i % 16 == 0:  # s0 is the route's default prompt, not a named one
                 req = req.replace(b"x-promptlift-prompt: s0\r\n", b"")
-            tasks.append(_one_client("127.0.0.1", port, req, [per], lat, errors, deadline))
+            tasks.append(one_client("127.0.0.1", port, req, [per], lat, errors, deadline))
         await asyncio.gather(*tasks)
 
     t0 = time.perf_counter()

@@ -7,7 +7,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
-SCRIPTS = sorted(p for p in [*BENCH.glob("*.py"), *BENCH.glob("investigations/*.py")] if p.name != "common.py")
+LIBRARY = {"common.py", "loadgen.py"}  # what the scripts share
+SCRIPTS = sorted(p for p in [*BENCH.glob("*.py"), *BENCH.glob("investigations/*.py")] if p.name not in LIBRARY)
 
 
 def imported_modules(path: Path) -> set[str]:
