@@ -505,3 +505,44 @@ def test_the_budget_plan_says_what_the_starts_cost_and_how_many_candidates_are_l
     # 1 start x 8 dev rows = 8 of 21 calls; 13 left, a candidate scored on all of dev costs 8: about 1
     assert "starting prompt(s) on the 8 dev rows costs 8 of the 21 target calls" in plan
     assert "the 13 left pay for about 1 candidate(s)" in plan
+
+
+def test_best_of_chooses_by_the_loop_s_rule_and_stops_at_the_budget():
+    from promptlift.engine.search import best_of
+
+    task = toy_task()
+    target = RuleTarget(sentiment_rule)  # no log-probabilities: remaining ties go to the earlier prompt
+    prompts = [TextPrompt(instruction="Answer."), TextPrompt(instruction="Give the sentiment."),
+               TextPrompt(instruction="Say the sentiment.")]
+    choice = best_of(prompts, target, task, ctx())
+    assert (choice.index, choice.scores, choice.stopped) == (1, [0.5, 1.0, 1.0], "")
+    assert target.answered == 24 and target.budget.calls == 24  # each on all of dev, counted on the model
+    # the same prompts as a search's starts: the search keeps the same one
+    class Starts(Paraphraser):
+        def initial(self, state):
+            return prompts
+
+    assert search(Starts(steps=0), RuleTarget(sentiment_rule), task, ctx()).instruction == prompts[1].instruction
+    target.budget = Budget(limits={"target_calls": 12})  # pays for the first prompt only
+    choice = best_of(prompts, target, task, ctx())
+    assert (choice.index, choice.scores, choice.stopped) == (0, [0.5, None, None], "budget")
+
+
+def test_few_shot_trials_keep_the_best_draw_on_dev_ties_by_the_gold_label_probability(tiny_lm):
+    import promptlift
+    from promptlift.artifacts import TextPrompt as TP
+    from promptlift.engine.evaluate import evaluate, gold_label_logprob
+    from promptlift.methods.base import RunContext
+    from promptlift.methods.shared import balanced_sample
+
+    task = synth_task()
+    run = promptlift.optimize("few-shot", tiny_lm, task, shots=2, trials=4, progress=False, eval_splits=())
+    rng = RunContext(seed=0).rng()
+    draws = [TP(instruction=task.instruction, demos=balanced_sample(task, 2, rng)) for _ in range(4)]
+    ranked = []
+    for i, p in enumerate(draws):
+        res = evaluate(tiny_lm, task, p, split="dev", progress=False)
+        tie = sum(gold_label_logprob(task, r) for r in res.predictions) / len(res.predictions)
+        ranked.append((-res.accuracy, -tie, i))
+    best = min(ranked)[2]
+    assert run.prompt.demos == draws[best].demos

@@ -172,7 +172,7 @@ def test_instruction_auto_keeps_whichever_start_scores_better_on_dev(name, tmp_p
 def test_instruction_auto_ties_and_no_dev_keep_the_task_s_instruction(monkeypatch):
     import types
 
-    import promptlift.engine.evaluate as ev
+    import promptlift.engine.search.state as st
     from promptlift.methods.hard.common import best_body
     from promptlift.methods.shared import Fixed, instruction_choices
 
@@ -186,12 +186,13 @@ def test_instruction_auto_ties_and_no_dev_keep_the_task_s_instruction(monkeypatc
     assert instruction_choices("demos", task, demos=3, seed=2)[0].demos != auto[2].demos
     assert instruction_choices("auto", dataclasses.replace(task, train=[]), demos=3) == auto[:2]
     rows = []
-    ctx = types.SimpleNamespace(record=lambda **r: rows.append(r))
+    ctx = types.SimpleNamespace(seed=0, record=lambda **r: rows.append(r))
     blank = dataclasses.replace(task, dev=[])  # no dev set: nothing to choose on, the first is kept
     body = lm.encode(task.instruction)
     assert best_body(lm, blank, [5, 6], auto, ctx) == (body, [])
     # a tie, labels decided without scores (generation): the first
-    monkeypatch.setattr(ev, "evaluate", lambda *a, **k: types.SimpleNamespace(accuracy=0.5, predictions=[{}]))
+    monkeypatch.setattr(st, "evaluate", lambda *a, examples, **k: types.SimpleNamespace(
+        predictions=[{"pred": None, "score": 0.5} for _ in examples]))  # dev accuracy 0.5 each
     assert best_body(lm, task, [5, 6], auto, ctx) == (body, [])
     assert rows == [{"event": "instruction", "dev": {task.instruction: 0.5, "none": 0.5,
                                                      f"{task.instruction} + 3 demos": 0.5},
@@ -201,7 +202,7 @@ def test_instruction_auto_ties_and_no_dev_keep_the_task_s_instruction(monkeypatc
 def test_instruction_auto_ties_on_classification_go_to_the_gold_label_probability_at_no_cost(monkeypatch):
     import types
 
-    import promptlift.engine.evaluate as ev
+    import promptlift.engine.search.state as st
     from promptlift.methods.hard.common import best_body
     from promptlift.methods.shared import instruction_choices
 
@@ -210,24 +211,26 @@ def test_instruction_auto_ties_on_classification_go_to_the_gold_label_probabilit
     labels = task.label_names
     calls = []
 
-    def evaluate(lm_, task_, prompt, **k):  # every start predicts the first label; "none" leans to the gold one
-        calls.append(prompt)
+    def evaluate(lm_, task_, prompt, examples, **k):  # every start predicts the first label (dev accuracy 0.5);
+        calls.append(prompt)                           # "none" leans to the gold one
         margin = 0.2 if len(prompt.ids) == 2 and not prompt.demos else 3.0
-        recs = [{"gold": ex.output, "scores": {n: (0.0 if n == labels[0] else -margin) for n in labels}}
-                for ex in task_.dev]
-        return types.SimpleNamespace(accuracy=0.5, predictions=recs)
+        recs = [{"gold": ex.output, "pred": labels[0], "score": 0.5,
+                 "scores": {n: (0.0 if n == labels[0] else -margin) for n in labels}} for ex in examples]
+        return types.SimpleNamespace(predictions=recs)
 
-    monkeypatch.setattr(ev, "evaluate", evaluate)
-    monkeypatch.setattr(ev, "reference_logprob", lambda *a: pytest.fail("classification pays no extra call"))
-    body, demos = best_body(lm, task, [5, 6], auto, types.SimpleNamespace(record=lambda **r: None))
+    monkeypatch.setattr(st, "evaluate", evaluate)
+    monkeypatch.setattr(st, "answer_scores", lambda *a: pytest.fail("classification pays no extra call"))
+    body, demos = best_body(lm, task, [5, 6], auto, types.SimpleNamespace(seed=0, record=lambda **r: None))
     assert (body, demos) == (auto[1].ids(lm), []) and len(calls) == 3
 
 
 def test_instruction_auto_ties_on_a_generation_task_go_to_the_reference_answers_log_probability(monkeypatch):
     import types
 
-    import promptlift.engine.evaluate as ev
-    from promptlift.methods.hard.common import TIEBREAK, best_body
+    import promptlift.engine.search.state as st
+    from promptlift.engine.search import TIEBREAK
+    from promptlift.errors import UnsupportedError
+    from promptlift.methods.hard.common import best_body
     from promptlift.methods.shared import instruction_choices
 
     lm = make_tiny_lm()
@@ -235,19 +238,23 @@ def test_instruction_auto_ties_on_a_generation_task_go_to_the_reference_answers_
     task = Task.from_rows({"train": rows[:6], "dev": rows[6:], "test": rows[:2]}, name="plural", kind="generation",
                           instruction="Pluralise.")
     auto = instruction_choices("auto", task, demos=2, seed=0)
-    ctx = types.SimpleNamespace(record=lambda **r: None)
-    monkeypatch.setattr(ev, "evaluate", lambda *a, **k: types.SimpleNamespace(accuracy=0.0))  # 0 exact matches each
+    ctx = types.SimpleNamespace(seed=0, record=lambda **r: None)
+    monkeypatch.setattr(st, "evaluate", lambda *a, examples, **k: types.SimpleNamespace(
+        predictions=[{"pred": "", "score": 0.0} for _ in examples]))  # 0 exact matches each
     seen = []
 
     def logprob(lm_, task_, prompt, exs):  # the examples' start helps most here
         seen.append(len(exs))
-        return -1.0 if prompt.demos else -5.0
+        return torch.full((len(exs),), -1.0 if prompt.demos else -5.0)
 
-    monkeypatch.setattr(ev, "reference_logprob", logprob)
+    monkeypatch.setattr(st, "answer_scores", logprob)
     body, demos = best_body(lm, task, [5, 6], auto, ctx)
     assert demos == auto[2].demos and body == lm.encode(task.instruction)
     assert seen == [min(TIEBREAK, len(task.dev))] * 3
-    monkeypatch.setattr(ev, "reference_logprob", lambda *a: None)  # cannot score a given answer: the first
+    def cannot(*a):
+        raise UnsupportedError("a chat endpoint")
+
+    monkeypatch.setattr(st, "answer_scores", cannot)  # cannot score a given answer: the first
     assert best_body(lm, task, [5, 6], auto, ctx) == (lm.encode(task.instruction), [])
 
 

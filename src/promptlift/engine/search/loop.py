@@ -69,6 +69,7 @@ import math
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -80,7 +81,7 @@ from ...lm.budget import COUNTERS, Budget
 from ...runs import truncate_history
 from ...task import Task
 from ..select import cost_to_finish, select
-from .protocol import Candidate, Result, SearchMethod
+from .protocol import TIEBREAK, Candidate, Result, SearchMethod, SearchSettings
 from .state import CHECKPOINT, Limits, SearchState, read_checkpoint, write_checkpoint
 
 _PASSTHROUGH = ("forward", "backward", "prompt_tokens", "completion_tokens")  # enforced by the models' budgets
@@ -113,47 +114,9 @@ def search(method: SearchMethod, lm, task: Task, ctx, *, optimizer=None, limits:
     limits: search limits ({"calls": 200, "target_calls": ..}) on top of `lm.budget.limits`.
     The returned prompt's `meta` holds the search summary and its cost (`meta["cost"]`).
     """
-    settings = method.search_settings()
     optimizer = optimizer or getattr(ctx, "optimizer_lm", None) or lm
-    state = SearchState(method.name, task, lm, optimizer, settings, ctx.seed,
-                        Limits.from_budget(lm.budget, limits))
-    config = _method_config(method)
-    ckpt = Path(ctx.run_dir) / "checkpoint" / CHECKPOINT if ctx.run_dir else None
     t0 = time.perf_counter()
-    with _search_budgets([lm, optimizer]):
-        resumed = ckpt is not None and ctx.resume and ckpt.exists()
-        if resumed:
-            read_checkpoint(state, ckpt, config)
-            truncate_history(ctx.run_dir, lambda r: not isinstance(r.get("step"), int) or r["step"] <= state.step)
-            print(f"promptlift: {method.name}: resuming from {ckpt} after step {state.step}", file=sys.stderr)
-        _print_estimate(method, state)
-        snapshot = (json.dumps(state.data), state.rng.getstate(), state.step)
-        bar = tqdm(total=settings.steps, initial=min(state.step, settings.steps), desc=method.name, unit="step",
-                   disable=not ctx.progress, leave=False)
-        try:
-            if not resumed:
-                _initial(method, state, ctx)
-                snapshot = _commit(state, config, ckpt)
-            while state.step < settings.steps and not state.stopped:
-                before = state.best()[0]
-                state.step += 1
-                n_new = _one_step(method, state)
-                after_key, after_score = state.best()
-                state.stale = 0 if after_key != before else state.stale + 1
-                _record(ctx, state, n_new, t0)
-                snapshot = _commit(state, config, ckpt)
-                bar.update(1)
-                bar.set_postfix(best=f"{after_score or 0:.3f}", calls=state.spend.calls)
-                if settings.patience and state.stale >= settings.patience:
-                    state.stopped = "patience"
-        except BudgetExceeded as e:
-            state.stopped = "budget"
-            print(f"promptlift: {method.name}: {e}; keeping the best prompt so far", file=sys.stderr)
-            ctx.record(event="budget", step=snapshot[2], **state.spend.as_dict())
-            if ckpt is not None:  # keep what was paid for; method state stays at the last whole step
-                write_checkpoint(state, ckpt, state.to_json(config, *snapshot))
-        finally:
-            bar.close()
+    state, config, ckpt, snapshot = _run(method, lm, task, ctx, optimizer, limits)
     key, score = state.best()
     if key is None:  # the budget did not even pay for the starting prompt's evaluation
         key = next(iter(state.prompts), None)
@@ -169,6 +132,113 @@ def search(method: SearchMethod, lm, task: Task, ctx, *, optimizer=None, limits:
         write_checkpoint(state, ckpt, {**state.to_json(config, *snapshot), "done": True})
     _print_spend(method, state, score, time.perf_counter() - t0)
     return prompt
+
+
+@dataclass
+class Choice:
+    """What `best_of` chose: `index` of the best prompt, each prompt's dev score (None: not scored on all of
+    dev, the budget ran out first), and `stopped` ("budget" when it did)."""
+
+    index: int
+    scores: list[float | None]
+    stopped: str = ""
+
+
+def best_of(prompts: Sequence[Prompt], lm, task: Task, ctx, *, name: str = "best-of",
+            tiebreak: int = TIEBREAK) -> Choice:
+    """The best of `prompts` on dev, by the one rule every search ranks with (`SearchState.ranking`): the dev
+    score, then the tie value, then the earlier prompt. A zero-step search: the prompts are its starts, scored
+    on all of dev within the budget (a budget stop keeps the best scored so far, else the first: the caller
+    says so); it leaves no checkpoint, history or output of its own (`ctx` gives only the seed). Ties on a generation
+    task cost `tiebreak` target calls per tied prompt, as in a search."""
+    given = _Given(name, list(prompts), SearchSettings(steps=0, tiebreak=tiebreak))
+    state = _run(given, lm, task, _Aside(ctx.seed), lm, None, quiet=True)[0]
+    key = state.best()[0]
+    keys = [p.hash for p in prompts]
+    return Choice(keys.index(key) if key is not None else 0, [state.dev_score(k) for k in keys], state.stopped)
+
+
+@dataclass
+class _Given:
+    """The method of `best_of`: its starting prompts are given, it proposes nothing."""
+
+    name: str
+    prompts: list
+    settings: SearchSettings
+
+    def search_settings(self) -> SearchSettings:
+        return self.settings
+
+    def initial(self, state: SearchState) -> list[Prompt]:
+        return self.prompts
+
+    def propose(self, state: SearchState) -> list[Candidate]:
+        return []
+
+    def update(self, state: SearchState, scored: list[Result]) -> None:
+        pass
+
+
+@dataclass
+class _Aside:
+    """The run context of a search that leaves no trace (no checkpoint, history or progress bar)."""
+
+    seed: int
+    run_dir: None = None
+    resume: bool = False
+    progress: bool = False
+
+    def record(self, **row) -> None:
+        pass
+
+
+def _run(method: SearchMethod, lm, task: Task, ctx, optimizer, limits: dict | None,
+         quiet: bool = False) -> tuple[SearchState, dict, Path | None, tuple]:
+    """The loop: initial evaluation (or resume), then steps until done; returns the state, the method's
+    config, the checkpoint path and the snapshot of the last whole step."""
+    settings = method.search_settings()
+    state = SearchState(method.name, task, lm, optimizer, settings, ctx.seed,
+                        Limits.from_budget(lm.budget, limits))
+    config = _method_config(method)
+    ckpt = Path(ctx.run_dir) / "checkpoint" / CHECKPOINT if ctx.run_dir else None
+    t0 = time.perf_counter()
+    with _search_budgets([lm, optimizer]):
+        resumed = ckpt is not None and ctx.resume and ckpt.exists()
+        if resumed:
+            read_checkpoint(state, ckpt, config)
+            truncate_history(ctx.run_dir, lambda r: not isinstance(r.get("step"), int) or r["step"] <= state.step)
+            print(f"promptlift: {method.name}: resuming from {ckpt} after step {state.step}", file=sys.stderr)
+        if not quiet:
+            _print_estimate(method, state)
+        snapshot = (json.dumps(state.data), state.rng.getstate(), state.step)
+        bar = tqdm(total=settings.steps, initial=min(state.step, settings.steps), desc=method.name, unit="step",
+                   disable=not ctx.progress, leave=False)
+        try:
+            if not resumed:
+                _initial(method, state, ctx, quiet)
+                snapshot = _commit(state, config, ckpt)
+            while state.step < settings.steps and not state.stopped:
+                before = state.best()[0]
+                state.step += 1
+                n_new = _one_step(method, state)
+                after_key, after_score = state.best()
+                state.stale = 0 if after_key != before else state.stale + 1
+                _record(ctx, state, n_new, t0)
+                snapshot = _commit(state, config, ckpt)
+                bar.update(1)
+                bar.set_postfix(best=f"{after_score or 0:.3f}", calls=state.spend.calls)
+                if settings.patience and state.stale >= settings.patience:
+                    state.stopped = "patience"
+        except BudgetExceeded as e:
+            state.stopped = "budget"
+            if not quiet:
+                print(f"promptlift: {method.name}: {e}; keeping the best prompt so far", file=sys.stderr)
+            ctx.record(event="budget", step=snapshot[2], **state.spend.as_dict())
+            if ckpt is not None:  # keep what was paid for; method state stays at the last whole step
+                write_checkpoint(state, ckpt, state.to_json(config, *snapshot))
+        finally:
+            bar.close()
+    return state, config, ckpt, snapshot
 
 
 def _one_step(method: SearchMethod, state: SearchState) -> int:
@@ -251,12 +321,13 @@ def _in_rank_order(state: SearchState, results: list[Result]) -> list[Result]:
     return sorted(results, key=lambda r: (-r.score, -r.n, state.rank_key(r.key, r.score)[1] if r.n >= full else 0.0))
 
 
-def _initial(method: SearchMethod, state: SearchState, ctx) -> None:
+def _initial(method: SearchMethod, state: SearchState, ctx, quiet: bool = False) -> None:
     """Step 0: register the starting prompts and score them on the whole dev set."""
     starts = [Candidate(p, origin="initial") for p in method.initial(state)]
     for c in starts:
         state.add(c)
-    _print_plan(method, state, starts)
+    if not quiet:
+        _print_plan(method, state, starts)
     for c in starts:
         state.score(c.prompt, state.dev)
     results = [Result(c, c.prompt.hash, state.dev_score(c.prompt.hash) or 0.0, len(state.dev)) for c in starts]

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ...artifacts import Calibrated, KnnPrompt, TextPrompt
-from ...engine.evaluate import evaluate
-from ...errors import BudgetExceeded, ConfigError
+from ...engine.search import best_of
+from ...errors import ConfigError
 from ...registry import register
 from ..base import Method
 from ..shared import balanced_sample
@@ -19,7 +19,8 @@ from ..shared import balanced_sample
 
 @register("few-shot")
 class FewShot(Method):
-    """k demonstrations: random class-balanced (best of `trials` draws on dev), or nearest neighbours."""
+    """k demonstrations: random class-balanced (best of `trials` draws on dev, ties by the gold label's
+    probability, then the earlier draw), or nearest neighbours."""
 
     family = "baseline"
     smoke = {"shots": 2, "trials": 2}
@@ -56,17 +57,17 @@ class FewShot(Method):
             return wrap(KnnPrompt(instruction=instruction, pool=list(task.split("train")), k=c.shots,
                                   embedder=embedder))
         rng = ctx.rng()
-        best, best_score = None, -1.0
-        for t in range(c.trials):
-            prompt = wrap(TextPrompt(instruction=instruction, demos=balanced_sample(task, c.shots, rng)))
-            if c.trials == 1:
-                return prompt
-            try:
-                score = evaluate(lm, task, prompt, split="dev", progress=False).accuracy
-            except BudgetExceeded as e:
-                ctx.record(event="budget", step=t, message=str(e))
-                return best or prompt  # keep the best draw scored so far
+        draws = [wrap(TextPrompt(instruction=instruction, demos=balanced_sample(task, c.shots, rng)))
+                 for _ in range(c.trials)]
+        if c.trials == 1:
+            return draws[0]
+        choice = best_of(draws, lm, task, ctx, name=self.name)  # the search loop's one rule, ties included
+        for t, score in enumerate(choice.scores):
+            if score is None:
+                ctx.record(event="budget", step=t, message="budget exhausted: the remaining draws were not scored")
+                break
             ctx.record(step=t, dev_score=score)
-            if score > best_score:
-                best, best_score = prompt, score
+        best = draws[choice.index]
+        if choice.stopped:
+            best.meta = {**best.meta, "stopped": choice.stopped}
         return best

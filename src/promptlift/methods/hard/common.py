@@ -9,61 +9,31 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ...engine.search import TIEBREAK
+from ...engine.search import best_of
 from ...engine.soft import soft_prefix_kv
-from ...errors import BudgetExceeded, ConfigError
+from ...errors import ConfigError
 from ..shared import Fixed, token_prompt, vocab_size
 
 METRICS = ("cosine", "l2")
 
 
-def best_on_dev(lm, task, prompts: list, results: list) -> int:
-    """Index of the best of `prompts` given their dev `results` (`EvalResult`s), ties broken as the
-    search loop breaks them: by the higher log-probability of the reference answers, on classification
-    the gold label's over all of dev (free with the label scores), on a generation task on the first
-    `TIEBREAK` dev rows (one more target call each). Other ties, and ties where the target gives no
-    such value, go to the first."""
-    from ...engine.evaluate import gold_label_logprob, reference_logprob
-
-    scores = [r.accuracy for r in results]
-    best = max(range(len(prompts)), key=lambda i: (scores[i], -i))
-    tied = [i for i in range(len(prompts)) if scores[i] == scores[best]]
-    if len(tied) > 1:
-        if task.is_classification:
-            ties = [_mean([gold_label_logprob(task, rec) for rec in results[i].predictions]) for i in tied]
-        else:
-            ties = [reference_logprob(lm, task, prompts[i], task.dev[:TIEBREAK]) for i in tied]
-        if None not in ties:
-            best = tied[max(range(len(tied)), key=lambda j: (ties[j], -j))]
-    return best
-
-
 def best_body(lm, task, found: list[int], choices: list[Fixed], ctx) -> tuple[list[int], list]:
     """The fixed part (instruction tokens, demos) of the best start on dev, for a method that trains.
 
-    Each of `choices` after the starting tokens `found` is scored on dev through the engine; ties
-    as `best_on_dev` breaks them. One choice, no dev set, or a budget that runs out: the first.
+    Each of `choices` after the starting tokens `found` is scored on dev and the best kept by the
+    search loop's one rule (`engine.search.best_of`: ties by the reference answers' log-probability,
+    then the first). One choice or no dev set: the first; a budget that runs out: the best scored so far.
     """
-    from ...engine.evaluate import evaluate
-
     bodies = [f.ids(lm) for f in choices]
     if len(bodies) == 1 or not task.dev:
         return bodies[0], list(choices[0].demos)
     prompts = [token_prompt(lm, found, b, demos=f.demos) for b, f in zip(bodies, choices)]
-    try:
-        results = [evaluate(lm, task, p, split="dev", progress=False, reporter=ctx.reporter) for p in prompts]
-    except BudgetExceeded as e:
-        ctx.note(f"{e}; keeping the task's instruction")
-        return bodies[0], list(choices[0].demos)
-    best = best_on_dev(lm, task, prompts, results)
-    ctx.record(event="instruction", dev={f.label: r.accuracy for f, r in zip(choices, results)},
-               kept=choices[best].label)
-    return bodies[best], list(choices[best].demos)
-
-
-def _mean(values: list) -> float | None:
-    """The mean, or None if any value is missing."""
-    return None if not values or None in values else sum(values) / len(values)
+    choice = best_of(prompts, lm, task, ctx, name="instruction")
+    if choice.stopped:
+        ctx.note(f"budget exhausted choosing the instruction; keeping {choices[choice.index].label!r}")
+    ctx.record(event="instruction", dev={f.label: s for f, s in zip(choices, choice.scores)},
+               kept=choices[choice.index].label)
+    return bodies[choice.index], list(choices[choice.index].demos)
 
 
 @torch.no_grad()

@@ -38,12 +38,13 @@ import torch.nn.functional as F
 from ...artifacts import SoftPrompt, load
 from ...engine.apply import TokenApplier
 from ...engine.evaluate import evaluate
+from ...engine.search import best_of
 from ...engine.soft import check_tensor_prompt
 from ...errors import BudgetExceeded, ConfigError
 from ...registry import get_method, register
 from ..base import Method
 from ..shared import VOCABS, SoftConfig, allowed_tokens, token_prompt
-from .common import METRICS, best_on_dev, similarity, vocab_embeddings
+from .common import METRICS, similarity, vocab_embeddings
 
 
 @dataclass
@@ -154,19 +155,22 @@ class Project(Method):
         return prompt
 
     def dev_before_after(self, lm, task, soft: SoftPrompt, prompts: list, ctx) -> tuple:
-        """The best of `prompts` on dev (ties: `common.best_on_dev`), and dev accuracy of the soft prompt and of it.
+        """The best of `prompts` on dev (the search loop's rule, `engine.search.best_of`), and the dev accuracy
+        of the soft prompt and of it.
 
-        Accuracies are None where there is no dev set or the budget ran out (then the first prompt is kept).
+        Accuracies are None where there is no dev set or the budget ran out (then the first prompt is kept,
+        or the best scored before it ran out).
         """
         out = {"dev_before": soft.meta.get("best_dev"), "dev_after": None}
         if not task.dev or lm.budget.exhausted():
             return prompts[0], out
         try:
             out["dev_before"] = evaluate(lm, task, soft, split="dev", progress=False, reporter=ctx.reporter).accuracy
-            results = [evaluate(lm, task, p, split="dev", progress=False, reporter=ctx.reporter) for p in prompts]
         except BudgetExceeded as e:
             ctx.note(f"{e}; dev accuracy before/after projection not measured")
             return prompts[0], out
-        best = best_on_dev(lm, task, prompts, results)
-        out["dev_after"] = results[best].accuracy
-        return prompts[best], out
+        choice = best_of(prompts, lm, task, ctx, name="project")
+        if choice.stopped:
+            ctx.note("budget exhausted choosing the projected prompt; keeping the best scored so far")
+        out["dev_after"] = choice.scores[choice.index]
+        return prompts[choice.index], out
