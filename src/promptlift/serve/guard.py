@@ -28,6 +28,7 @@ from . import protocol as P
 
 T = TypeVar("T")
 CLIENT_GONE = "client_closed_request"
+_WATCH_AFTER_S = 0.05  # a request still running after this is watched for its client going away
 
 # Fields an OpenAI-compatible server (vLLM, llama.cpp, ...) answers with the prompt it was sent: the prompt's
 # own log-probabilities or tokens, the prompt echoed, or a chat template of the client's choosing. A false or
@@ -218,19 +219,24 @@ async def _disconnected(request: Request) -> None:
 async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
     """`work`'s result, or (the client closed the connection first) `work` cancelled and a 499 raised.
 
-    `work` runs in this task (no task of its own: this is on every request's path); a watcher task cancels
-    this one if the client goes away first.
+    `work` runs in this task. Only a request still running after `_WATCH_AFTER_S` gets a watcher task that
+    cancels this one if the client goes away: on the fast path nothing but a timer is added.
     """
     me = asyncio.current_task()
-    state = {"gone": False, "done": False}
+    loop = asyncio.get_running_loop()
+    state: dict[str, Any] = {"gone": False, "done": False, "watcher": None}
 
     def client_left(watcher: asyncio.Task) -> None:
         if not state["done"] and not watcher.cancelled() and watcher.exception() is None:
             state["gone"] = True
             me.cancel()
 
-    watcher = asyncio.ensure_future(_disconnected(request))
-    watcher.add_done_callback(client_left)
+    def watch() -> None:
+        if not state["done"]:
+            state["watcher"] = asyncio.ensure_future(_disconnected(request))
+            state["watcher"].add_done_callback(client_left)
+
+    timer = loop.call_later(_WATCH_AFTER_S, watch)
     try:
         return await work
     except asyncio.CancelledError:
@@ -242,7 +248,9 @@ async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
                            CLIENT_GONE) from None
     finally:
         state["done"] = True
-        watcher.cancel()
+        timer.cancel()
+        if state["watcher"] is not None:
+            state["watcher"].cancel()
 
 
 __all__ = ["CLIENT_GONE", "PROMPT_RETURNING", "Scrubber", "check_fields", "hidden_texts", "openai_http_errors",
