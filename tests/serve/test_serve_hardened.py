@@ -330,3 +330,14 @@ def test_limits_fields_are_validated(tmp_path):
                           ({"max_connections": 0}, "max_connections")):
         with pytest.raises(ConfigError, match=match):
             parse_config({"routes": [route], "limits": limits})
+
+
+def test_client_gone_mid_stream_is_logged_as_499(tmp_path, fake, proxies):
+    px = proxies(load_config(basic_config(tmp_path, fake)))
+    fake.script = [("hold", 2.0)]
+    with httpx.stream("POST", px.url + "/v1/chat/completions", json={**BODY, "stream": True}, timeout=5,
+                      headers={"authorization": f"Bearer {KEY}"}) as r:
+        first = next(r.iter_lines())
+        assert first.startswith("data:")  # the first chunk came, then the client hangs up
+    line = px.requests(1, timeout=3.0)[-1]
+    assert line["status"] == 499 and line["error"] == "client_closed_request"
