@@ -48,3 +48,15 @@ def run_history(path):
     from promptlift.runs import read_jsonl
 
     return [{k: v for k, v in r.items() if k != "time"} for r in read_jsonl(path / "history.jsonl")]
+
+
+def test_the_search_loop_reports_through_the_reporter(capsys):
+    from promptlift.registry import get_method
+
+    cap = Capture()
+    run = promptlift.optimize("ape", make_tiny_lm(), synth_task(), reporter=cap, eval_splits=(),
+                              **get_method("ape").smoke)
+    assert any(n.startswith("ape: spent ") and "calls" in n for n in cap.notes)  # the spend after the search
+    assert any(n.startswith("ape: ") and "limits:" in n for n in cap.notes)  # the estimate before it
+    assert [r["step"] for r in cap.records if "step" in r and "event" not in r]  # one record per step
+    assert run.prompt is not None and capsys.readouterr().err == ""

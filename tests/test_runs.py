@@ -381,3 +381,33 @@ def test_trainer_state_round_trips_under_weights_only(tmp_path):
         assert torch.equal(a, b)
     assert back["history"] == state["history"] and back["config"] == state["config"]
     assert back["best"]["score"] == -math.inf and back["epoch"] == 2
+
+
+def test_the_run_directory_keeps_spend_and_predictions_for_resume(tmp_path):
+    """`RunDir.start` refuses, clears or resumes a run and hands back its spend; `predictions` reuses the records
+    of a killed evaluation only for the prompt the killed run saved."""
+    config = {"method": "m", "options": {"k": 1}, "model": "tiny", "task": "t", "seed": 0}
+    with RunDir(tmp_path / "run") as rd:
+        assert rd.start(config) == {}
+        rd.write_spend({"forward": 3, "calls": 2})
+        write_json(rd.path / "prompt.json", {"type": "text", "sha256": "abc"})
+        with rd.predictions("dev", "abc") as (done, write):  # a new run: nothing to reuse
+            assert done == []
+            write([{"i": 0}, {"i": 1}])
+    with RunDir(tmp_path / "run") as rd:
+        with pytest.raises(ConfigError, match="already holds a run"):
+            rd.start(config)
+        with pytest.raises(ConfigError, match="other settings: seed 0 -> 1"):
+            rd.start({**config, "seed": 1}, resume=True)
+        assert rd.start(config, resume=True) == {"forward": 3, "calls": 2}
+        with rd.predictions("dev", "abc") as (done, write):  # the same prompt: its records are kept, new ones follow
+            assert done == [{"i": 0}, {"i": 1}]
+            write([{"i": 2}])
+        assert [r["i"] for r in rd.done_predictions("dev")] == [0, 1, 2]
+        with rd.predictions("dev", "another") as (done, write):  # another prompt: the file starts afresh
+            assert done == []
+        assert rd.done_predictions("dev") == []
+        (rd.path / "spend.json").write_text("{not json")
+        with pytest.raises(ConfigError, match="corrupt spend record"):
+            rd.start(config, resume=True)
+        assert rd.start(config, overwrite=True) == {} and not (rd.path / "spend.json").exists()

@@ -10,8 +10,8 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,13 +19,11 @@ from typing import Any
 from .artifacts import Prompt
 from .artifacts import load as load_prompt
 from .engine.evaluate import EvalResult, evaluate
-from .errors import ConfigError, PromptliftError
 from .lm.base import model_key
 from .lm.budget import Budget
 from .methods.base import RunContext
 from .registry import get_method
-from .files import write_json
-from .runs import RunDir
+from .runs import RunDir, config_differences  # noqa: F401  (config_differences: the CLI reads it here)
 from .task import Task
 
 __all__ = ["optimize", "evaluate", "load_prompt", "Run"]
@@ -94,21 +92,14 @@ def optimize(method: str, lm, task: Task, *, out: str | Path | None = None, seed
         config["command"] = command
     rd = RunDir(out) if out is not None else None
     if rd is not None:
-        old = rd.read_config()
-        if old is not None and not resume:
-            if not overwrite:
-                raise ConfigError(f"{rd.path} already holds a run; pass --resume to continue it, "
-                                  "--overwrite to replace it, or choose another --out")
-            rd.clear()
-        if resume and old is not None and _comparable(old) != _comparable(config):
-            raise ConfigError(f"{rd.path}: --resume with other settings than the run there: "
-                              f"{config_differences(_comparable(old), _comparable(config))}")
-        rd.write_config(config)
-    previous_hash = _saved_hash(rd.path) if (rd is not None and resume) else None
-    if rd is not None and resume:
-        _restore_spend(rd.path, run_budget)  # what the killed run had spent still counts
+        run_budget.add(rd.start(config, resume=resume, overwrite=overwrite))  # a killed run's spend still counts
+
+        def log(row: dict) -> None:  # history and the spend so far: both survive a kill
+            rd.log(row)
+            rd.write_spend(run_budget.counters())
+
     ctx = RunContext(seed=seed, run_dir=rd.path if rd else None, resume=resume, progress=progress,
-                     log=_logger(rd, run_budget) if rd else None, optimizer_lm=optimizer_lm, reporter=reporter)
+                     log=log if rd else None, optimizer_lm=optimizer_lm, reporter=reporter)
     ctx.seed_everything()
 
     outer = lm.budget
@@ -118,9 +109,7 @@ def optimize(method: str, lm, task: Task, *, out: str | Path | None = None, seed
         prompt = m.fit(lm, task, ctx)
     finally:
         lm.budget = outer
-        for k, v in run_budget.used().items():
-            if k != "tokens":
-                setattr(outer, k, getattr(outer, k) + v)
+        outer.add(run_budget.counters())
     fit_seconds = time.perf_counter() - t0
     searched = prompt.meta.get("search") if isinstance(prompt.meta.get("search"), dict) else {}
     stopped = "budget" if (run_budget.exhausted() or "budget" in (prompt.meta.get("stopped"), searched.get("stopped"))) \
@@ -130,22 +119,17 @@ def optimize(method: str, lm, task: Task, *, out: str | Path | None = None, seed
     prompt = dataclasses.replace(prompt, model=model_key(lm), method=method).made_for(task)
     if rd is not None:
         prompt.save(rd.path)
-        _save_spend(rd.path, run_budget)
+        rd.write_spend(run_budget.counters())
 
     results: dict[str, EvalResult | None] = {"dev": None, "test": None}
-    same_prompt = previous_hash is not None and previous_hash == prompt.hash
     for split in eval_splits:
         if not getattr(task, split):
             continue
-        if rd is None:
+        # in a run directory predictions are written as they are computed; a killed evaluation of the same prompt
+        # resumes
+        with rd.predictions(split, prompt.hash) if rd is not None else nullcontext(([], None)) as (done, write):
             results[split] = evaluate(lm, task, prompt, split=split, batch_size=eval_batch_size, progress=progress,
-                                      reporter=ctx.reporter)
-            continue
-        # predictions are written as they are computed; a killed evaluation of the same prompt resumes
-        done = rd.done_predictions(split) if same_prompt else []
-        with rd.open_predictions(split, resume=bool(done)) as writer:
-            results[split] = evaluate(lm, task, prompt, split=split, batch_size=eval_batch_size, progress=progress,
-                                      on_records=writer.extend, done=done, reporter=ctx.reporter)
+                                      on_records=write, done=done, reporter=ctx.reporter)
     search_cost = prompt.meta.get("cost") if isinstance(prompt.meta.get("cost"), dict) else {}
     cost = {**run_budget.used(), **search_cost, "fit_seconds": round(fit_seconds, 3)}
     gain = _gain_over_zero_shot(lm, task, prompt, results["test"], eval_batch_size)
@@ -178,59 +162,3 @@ def _gain_over_zero_shot(lm, task: Task, prompt: Prompt, test: EvalResult | None
     rows = [(b["score"], a["score"]) for b, a in zip(base.predictions, test.predictions) if b["input"] == a["input"]]
     return {"baseline": "zero-shot", "baseline_score": base.accuracy,
             **paired_gain([b for b, _ in rows], [a for _, a in rows])}
-
-
-SPEND = "spend.json"
-
-
-def _saved_hash(run_dir: Path) -> str | None:
-    """The content hash of the artifact a (killed) run saved, if any."""
-    try:
-        return load_prompt(run_dir).hash
-    except PromptliftError:
-        return None
-
-
-def _save_spend(run_dir: Path, budget: Budget) -> None:
-    write_json(run_dir / SPEND, {k: v for k, v in budget.used().items() if k != "tokens"})
-
-
-def _restore_spend(run_dir: Path, budget: Budget) -> None:
-    """Add what an earlier (killed) run in `run_dir` spent to `budget`, so `--resume` keeps counting."""
-    path = run_dir / SPEND
-    if not path.exists():
-        return
-    try:
-        spent = json.loads(path.read_text())
-    except ValueError:
-        raise ConfigError(f"{path}: corrupt spend record (expected JSON counters)") from None
-    for k, v in spent.items():
-        if hasattr(budget, k) and isinstance(v, int):
-            setattr(budget, k, getattr(budget, k) + v)
-
-
-def _logger(rd: RunDir, budget: Budget):
-    """History logger that also records the spend so far (it survives a kill)."""
-
-    def log(row: dict) -> None:
-        rd.log(row)
-        _save_spend(rd.path, budget)
-
-    return log
-
-
-def _comparable(cfg: dict) -> dict:
-    return {k: cfg.get(k) for k in ("method", "options", "model", "task", "seed")}
-
-
-def config_differences(old: dict, new: dict, where: str = "") -> str:
-    """The keys whose values differ, with both values: "options.lr 0.03 -> 0.1; seed 0 -> 1"."""
-    out = []
-    for k in sorted(set(old) | set(new), key=str):
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            inner = config_differences(a, b, f"{where}{k}.")
-            out += [inner] if inner else []
-        elif a != b:
-            out.append(f"{where}{k} {a!r} -> {b!r}")
-    return "; ".join(out)

@@ -28,7 +28,8 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Callable, Iterable
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator
 
 from .errors import ConfigError, DataError
 from .files import TMP_PREFIX, append_lines, json_lines, read_jsonl, read_jsonl_prefix, write_json, write_lines
@@ -45,6 +46,26 @@ LOCK = ".promptlift-run.lock"
 OWNED_FILES = ("config.json", "history.jsonl", "result.json", "prompt.json", "prompt.safetensors", "spend.json")
 OWNED_GLOBS = ("predictions_*.jsonl", TMP_PREFIX + "*")
 CHECKPOINT = "checkpoint"
+SPEND = "spend.json"
+# what must match for --resume to continue a run
+COMPARABLE = ("method", "options", "model", "task", "seed")
+
+
+def _comparable(config: dict) -> dict:
+    return {k: config.get(k) for k in COMPARABLE}
+
+
+def config_differences(old: dict, new: dict, where: str = "") -> str:
+    """The keys whose values differ, with both values: "options.lr 0.03 -> 0.1; seed 0 -> 1"."""
+    out = []
+    for k in sorted(set(old) | set(new), key=str):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            inner = config_differences(a, b, f"{where}{k}.")
+            out += [inner] if inner else []
+        elif a != b:
+            out.append(f"{where}{k} {a!r} -> {b!r}")
+    return "; ".join(out)
 
 
 def truncate_history(run_dir: str | Path, keep: Callable[[dict], bool]) -> int:
@@ -174,6 +195,7 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         self.t0 = time.perf_counter()
         self._lock_fd: int | None = None
+        self._resumed_hash: str | None = None
         marker = self.path / MARKER
         _refuse_foreign(self.path)
         self._lock()
@@ -223,6 +245,63 @@ class RunDir:
             self.close()
         except Exception:
             pass
+
+    # --- a run's life: start or resume, spend, predictions ---------------------------------------
+    def start(self, config: dict, *, resume: bool = False, overwrite: bool = False) -> dict[str, int]:
+        """Begin the run `config` describes here, or continue the one here (`resume`); return what the earlier
+        (killed) run had spent ({counter: amount}, empty for a new run), so the budget keeps counting.
+
+        A run already here is refused unless `resume` (then with the same method, options, model,
+        task and seed) or `overwrite` (its files are cleared). On resume the hash of the artifact
+        the earlier run saved is remembered: its predictions are reused only for that same prompt.
+        """
+        old = self.read_config()
+        if old is not None and not resume:
+            if not overwrite:
+                raise ConfigError(f"{self.path} already holds a run; pass --resume to continue it, "
+                                  "--overwrite to replace it, or choose another --out")
+            self.clear()
+        if resume and old is not None and _comparable(old) != _comparable(config):
+            raise ConfigError(f"{self.path}: --resume with other settings than the run there: "
+                              f"{config_differences(_comparable(old), _comparable(config))}")
+        self.write_config(config)
+        self._resumed_hash = self._saved_hash() if resume else None
+        return self.spent() if resume else {}
+
+    def _saved_hash(self) -> str | None:
+        """The content hash recorded in the prompt.json a run saved here, if any."""
+        try:
+            h = json.loads((self.path / "prompt.json").read_text(encoding="utf-8")).get("sha256")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return h if isinstance(h, str) else None
+
+    def spent(self) -> dict[str, int]:
+        """The budget counters spend.json records ({} if none)."""
+        path = self.path / SPEND
+        if not path.exists():
+            return {}
+        try:
+            spent = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            raise ConfigError(f"{path}: corrupt spend record (expected JSON counters)") from None
+        if not isinstance(spent, dict):
+            raise ConfigError(f"{path}: corrupt spend record (expected JSON counters)")
+        return {k: v for k, v in spent.items() if isinstance(v, int) and not isinstance(v, bool)}
+
+    def write_spend(self, counters: dict[str, int]) -> None:
+        """Record the budget spent so far (atomically; read back by `start(resume=True)`)."""
+        write_json(self.path / SPEND, counters)
+
+    @contextmanager
+    def predictions(self, split: str, prompt_hash: str) -> Iterator[tuple[list[dict], Callable[[list[dict]], None]]]:
+        """`(done, write)` for evaluating the prompt with `prompt_hash` on `split`: the records a killed
+        evaluation of that same prompt already wrote (none otherwise: the file starts afresh), and a
+        function appending new records as they are computed."""
+        same = self._resumed_hash is not None and self._resumed_hash == prompt_hash
+        done = self.done_predictions(split) if same else []
+        with self.open_predictions(split, resume=bool(done)) as writer:
+            yield done, writer.extend
 
     # --- content ----------------------------------------------------------------------------
     def clear(self) -> None:

@@ -75,6 +75,16 @@ class Budget:
         used = self.used()
         return next((k for k, lim in self.limits.items() if k in used and used[k] >= lim), None)
 
+    def counters(self) -> dict[str, int]:
+        """The counters themselves ({name: amount}; `tokens`, their sum, left out): what a run directory records."""
+        return {k: getattr(self, k) for k in COUNTERS}
+
+    def add(self, counters: dict[str, int]) -> None:
+        """Count what was spent elsewhere (a killed run's spend, on --resume), without checking the limits."""
+        for k, v in counters.items():
+            if k in COUNTERS:
+                setattr(self, k, getattr(self, k) + int(v))
+
     def used(self) -> dict[str, int]:
         d = {k: getattr(self, k) for k in COUNTERS}
         d["tokens"] = self.prompt_tokens + self.completion_tokens

@@ -53,8 +53,8 @@ The loop owns:
   `ctx.resume` continues from it. A budget stop checkpoints the scores it paid for
   (method state stays at the last whole step), so resuming with a larger budget
   wastes nothing.
-- **Progress and history**: a tqdm bar, one `ctx.record` line per step, the
-  estimated calls printed before the start and the spend after.
+- **Progress and history**: through `ctx` (the run's reporter, never stderr): a progress bar,
+  one `ctx.record` line per step, notes of the estimated calls before the start and the spend after.
 
 The optimizer and the target are separate `LM` objects (`optimizer=`, else
 `ctx.optimizer_lm`, else the target proposes for itself). This module never asks
@@ -66,18 +66,16 @@ from __future__ import annotations
 import copy
 import json
 import math
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
-
-from tqdm.auto import tqdm
+from typing import Any, Iterator, Sequence
 
 from ...artifacts import Prompt, TextPrompt
 from ...errors import BudgetExceeded
 from ...lm.budget import COUNTERS, Budget
+from ...reporter import Quiet
 from ...runs import truncate_history
 from ...task import Task
 from ..select import cost_to_finish, select
@@ -130,7 +128,7 @@ def search(method: SearchMethod, lm, task: Task, ctx, *, optimizer=None, limits:
     })
     if ckpt is not None and state.stopped != "budget":
         write_checkpoint(state, ckpt, {**state.to_json(config, *snapshot), "done": True})
-    _print_spend(method, state, score, time.perf_counter() - t0)
+    _note_spend(method, state, score, time.perf_counter() - t0, ctx)
     return prompt
 
 
@@ -152,7 +150,7 @@ def best_of(prompts: Sequence[Prompt], lm, task: Task, ctx, *, name: str = "best
     says so); it leaves no checkpoint, history or output of its own (`ctx` gives only the seed). Ties on a generation
     task cost `tiebreak` target calls per tied prompt, as in a search."""
     given = _Given(name, list(prompts), SearchSettings(steps=0, tiebreak=tiebreak))
-    state = _run(given, lm, task, _Aside(ctx.seed), lm, None, quiet=True)[0]
+    state = _run(given, lm, task, _Aside(ctx.seed, getattr(ctx, "reporter", None)), lm, None, quiet=True)[0]
     key = state.best()[0]
     keys = [p.hash for p in prompts]
     return Choice(keys.index(key) if key is not None else 0, [state.dev_score(k) for k in keys], state.stopped)
@@ -184,12 +182,19 @@ class _Aside:
     """The run context of a search that leaves no trace (no checkpoint, history or progress bar)."""
 
     seed: int
+    reporter: Any = None  # the caller's: notes of the scoring itself (e.g. a tie-break that cannot run) reach it
     run_dir: None = None
     resume: bool = False
     progress: bool = False
 
     def record(self, **row) -> None:
         pass
+
+    def note(self, message: str) -> None:
+        pass
+
+    def bar(self, total: int, desc: str, *, initial: int = 0, unit: str = "step"):
+        return Quiet().progress(total, desc, initial=initial, unit=unit)
 
 
 def _run(method: SearchMethod, lm, task: Task, ctx, optimizer, limits: dict | None,
@@ -198,7 +203,7 @@ def _run(method: SearchMethod, lm, task: Task, ctx, optimizer, limits: dict | No
     config, the checkpoint path and the snapshot of the last whole step."""
     settings = method.search_settings()
     state = SearchState(method.name, task, lm, optimizer, settings, ctx.seed,
-                        Limits.from_budget(lm.budget, limits))
+                        Limits.from_budget(lm.budget, limits), ctx.reporter)
     config = _method_config(method)
     ckpt = Path(ctx.run_dir) / "checkpoint" / CHECKPOINT if ctx.run_dir else None
     t0 = time.perf_counter()
@@ -207,12 +212,11 @@ def _run(method: SearchMethod, lm, task: Task, ctx, optimizer, limits: dict | No
         if resumed:
             read_checkpoint(state, ckpt, config)
             truncate_history(ctx.run_dir, lambda r: not isinstance(r.get("step"), int) or r["step"] <= state.step)
-            print(f"promptlift: {method.name}: resuming from {ckpt} after step {state.step}", file=sys.stderr)
+            ctx.note(f"{method.name}: resuming from {ckpt} after step {state.step}")
         if not quiet:
-            _print_estimate(method, state)
+            _note_estimate(method, state, ctx)
         snapshot = (json.dumps(state.data), state.rng.getstate(), state.step)
-        bar = tqdm(total=settings.steps, initial=min(state.step, settings.steps), desc=method.name, unit="step",
-                   disable=not ctx.progress, leave=False)
+        bar = ctx.bar(settings.steps, method.name, initial=min(state.step, settings.steps))
         try:
             if not resumed:
                 _initial(method, state, ctx, quiet)
@@ -232,7 +236,7 @@ def _run(method: SearchMethod, lm, task: Task, ctx, optimizer, limits: dict | No
         except BudgetExceeded as e:
             state.stopped = "budget"
             if not quiet:
-                print(f"promptlift: {method.name}: {e}; keeping the best prompt so far", file=sys.stderr)
+                ctx.note(f"{method.name}: {e}; keeping the best prompt so far")
             ctx.record(event="budget", step=snapshot[2], **state.spend.as_dict())
             if ckpt is not None:  # keep what was paid for; method state stays at the last whole step
                 write_checkpoint(state, ckpt, state.to_json(config, *snapshot))
@@ -327,7 +331,7 @@ def _initial(method: SearchMethod, state: SearchState, ctx, quiet: bool = False)
     for c in starts:
         state.add(c)
     if not quiet:
-        _print_plan(method, state, starts)
+        _note_plan(method, state, starts, ctx)
     for c in starts:
         state.score(c.prompt, state.dev)
     results = [Result(c, c.prompt.hash, state.dev_score(c.prompt.hash) or 0.0, len(state.dev)) for c in starts]
@@ -361,16 +365,16 @@ def _method_config(method) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(cfg), default=str)) if dataclasses.is_dataclass(cfg) else {}
 
 
-def _print_estimate(method, state: SearchState) -> None:
+def _note_estimate(method, state: SearchState, ctx) -> None:
     est = getattr(method, "estimate", None)
     e = est(state) if est else None
     what = (f"about {e.get('target_calls', 0)} target calls + {e.get('optimizer_calls', 0)} optimizer calls"
             if e else "an unknown number of calls")
-    print(f"promptlift: {method.name}: {what} (dev {len(state.dev)} examples, {state.settings.steps} steps, "
-          f"selection {state.settings.selection}); limits: {state.limits.describe()}", file=sys.stderr)
+    ctx.note(f"{method.name}: {what} (dev {len(state.dev)} examples, {state.settings.steps} steps, "
+             f"selection {state.settings.selection}); limits: {state.limits.describe()}")
 
 
-def _print_plan(method, state: SearchState, starts: list[Candidate]) -> None:
+def _note_plan(method, state: SearchState, starts: list[Candidate], ctx) -> None:
     """Before the starts are scored: what they cost and how many candidates the target calls left then buy."""
     left = state.target_calls_left()
     if not math.isfinite(left):
@@ -379,17 +383,17 @@ def _print_plan(method, state: SearchState, starts: list[Candidate]) -> None:
     cost = n_dev * sum(1 for c in starts if state.dev_score(c.prompt.hash) is None)
     per = max(1, cost_to_finish(state.settings.selection, 1, n_dev, state.settings.select))
     after = max(0, int(left) - cost)
-    print(f"promptlift: {method.name}: budget plan: scoring the {len(starts)} starting prompt(s) on the {n_dev} dev "
-          f"rows costs {cost} of the {int(left)} target calls; the {after} left pay for about {after // per} "
-          f"candidate(s) scored on all of dev", file=sys.stderr)
+    ctx.note(f"{method.name}: budget plan: scoring the {len(starts)} starting prompt(s) on the {n_dev} dev "
+             f"rows costs {cost} of the {int(left)} target calls; the {after} left pay for about {after // per} "
+             f"candidate(s) scored on all of dev")
 
 
-def _print_spend(method, state: SearchState, best: float | None, seconds: float) -> None:
+def _note_spend(method, state: SearchState, best: float | None, seconds: float, ctx) -> None:
     s = state.spend
     skipped = ", ".join(f"{k} {v}" for k, v in sorted(state.skipped.items())) or "none"
     best_s = f"{best:.3f}" if best is not None else "n/a"
-    print(f"promptlift: {method.name}: spent {s.calls} calls ({s.target_calls} target, {s.optimizer_calls} "
-          f"optimizer; {s.cached_target_calls} cached scores free), {s.tokens} tokens, {seconds:.1f}s; "
-          f"{len(state.prompts)} candidates, best dev {best_s}; skipped proposals: {skipped}"
-          + (f"; stopped: {state.stopped}" if state.stopped else ""), file=sys.stderr)
+    ctx.note(f"{method.name}: spent {s.calls} calls ({s.target_calls} target, {s.optimizer_calls} "
+             f"optimizer; {s.cached_target_calls} cached scores free), {s.tokens} tokens, {seconds:.1f}s; "
+             f"{len(state.prompts)} candidates, best dev {best_s}; skipped proposals: {skipped}"
+             + (f"; stopped: {state.stopped}" if state.stopped else ""))
 

@@ -17,7 +17,6 @@ import hashlib
 import json
 import math
 import random
-import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from ...errors import ArtifactError, BudgetExceeded, ConfigError, UnsupportedErr
 from ...lm.base import GenerationConfig
 from ...lm.budget import Budget
 from ...files import write_json
+from ...reporter import Console, Reporter
 from ...task import Example, Task
 from ..evaluate import answer_scores, evaluate, gold_label_logprob
 from .protocol import Candidate, SearchSettings
@@ -140,8 +140,9 @@ class SearchState:
     """
 
     def __init__(self, method_name: str, task: Task, target, optimizer, settings: SearchSettings, seed: int,
-                 limits: Limits):
+                 limits: Limits, reporter: Reporter | None = None):
         self.method_name = method_name
+        self.reporter = reporter or Console(bars=False)  # the run's notes (the loop's `ctx.reporter`)
         self.task = task
         self.target = target
         self.optimizer = optimizer
@@ -207,7 +208,8 @@ class SearchState:
         self.spend.cached_target_calls += len(examples) - len(missing)
         if missing:
             def run():
-                return evaluate(self.target, self.task, prompt, examples=missing, progress=False)
+                return evaluate(self.target, self.task, prompt, examples=missing, progress=False,
+                                reporter=self.reporter)
 
             res = self.target_call(run, len(missing))
             for e, p in zip(missing, res.predictions):
@@ -334,8 +336,7 @@ class SearchState:
                 vals = self.target_call(lambda: answer_scores(self.target, self.task, self.prompts[key], exs), n)
             except UnsupportedError as e:
                 self._no_tiebreak = str(e) or type(e).__name__
-                print(f"promptlift: note: {self.method_name}: ties go to the earlier candidate: {self._no_tiebreak}",
-                      file=sys.stderr)
+                self.reporter.note(f"note: {self.method_name}: ties go to the earlier candidate: {self._no_tiebreak}")
                 return
             for k, v in zip(self._dev_keys[:n], vals.tolist()):
                 self.scores.get(model, key, k)["ref_logp"] = float(v)
