@@ -397,7 +397,7 @@ def test_the_run_directory_keeps_spend_and_predictions_for_resume(tmp_path):
     with RunDir(tmp_path / "run") as rd:
         with pytest.raises(ConfigError, match="already holds a run"):
             rd.start(config)
-        with pytest.raises(ConfigError, match="other settings: seed 0 -> 1"):
+        with pytest.raises(ConfigError, match="other settings than the run there: seed 0 -> 1"):
             rd.start({**config, "seed": 1}, resume=True)
         assert rd.start(config, resume=True) == {"forward": 3, "calls": 2}
         with rd.predictions("dev", "abc") as (done, write):  # the same prompt: its records are kept, new ones follow
