@@ -14,7 +14,13 @@ picks another artifact of that route (its `prompts:` in serve.yaml). Answers
 carry `X-Promptlift-Prompt` and `X-Promptlift-Prompt-Sha256`. How the artifact
 changes the request is in `serve.apply` (text, HTTP), `serve.embeds` (soft,
 vLLM) and `serve.local` (any artifact, local model); errors and their bodies
-are in `serve.protocol`.
+are in `serve.protocol`. The route decided at load time, per artifact, how it
+goes (`LiveRoute.via`) and how it answers (`LiveRoute.answers`): a classifier's
+artifact answers, by default, with the words of the label `eval` predicts
+(`engine.evaluate.classify` on the local model, or on the HTTP upstream through
+`serve.labels`), every label's score in `logprobs` when asked; `answer:
+generate` keeps free generation. This module never asks which kind of artifact
+it holds.
 
 Order of checks: body size from Content-Length (413), API key (401), rate
 limit (429), body size read (413, or 408 past `limits.client_body_timeout_s`),

@@ -9,8 +9,9 @@ So, quoting `promptlift.render`:
 
 - the caller's leading system/developer messages stay first, unchanged;
 - demonstrations become user/assistant turn pairs right after them, before the
-  caller's conversation (a demonstration answers with its label's words when
-  the route gives `labels`, else with its stored output);
+  caller's conversation (a demonstration answers with its label's words: the
+  route's `labels`, else those the artifact stores; without either, with its
+  stored output);
 - the instruction, followed by a blank line, is prepended to the content of the
   first user turn after the system messages (the first demonstration's, or the
   caller's first user message): never a system message, so the caller's own
