@@ -138,7 +138,7 @@ def test_a_soft_prompt_made_on_another_model_is_refused_before_loading(tiny_dir,
                  ["generate", "hello", "--prompt", path, "--model", tiny_dir]):
         code, _, err = cli(capsys, args)
         assert code == 2, err
-        assert "made on model 'smollm2-135m@sha256:0123'" in err and "--model smollm2-135m" in err, err
+        assert "made for model 'smollm2-135m@sha256:0123'" in err and "--model smollm2-135m" in err, err
         assert len(err.strip().splitlines()) == 1
     assert time.perf_counter() - t0 < 10
 

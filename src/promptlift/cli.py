@@ -81,10 +81,14 @@ def check_artifact(p, model: str, task=None, where: Path | str = "prompt") -> No
     from .models import BUNDLED, model_identity
 
     if not p.text_only and p.model and not model.startswith("openai:"):
-        if p.model not in (model, model_identity(model)):
+        try:
+            identity = model_identity(model)
+        except ConfigError:  # not a model this machine has: the artifact's own model is the useful hint
+            identity = None
+        if p.model not in (model, identity):
             name = p.model.split("@", 1)[0]
             hint = f"pass --model {name}" if name in BUNDLED else "pass --model with the model it was made on"
-            raise ArtifactError(f"{where}: this {p.type} prompt was made on model {p.model!r}, not {model!r}; {hint}")
+            raise ArtifactError(f"{where}: this {p.type} prompt was made for model {p.model!r}, not {model!r}; {hint}")
     if task is not None:
         check_labels(p, task)
 

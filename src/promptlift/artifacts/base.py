@@ -73,6 +73,9 @@ class Prompt:
     """
 
     type: ClassVar[str] = "base"
+    # False where the demonstrations nested inside answer with free text (reasoning that ends in a label), not
+    # with a label's words: label checks then leave them alone
+    demos_are_labels: ClassVar[bool] = True
     model: str | None = field(default=None, kw_only=True)
     task: str | None = field(default=None, kw_only=True)
     method: str = field(default="", kw_only=True)

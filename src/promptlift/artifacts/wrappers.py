@@ -57,6 +57,7 @@ class Reasoning(Prompt):
     """
 
     type: ClassVar[str] = "reasoning"
+    demos_are_labels: ClassVar[bool] = False  # its demonstrations answer with their reasoning
     inner: Prompt = field(default_factory=TextPrompt, metadata={"kind": "prompt"})
     trigger: str = "Let's think step by step."
     answer_trigger: str = "Therefore, the answer is"

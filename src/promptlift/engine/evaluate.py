@@ -87,8 +87,12 @@ def check_model(prompt: Prompt, lm, task: Task | None = None, reporter: Reporter
 
 
 def prompt_labels(prompt: Prompt) -> set[str]:
-    """The labels an artifact's demonstrations (and any nested artifact's) answer with."""
+    """The labels an artifact's demonstrations (and any nested artifact's) answer with (none where they answer
+    with their reasoning)."""
     import dataclasses
+
+    if not prompt.demos_are_labels:
+        return set()
 
     out = {ex.output for f in dataclasses.fields(prompt) if f.metadata.get("kind") == "examples"
            for ex in getattr(prompt, f.name) or ()}

@@ -81,7 +81,8 @@ def test_keywords_from_the_optimizer_raise_every_task_and_carry_to_a_new_one(tmp
                                 keywords_from=str(tmp_path / "kw"), eval_splits=("test",))
     assert again.prompt.instruction == "Classify. " + " ".join(p.meta["keywords"])
     assert again.prompt.meta["keywords_from"] == str(tmp_path / "kw")
-    assert target.answered - calls == len(c.test)  # only the evaluation: nothing was searched
+    # only the evaluations on test (the prompt's, and the zero-shot baseline's for the paired gain): nothing was searched
+    assert target.answered - calls == 2 * len(c.test)
     assert again.test.accuracy == 1.0 and accuracy(target, c, "Classify.") == 0.5
 
 
