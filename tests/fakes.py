@@ -31,6 +31,7 @@ from promptlift.lm.decode import decode
 from promptlift.methods.base import RunContext
 from promptlift.serve.app import build_app
 from promptlift.serve.config import hash_key
+from promptlift.serve.embeds import decode_embeds
 from promptlift.serve.server import ServerThread
 from promptlift.task import Example, Task
 
@@ -614,3 +615,52 @@ def serving(lm, **kw):
     """Context manager: a running `FakeOpenAIServer` over `lm`."""
     with FakeOpenAIServer(lm, **kw) as srv:
         yield srv
+
+
+class FakeVllm:
+    """/v1/completions with `prompt_embeds` (vLLM --enable-prompt-embeds), answered by the tiny model itself."""
+
+    def __init__(self, lm):
+        self.lm = lm
+        self.received: list[dict] = []
+        app = FastAPI()
+
+        @app.post("/v1/completions")
+        async def completions(request: Request):
+            body = json.loads(await request.body())
+            t = decode_embeds(body["prompt_embeds"])
+            self.received.append({**body, "tensor": t})
+            cfg = GenerationConfig(max_tokens=body.get("max_tokens", 16))
+            text = decode(self.lm, None, [[0] * t.shape[0]], cfg, row_embeds=t.unsqueeze(0))[0][0]
+            logprobs = None
+            if body.get("logprobs") is not None:  # vLLM: the first generated token's top log-probabilities
+                with torch.no_grad():
+                    hidden, _ = self.lm.forward(embeds=t.unsqueeze(0).to(self.lm.device))
+                    lp = F.log_softmax(self.lm.logits(hidden[0, -1]).float(), dim=-1).cpu()
+                allowed = body.get("allowed_token_ids") or list(range(lp.shape[0]))
+                gen = max(allowed, key=lambda i: float(lp[i]))  # greedy among the allowed tokens
+                top = lp.topk(int(body["logprobs"]))  # raw log-probabilities, as vLLM reports them
+                tok = self.lm.tokenizer.decode
+                tops = {tok([int(i)]): float(v) for v, i in zip(top.values, top.indices)}
+                tops[tok([gen])] = float(lp[gen])
+                text = tok([gen])
+                logprobs = {"tokens": [text], "token_logprobs": [float(lp[gen])], "text_offset": [0],
+                            "top_logprobs": [tops]}
+            usage = {"prompt_tokens": t.shape[0], "completion_tokens": 2, "total_tokens": t.shape[0] + 2}
+            if body.get("stream"):
+                async def events():
+                    for part in (text[:3], text[3:]):
+                        yield "data: " + json.dumps({"id": "c", "object": "text_completion", "created": 1,
+                                                     "model": body["model"], "choices": [
+                                                         {"index": 0, "text": part, "finish_reason": None}]}) + "\n\n"
+                    yield "data: " + json.dumps({"id": "c", "object": "text_completion", "created": 1,
+                                                 "model": body["model"], "choices": [
+                                                     {"index": 0, "text": "", "finish_reason": "stop"}]}) + "\n\n"
+                    yield "data: [DONE]\n\n"
+
+                return StreamingResponse(events(), media_type="text/event-stream")
+            return {"id": "c", "object": "text_completion", "created": 1, "model": body["model"],
+                    "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": logprobs}],
+                    "usage": usage}
+
+        self.app = app

@@ -5,6 +5,7 @@ render demonstrations as `eval` does."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import openai
@@ -23,7 +24,7 @@ from promptlift.serve.config import parse_config, single_route_config
 from promptlift.serve.routes import Resources, build_snapshot
 from promptlift.serve.server import ServerThread
 from promptlift.task import Example
-from fakes import learner, make_tiny_lm, serving, synth_task  # noqa: F401
+from fakes import FakeVllm, learner, make_tiny_lm, serving, synth_task  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROWS = 24
@@ -144,6 +145,54 @@ def test_served_classifier_answers_are_eval_predictions_on_an_endpoint(trained, 
     # the upstream saw the demonstrations answer with the label words, as eval sent them
     answers = {m["content"] for m in sent if m["role"] == "assistant"}
     assert answers and answers <= set(task.labels.values())
+
+
+def test_served_classifier_answers_are_eval_predictions_on_vllm_prompt_embeds(tmp_path):
+    """A trained soft prompt sent to vLLM as `prompt_embeds`: the labels are ranked by their first token's
+    log-probability among vLLM's first-token `top_logprobs`, and the answers are `eval`'s predictions row for row
+    (label words of one token each here, so the first token is the whole label eval scores)."""
+    lm, task = learner(), dataclasses.replace(synth_task(), labels={"negative": "the", "positive": "up"})
+    assert all(len(lm.encode(w)) == 1 for w in task.labels.values())
+    soft_run = tmp_path / "soft"
+    promptlift.optimize("prompt-tuning", lm, task, out=soft_run, progress=False, eval_splits=(), epochs=6, tokens=4,
+                        lr=0.1)
+    rows = task.test[:ROWS]
+    vllm = FakeVllm(lm)
+    with ServerThread(vllm.app) as up:
+        cfg = parse_config({"routes": [route(n, soft_run, up.url + "/v1", upstream_model="vllm", prompt_embeds=True,
+                                             embeds_model=lm.model_id, **extra)
+                                       for n, extra in (("soft", {}), ("soft-gen", {"answer": "generate"}))]})
+        with Proxy(cfg, lm) as px:
+            want = evaluate(lm, task, load(soft_run), examples=rows, progress=False).predictions
+            got = [px.ask("soft", ex.input).choices[0].message.content for ex in rows]
+            assert got == [task.labels[r["pred"]] for r in want]
+            assert len(set(got)) == 2  # trained: it tells the classes apart
+            sent = vllm.received[-1]
+            assert sent["max_tokens"] == 1 and sent["logprobs"] == 20 and "prompt" not in sent
+            out = px.ask("soft", rows[0].input, logprobs=True)
+            top = {t.token: t.logprob for t in out.choices[0].logprobs.content[0].top_logprobs}
+            true = {task.labels[k]: v for k, v in want[0]["scores"].items()}
+            assert set(top) == set(true) and out.choices[0].logprobs.content[0].token == got[0]
+            assert top[got[0]] == pytest.approx(true[got[0]], abs=1e-3)  # the chosen label's own log-probability
+            # another label outside vLLM's 20 most likely tokens scores a bound: below the chosen one, above its own
+            assert all(true[w] - 1e-3 <= v < top[got[0]] for w, v in top.items() if w != got[0])
+            c = px.client.completions.create(model="soft", prompt=rows[1].input, max_tokens=5)
+            assert c.choices[0].text == got[1]
+            x = rows[0].input  # free generation stays available per route
+            assert px.ask("soft-gen", x).choices[0].message.content == generate_with_prompt(
+                lm, load(soft_run), [x], max_tokens=5, task=task)[0]
+            assert vllm.received[-1].get("logprobs") is None
+
+
+def test_prompt_embeds_labels_with_one_first_token_are_refused(trained, tmp_path):
+    lm, task, soft_run, _ = trained
+    p = load(soft_run)
+    p.labels = {"negative": "cold day", "positive": "cold night"}
+    p.save(tmp_path / "same")
+    cfg = parse_config({"routes": [route("s", tmp_path / "same", "http://127.0.0.1:9/v1", prompt_embeds=True,
+                                         embeds_model=lm.model_id)]})
+    with pytest.raises(ConfigError, match="both begin with the token"):
+        build_snapshot(cfg, Resources(lms={lm.model_id: lm}))
 
 
 def test_answer_label_needs_label_words(tmp_path):

@@ -16,23 +16,20 @@ from pathlib import Path
 import openai
 import pytest
 import torch
-from fastapi import FastAPI, Request
-from fastapi.responses import StreamingResponse
 
 from fakes import DATA, make_tiny_lm
 from promptlift.artifacts import Calibrated, PrefixPrompt, Reasoning, SoftPrompt, TextPrompt
-from promptlift.lm.decode import decode
 from promptlift.engine.evaluate import generate_with_prompt
 from promptlift.errors import ConfigError
 from promptlift.lm.base import GenerationConfig, model_key
 from promptlift.serve.app import build_app
 from promptlift.serve.config import parse_config
-from promptlift.serve.embeds import decode_embeds, soft_input_embeds
+from promptlift.serve.embeds import soft_input_embeds
 from promptlift.serve.local import PrefixCache, _Job, run_jobs
 from promptlift.serve.routes import Resources, build_snapshot
 from promptlift.serve.server import ServerThread
 from promptlift.task import Example
-from fakes import DATA, make_tiny_lm, multi_token_task, single_token_task  # noqa: F401
+from fakes import DATA, FakeVllm, make_tiny_lm, multi_token_task, single_token_task  # noqa: F401
 
 INPUTS = ["the movie was great", "a terrible boring film", "sports results today", "world politics summit"]
 MAX_TOKENS = 6
@@ -260,40 +257,6 @@ def test_logprobs_and_echo_response_shapes(tmp_path, lm, served):
 
 
 # --- vLLM prompt_embeds ----------------------------------------------------------------------
-
-
-class FakeVllm:
-    """/v1/completions with `prompt_embeds` (vLLM --enable-prompt-embeds), answered by the tiny model itself."""
-
-    def __init__(self, lm):
-        self.lm = lm
-        self.received: list[dict] = []
-        app = FastAPI()
-
-        @app.post("/v1/completions")
-        async def completions(request: Request):
-            body = json.loads(await request.body())
-            t = decode_embeds(body["prompt_embeds"])
-            self.received.append({**body, "tensor": t})
-            cfg = GenerationConfig(max_tokens=body.get("max_tokens", 16))
-            text = decode(self.lm, None, [[0] * t.shape[0]], cfg, row_embeds=t.unsqueeze(0))[0][0]
-            usage = {"prompt_tokens": t.shape[0], "completion_tokens": 2, "total_tokens": t.shape[0] + 2}
-            if body.get("stream"):
-                async def events():
-                    for part in (text[:3], text[3:]):
-                        yield "data: " + json.dumps({"id": "c", "object": "text_completion", "created": 1,
-                                                     "model": body["model"], "choices": [
-                                                         {"index": 0, "text": part, "finish_reason": None}]}) + "\n\n"
-                    yield "data: " + json.dumps({"id": "c", "object": "text_completion", "created": 1,
-                                                 "model": body["model"], "choices": [
-                                                     {"index": 0, "text": "", "finish_reason": "stop"}]}) + "\n\n"
-                    yield "data: [DONE]\n\n"
-
-                return StreamingResponse(events(), media_type="text/event-stream")
-            return {"id": "c", "object": "text_completion", "created": 1, "model": body["model"],
-                    "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}], "usage": usage}
-
-        self.app = app
 
 
 def test_soft_prompt_to_vllm_as_prompt_embeds(tmp_path, lm, served):

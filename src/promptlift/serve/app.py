@@ -18,8 +18,9 @@ are in `serve.protocol`. The route decided at load time, per artifact, how it
 goes (`LiveRoute.via`) and how it answers (`LiveRoute.answers`): a classifier's
 artifact answers, by default, with the words of the label `eval` predicts
 (`engine.evaluate.classify` on the local model, or on the HTTP upstream through
-`serve.labels`), every label's score in `logprobs` when asked; `answer:
-generate` keeps free generation. This module never asks which kind of artifact
+`serve.labels`; a soft prompt on vLLM by its labels' first tokens, `serve.embeds`),
+every label's score in `logprobs` when asked; `answer: generate` keeps free
+generation. This module never asks which kind of artifact
 it holds.
 
 Order of checks: body size from Content-Length (413), API key (401), rate
@@ -76,7 +77,8 @@ from . import protocol as P
 from .apply import chat_messages, check_one_stage, completion_prompt, embeds_prompt
 from .auth import Caller, bearer_token
 from .config import DEFAULT_PROMPT, PROMPT_HEADER, ServeConfig
-from .embeds import encode_embeds, soft_input_embeds
+from .embeds import (TOP_LOGPROBS, encode_embeds, first_token_ids, first_token_top, label_targets, rank_labels,
+                     soft_input_embeds)
 from .metrics import Metrics
 from .ratelimit import RateLimiter, retry_after_header
 from .routes import EMBEDS, LOCAL, LiveRoute, Resources, Snapshot, build_snapshot, describe
@@ -424,7 +426,7 @@ async def _handle(state: ServerState, request: Request, endpoint: str) -> Respon
                    "x-promptlift-prompt-sha256": rec.sha256}
         task = live.tasks[pname]  # the route decided, per artifact, its labels, how it answers and goes
         if live.answers[pname] == "label" and not (endpoint == "completions" and payload.get("echo")):
-            work = _label(live, prompt, task, endpoint, payload, rec)
+            work = _label(live, pname, prompt, task, endpoint, payload, rec)
         elif live.via[pname] == LOCAL:
             work = _local(live, prompt, task, endpoint, payload, max_tokens, rec)
         elif live.via[pname] == EMBEDS:
@@ -618,6 +620,31 @@ async def _vllm_embeds(state: ServerState, live: LiveRoute, prompt, task, endpoi
     return Response(json.dumps(chat, ensure_ascii=False), media_type=JSON)
 
 
+async def _embeds_label(live: LiveRoute, prompt, task, conversation, rec: _Record):
+    """One input's label on vLLM: the spliced embeddings' first generated token's `top_logprobs` rank the labels
+    (`serve.embeds.rank_labels`)."""
+    lm = live.embeds_lm
+    try:
+        t = await run_in_threadpool(soft_input_embeds, lm, prompt, conversation, task)
+    except PromptliftError as e:
+        raise _bad(str(e), "invalid_value") from None
+    targets = label_targets(lm, prompt, task)
+    out = {"model": live.upstream_model, "prompt_embeds": encode_embeds(t), "max_tokens": 1, "temperature": 0,
+           "logprobs": TOP_LOGPROBS, "allowed_token_ids": first_token_ids(lm, targets)}
+    status, content = await live.http.post("/completions", out)
+    rec.upstream_status = status
+    d = _loads(content, live)
+    _usage(rec, d)
+    top = first_token_top((d.get("choices") or [{}])[0] or {})
+    if not top:
+        raise P.ServeError(502, "the upstream gave no first-token log-probabilities to rank the labels with",
+                           "upstream_error", "upstream_error")
+    try:
+        return rank_labels(top, targets, task, live.upstream_model)
+    except PromptliftError as e:
+        raise P.ServeError(502, str(e), "upstream_error", "upstream_error") from None
+
+
 def _loads(content: bytes, live: LiveRoute) -> dict:
     try:
         d = json.loads(content)
@@ -773,7 +800,7 @@ def _label_logprobs_asked(endpoint: str, payload: dict) -> bool:
     return lp is not None
 
 
-async def _label(live: LiveRoute, prompt, task, endpoint: str, payload: dict, rec: _Record):
+async def _label(live: LiveRoute, pname: str, prompt, task, endpoint: str, payload: dict, rec: _Record):
     """A classifier route's answer: the words of the label `eval` predicts for the input (`engine.evaluate.classify`
     on the route's upstream), with every label's score in `logprobs` when asked."""
     inputs = _conversation(endpoint, payload)
@@ -785,6 +812,8 @@ async def _label(live: LiveRoute, prompt, task, endpoint: str, payload: dict, re
         answers = [a.label for a in done]
         rec.prompt_tokens = sum(a.prompt_tokens for a in done)
         rec.completion_tokens = sum(a.completion_tokens for a in done)
+    elif live.via[pname] == EMBEDS:
+        answers = [await _embeds_label(live, prompt, task, x, rec) for x in inputs]
     else:
         try:
             answers = await run_in_threadpool(live.labeler.classify, prompt, task, endpoint, inputs)

@@ -20,10 +20,11 @@ from typing import Any, Callable
 
 from ..artifacts import Prompt
 from ..artifacts import load as load_artifact
-from ..errors import ArtifactError, ConfigError
+from ..errors import ArtifactError, ConfigError, UnsupportedError
 from .apply import check_http, embeds_prompt, label_task
 from .auth import KeyStore
 from .config import DEFAULT_PROMPT, Limits, Route, ServeConfig
+from .embeds import check_first_tokens, label_targets
 from .labels import EndpointLabeler
 from .local import LocalRunner, check_local
 from .upstream import HttpUpstream
@@ -223,13 +224,13 @@ def _live_route(rc: Route, limits: Limits, res: Resources) -> LiveRoute:
         soft = embeds_prompt(p) if up.prompt_embeds and not p.text_only else None
         live.via[name] = TEXT if soft is None else EMBEDS
         if answers[name] == "label":
-            if soft is not None:
+            if soft is not None and soft is not p:  # its label scores are not the first token's (calibrated, ...)
                 if rc.answer == "label":
-                    raise ConfigError(f"route {rc.name}: prompt {name!r}: a soft prompt sent to vLLM as "
+                    raise ConfigError(f"route {rc.name}: prompt {name!r}: a {p.type} prompt sent to vLLM as "
                                       "prompt_embeds answers by generation only (answer: generate); serve it with "
                                       "--upstream local to answer with its label")
                 answers[name] = "generate"
-            elif live.labeler is None:
+            elif soft is None and live.labeler is None:
                 live.labeler = res.labeler(up.url, key, live.upstream_model, limits)
         if soft is not None:
             model = up.embeds_model or _made_on(soft)
@@ -243,6 +244,12 @@ def _live_route(rc: Route, limits: Limits, res: Resources) -> LiveRoute:
                 check_local(soft, lm, task)
             except (ConfigError, ArtifactError) as e:
                 raise type(e)(f"route {rc.name}: prompt {name!r}: {e}") from None
+            if answers[name] == "label":
+                try:
+                    check_first_tokens(lm, label_targets(lm, soft, task), f"route {rc.name}: prompt {name!r}")
+                except UnsupportedError as e:
+                    raise ConfigError(f"{e} (a prompt_embeds route ranks labels the same way: "
+                                      "use answer: generate, or --upstream local)") from None
             live.embeds_lm = lm
     return live
 
