@@ -37,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (BENCHMARKS_MD, REPO, command_line, loadavg, machine_facts, md_table, now, progress,  # noqa: E402
                     write_section)
-from loadgen import KEY, cpu_seconds, free_port, load, stop, wait_http  # noqa: E402
+from loadgen import KEY, cpu_seconds, free_port, load, sentiment_route, stop, wait_http  # noqa: E402
 
 
 def tree_cpu_seconds(pid: int) -> float:
@@ -63,19 +63,9 @@ def tree_cpu_seconds(pid: int) -> float:
 
 def start_promptlift(tmp: Path, up_port: int, workers: int, extra_path: Path | None = None
                      ) -> tuple[subprocess.Popen, int, dict]:
-    from promptlift.artifacts import TextPrompt
     from promptlift.render import render
-    from promptlift.serve.config import hash_key
-    from promptlift.task import Example
 
-    prompt = TextPrompt(instruction="Classify the sentiment of the review as positive or negative.",
-                        demos=[Example("a wonderful, moving film", "positive"),
-                               Example("dull and far too long", "negative")])
-    prompt.save(tmp / "prompt")
-    cfg = {"routes": [{"name": "sentiment", "upstream": f"http://127.0.0.1:{up_port}/v1", "upstream_model": "fake",
-                       "prompt": str(tmp / "prompt"), "sha256": prompt.hash}],
-           "keys": [{"name": "bench", "sha256": hash_key(KEY)}], "workers": workers,
-           "limits": {"upstream_max_connections": 512}}
+    prompt, cfg = sentiment_route(tmp, up_port, workers=workers)
     (tmp / f"serve-{workers}.yaml").write_text(json.dumps(cfg))  # JSON is YAML
     port = free_port()
     log = open(tmp / f"promptlift-{workers}.log", "w")

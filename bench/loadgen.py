@@ -24,6 +24,26 @@ ANSWER = json.dumps({"id": "chatcmpl-fake", "object": "chat.completion", "create
                      "usage": {"prompt_tokens": 42, "completion_tokens": 1, "total_tokens": 43}}).encode()
 
 
+
+def sentiment_route(tmp: Path, up_port: int, limits: dict | None = None, **top) -> tuple:
+    """The serving benches' proxy set-up: a text prompt with 2 demonstrations saved to `tmp/prompt`, and a
+    serve.yaml config (dict) with one route `sentiment` to the fake upstream on `up_port`, one key (KEY), the
+    given `limits` (upstream_max_connections 512 by default) and top-level fields. Returns (prompt, config)."""
+    from promptlift.artifacts import TextPrompt
+    from promptlift.serve.config import hash_key
+    from promptlift.task import Example
+
+    prompt = TextPrompt(instruction="Classify the sentiment of the review as positive or negative.",
+                        demos=[Example("a wonderful, moving film", "positive"),
+                               Example("dull and far too long", "negative")])
+    prompt.save(tmp / "prompt")
+    cfg = {"routes": [{"name": "sentiment", "upstream": f"http://127.0.0.1:{up_port}/v1", "upstream_model": "fake",
+                       "prompt": str(tmp / "prompt"), "sha256": prompt.hash}],
+           "keys": [{"name": "bench", "sha256": hash_key(KEY)}], **top,
+           "limits": {"upstream_max_connections": 512, **(limits or {})}}
+    return prompt, cfg
+
+
 # --- the fake upstream: raw asyncio HTTP/1.1, keep-alive, one fixed answer -----------------------------
 
 

@@ -37,26 +37,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (BENCHMARKS_MD, REPO, command_line, loadavg, machine_facts, md_table, now, progress,  # noqa: E402
                     write_section)
-from loadgen import (KEY, RUN_DEADLINE_S, one_client, cpu_seconds, free_port, load, run_fake_upstream, stop,  # noqa: E402
-                     wait_http)
+from loadgen import (RUN_DEADLINE_S, cpu_seconds, free_port, load, one_client, run_fake_upstream,  # noqa: E402
+                     sentiment_route, stop, wait_http)
 
 def proxy_part(args, tmp: Path) -> tuple[list[list], dict]:
-    from promptlift.artifacts import TextPrompt
     from promptlift.render import render
-    from promptlift.serve.config import hash_key
-    from promptlift.task import Example
 
     up_port, px_port = free_port(), free_port()
     fake = subprocess.Popen([sys.executable, __file__, "--fake-upstream", str(up_port)], stdout=subprocess.PIPE,
                             text=True)
-    prompt = TextPrompt(instruction="Classify the sentiment of the review as positive or negative.",
-                        demos=[Example("a wonderful, moving film", "positive"),
-                               Example("dull and far too long", "negative")])
-    prompt.save(tmp / "prompt")
-    cfg = {"routes": [{"name": "sentiment", "upstream": f"http://127.0.0.1:{up_port}/v1", "upstream_model": "fake",
-                       "prompt": str(tmp / "prompt"), "sha256": prompt.hash}],
-           "keys": [{"name": "bench", "sha256": hash_key(KEY)}],
-           "limits": {"requests_per_minute": 0, "upstream_max_connections": 512}}
+    prompt, cfg = sentiment_route(tmp, up_port, limits={"requests_per_minute": 0})
     (tmp / "serve.yaml").write_text(json.dumps(cfg))  # JSON is YAML
     log_path = tmp / "requests.log"
     rows, raw = [], {}

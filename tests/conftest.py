@@ -29,6 +29,16 @@ def real_lm():
     return HFModel("smollm2-135m")
 
 
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """The tiny chat model saved as a transformers folder: `--model DIR` for the CLI in tests and subprocesses."""
+    d = tmp_path_factory.mktemp("tiny-model")
+    lm = make_tiny_lm()
+    lm.model.save_pretrained(d)
+    lm.tokenizer.save_pretrained(d)
+    return d
+
+
 @pytest.fixture
 def one_thread():
     """One torch thread: tiny models' matrices are too small for more, and on a busy 2-core machine two

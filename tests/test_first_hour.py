@@ -4,7 +4,6 @@ before any model loads, resume without retyping, a short method list, "did you m
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 import sys
@@ -13,21 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from fakes import make_tiny_lm
 from promptlift.artifacts import SoftPrompt, TextPrompt
 from promptlift.cli import main
 from promptlift.task import Example
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("tiny-model")
-    lm = make_tiny_lm()
-    lm.model.save_pretrained(d)
-    lm.tokenizer.save_pretrained(d)
-    return d
 
 
 @pytest.fixture

@@ -12,23 +12,12 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
-from fakes import REPO, make_tiny_lm
+from fakes import REPO
 from promptlift.artifacts import load
-from fakes import make_tiny_lm  # noqa: F401
 
 CLI = [sys.executable, "-m", "promptlift.cli"]
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("tiny-model")
-    lm = make_tiny_lm()
-    lm.model.save_pretrained(d)
-    lm.tokenizer.save_pretrained(d)
-    return d
 
 
 def write_task(d: Path, n_train: int, n_test: int) -> Path:
