@@ -9,6 +9,7 @@ representation, `KV`, and converts at the one boundary where a model is called
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -110,3 +111,38 @@ class KV:
             keys = [kv[0] for kv in cache]
             values = [kv[1] for kv in cache]
         return KV(keys, values, mask)
+
+
+def merge_prefixes(prefixes: Sequence[KV | None]) -> KV | None:
+    """One batch cache from per-row batch-1 caches of different lengths (right-padded, masked out).
+
+    The decoder gives every row positions from its own real length, so a padded
+    row reads exactly what it reads alone.
+    """
+    real = [p for p in prefixes if p is not None and p.seq_len > 0]
+    if not real:
+        return None
+    ref = real[0]
+    L = max(p.seq_len for p in real)
+    n_layers = ref.num_layers
+    keys: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
+    values: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
+    masks = []
+    for p in prefixes:
+        n = p.seq_len if p is not None else 0
+        for i in range(n_layers):
+            k0, v0 = ref.keys[i], ref.values[i]
+            if n:
+                k, v = p.keys[i], p.values[i]
+            else:
+                k, v = k0[:, :, :0], v0[:, :, :0]
+            if n < L:
+                k = torch.cat([k, k0.new_zeros(1, k0.shape[1], L - n, k0.shape[3])], dim=2)
+                v = torch.cat([v, v0.new_zeros(1, v0.shape[1], L - n, v0.shape[3])], dim=2)
+            keys[i].append(k)
+            values[i].append(v)
+        m = torch.zeros(1, L, dtype=torch.long, device=ref.mask.device)
+        if n:
+            m[:, :n] = p.mask.to(m.device)
+        masks.append(m)
+    return KV([torch.cat(k, 0) for k in keys], [torch.cat(v, 0) for v in values], torch.cat(masks, 0))

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from promptlift import TextPrompt, load
-from promptlift.artifacts import (FORMAT, Calibrated, KnnPrompt, PrefixPrompt, Reasoning, SoftPrompt, TokenPrompt,
-                                  artifact_types, content_hash)
+from promptlift.artifacts import (FORMAT, Calibrated, KnnPrompt, MixturePrompt, PrefixPrompt, Reasoning, SoftPrompt,
+                                  TokenPrompt, artifact_types, content_hash)
 from promptlift.errors import ArtifactError, PromptliftError
 from promptlift.task import Example
 from fakes import ctx  # noqa: F401
@@ -35,7 +35,9 @@ def _every_type() -> dict[str, object]:
     token = TokenPrompt(ids=[17, 3, 250, 3], text=" great «x»\n", model="tiny", meta={"reencodes": False})
     return {"text": make_prompt(), "knn": knn, "token": token, "soft": soft, "prefix": prefix,
             "calibrated": Calibrated(inner=soft, content_free=["N/A"]),
-            "reasoning": Reasoning(inner=Calibrated(inner=knn), trigger="Think.")}
+            "reasoning": Reasoning(inner=Calibrated(inner=knn), trigger="Think."),
+            "mixture": MixturePrompt(members=[soft, make_prompt(), Calibrated(inner=soft)],
+                                     weights=torch.randn(3, generator=g), gate=torch.randn(3, 8, generator=g))}
 
 
 def test_every_registered_type_is_covered():

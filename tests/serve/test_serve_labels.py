@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
@@ -14,6 +15,8 @@ import torch
 
 import promptlift
 from promptlift.artifacts import SoftPrompt, TextPrompt, load
+from promptlift.engine.apply import applier_for
+from promptlift.engine.backends import WhiteBox
 from promptlift.engine.evaluate import evaluate, generate_with_prompt
 from promptlift.errors import ConfigError
 from promptlift.lm.cache import CallCache
@@ -218,3 +221,30 @@ def test_generate_cli_renders_demonstrations_with_the_stored_label_words(trained
     assert cli.main(["generate", "the movie was good", "--prompt", str(fs_run), "--max-tokens", "4", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)["output"]
     assert out == generate_with_prompt(lm, load(fs_run), ["the movie was good"], max_tokens=4, task=task)[0]
+
+
+def test_served_mixture_answers_are_eval_predictions_locally(tmp_path):
+    """A trained soft mixture (gate=input) behind `--upstream local`: the classifier route answers with the label
+    `eval` predicts from the mixed distributions, row for row; the free-generation route decodes each input with
+    its highest-weight member, as `generate` does."""
+    lm, task = learner(), synth_task()
+    run = tmp_path / "mix"
+    promptlift.optimize("soft-mixture", lm, task, out=run, progress=False, eval_splits=(), epochs=4, tokens=4,
+                        lr=0.1, members=2, gate="input")
+    rows = task.test[:ROWS]
+    cfg = parse_config({"routes": [route("mix", run, "local"), route("mix-gen", run, "local", answer="generate")],
+                        "limits": {"batch_window_ms": 20}})
+    with Proxy(cfg, lm) as px:
+        want = evaluate(lm, task, load(run), examples=rows, progress=False).predictions
+        got = [px.ask("mix", ex.input).choices[0].message.content for ex in rows]
+        assert got == [task.labels[r["pred"]] for r in want]
+        assert len(set(got)) == 2  # trained: it tells the classes apart
+        out = px.ask("mix", rows[0].input, logprobs=True)
+        top = {t.token: t.logprob for t in out.choices[0].logprobs.content[0].top_logprobs}
+        assert top == pytest.approx({task.labels[k]: v for k, v in want[0]["scores"].items()}, abs=1e-3)
+        xs = [ex.input for ex in rows[:4]]
+        mixture = load(run)
+        assert len(set(applier_for(mixture).chosen(mixture, WhiteBox(lm), xs))) > 1
+        with ThreadPoolExecutor(4) as pool:  # batched together: inputs that choose different members
+            gen = list(pool.map(lambda x: px.ask("mix-gen", x).choices[0].message.content, xs))
+        assert gen == generate_with_prompt(lm, load(run), xs, max_tokens=5, task=task)

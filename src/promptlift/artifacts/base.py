@@ -12,6 +12,7 @@ is declaring its fields:
   `{"input", "output"}` objects);
 - `field(metadata={"kind": "prompt"})`: a nested artifact (wrappers such as
   `Calibrated` hold the prompt they wrap);
+- `field(metadata={"kind": "prompts"})`: a list of nested artifacts (a mixture's members);
 - `field(metadata={"kind": "tensor"})`: a torch tensor, stored in a
   safetensors file beside the JSON and referred to by name.
 
@@ -107,8 +108,14 @@ class Prompt:
         return next((t for c in self.children() if (t := c.label_task()) is not None), None)
 
     def children(self) -> list["Prompt"]:
-        """Nested artifacts (the prompt a wrapper wraps)."""
-        return [getattr(self, f.name) for f in dataclasses.fields(self) if _kind(f) == "prompt"]
+        """Nested artifacts (the prompt a wrapper wraps, a mixture's members), in field order."""
+        out: list[Prompt] = []
+        for f in dataclasses.fields(self):
+            if _kind(f) == "prompt":
+                out.append(getattr(self, f.name))
+            elif _kind(f) == "prompts":
+                out += list(getattr(self, f.name))
+        return out
 
     @property
     def hash(self) -> str:
@@ -197,6 +204,12 @@ def to_json(p: Prompt, prefix: str = "") -> tuple[dict, dict]:
             sub, sub_t = to_json(v, prefix + f.name + ".")
             d[f.name] = sub
             tensors.update(sub_t)
+        elif kind == "prompts":
+            d[f.name] = []
+            for i, member in enumerate(v):
+                sub, sub_t = to_json(member, f"{prefix}{f.name}.{i}.")
+                d[f.name].append(sub)
+                tensors.update(sub_t)
         elif kind == "tensor":
             name = prefix + f.name
             tensors[name] = v
@@ -229,6 +242,10 @@ def from_json(d: Any, tensors: dict, where: str) -> Prompt:
                 kwargs[name] = [Example(str(x["input"]), str(x["output"])) for x in v]
             elif kind == "prompt":
                 kwargs[name] = from_json(v, tensors, f"{where}: {name}")
+            elif kind == "prompts":
+                if not isinstance(v, list):
+                    raise ArtifactError(f"{where}: field {name!r} must be a list of artifacts, got {type(v).__name__}")
+                kwargs[name] = [from_json(x, tensors, f"{where}: {name}[{i}]") for i, x in enumerate(v)]
             elif kind == "tensor":
                 if v["tensor"] not in tensors:
                     raise ArtifactError(f"{where}: tensor {v['tensor']!r} is missing from the tensor file")
@@ -252,7 +269,13 @@ def save(p: Prompt, path: str | Path) -> Path:
     d, tensors = to_json(p)
     d = {"format": FORMAT, **d}
     tpath = path.with_suffix(".safetensors")
-    cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    cpu, seen = {}, set()
+    for k, v in tensors.items():
+        t = v.detach().cpu().contiguous()
+        if t.numel() and t.untyped_storage().data_ptr() in seen:  # one tensor in two nested artifacts
+            t = t.clone()
+        seen.add(t.untyped_storage().data_ptr())
+        cpu[k] = t
     digest = content_hash(d, tensor_bytes(cpu))  # the file name of the tensors is not content
     if cpu:
         from safetensors.torch import save as st_save

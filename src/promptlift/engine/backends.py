@@ -48,6 +48,15 @@ class Cond:
     sep: str = ""
     stop: list[str] = field(default_factory=list)
     prefix_ids: list[int] | None = None  # the prefix's token ids, when it is made of tokens only
+    # rows read different prefixes: `prefix` holds P of them (batch P) and row i reads prefix_rows[i]
+    # (a mixture scores its K members' prefixes in one pass); None: every row reads the batch-1 `prefix`
+    prefix_rows: list[int] | None = None
+
+    def prefix_of(self, rows: Sequence[int]) -> KV | None:
+        """The cache that rows `rows` (indices into `self.rows`) read, batched as they are."""
+        if self.prefix is None or self.prefix_rows is None:
+            return self.prefix
+        return self.prefix.select(torch.tensor([self.prefix_rows[i] for i in rows], device=self.prefix.mask.device))
 
 
 def _common_prefix_len(rows: Sequence[Sequence[int]]) -> int:
@@ -139,7 +148,7 @@ class WhiteBox:
         out = torch.empty(len(cond.rows), len(cands))
         bar = self.reporter.progress(len(cond.rows), "eval", unit="ex")
         for idx in self._order(cond.rows):
-            s = score_candidates(self.lm, cond.prefix, [cond.rows[i] for i in idx], [cands] * len(idx))
+            s = score_candidates(self.lm, cond.prefix_of(idx), [cond.rows[i] for i in idx], [cands] * len(idx))
             out[torch.tensor(idx)] = s.float().cpu()
             bar.update(len(idx))
         bar.close()
@@ -158,7 +167,7 @@ class WhiteBox:
         targets = [self.lm.encode(cond.sep + a) + close for a in answers]
         out = torch.empty(len(cond.rows))
         for idx in self._order(cond.rows):
-            s = score_candidates(self.lm, cond.prefix, [cond.rows[i] for i in idx], [[targets[i]] for i in idx])
+            s = score_candidates(self.lm, cond.prefix_of(idx), [cond.rows[i] for i in idx], [[targets[i]] for i in idx])
             out[torch.tensor(idx)] = s[:, 0].float().cpu()
         return out
 
@@ -170,7 +179,7 @@ class WhiteBox:
         out = [""] * len(cond.rows)
         bar = self.reporter.progress(len(cond.rows), "generate", unit="ex")
         for idx in self._order(cond.rows):
-            for i, o in zip(idx, decode(self.lm, cond.prefix, [cond.rows[i] for i in idx], cfg)):
+            for i, o in zip(idx, decode(self.lm, cond.prefix_of(idx), [cond.rows[i] for i in idx], cfg)):
                 out[i] = o[0]
             bar.update(len(idx))
         bar.close()
