@@ -160,5 +160,5 @@ def _gain_over_zero_shot(lm, task: Task, prompt: Prompt, test: EvalResult | None
         return None
     base = evaluate(lm, task, base_prompt, split="test", batch_size=batch_size, progress=False)
     rows = [(b["score"], a["score"]) for b, a in zip(base.predictions, test.predictions) if b["input"] == a["input"]]
-    return {"baseline": "zero-shot", "baseline_score": base.accuracy,
+    return {"baseline": "zero-shot", "baseline_score": base.accuracy, "baseline_prompt_tokens": base.prompt_tokens,
             **paired_gain([b for b, _ in rows], [a for _, a in rows])}

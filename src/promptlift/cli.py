@@ -284,9 +284,12 @@ def eval_cmd(
     out = {"accuracy": r.accuracy, "n": r.n, "ci95": r.ci95, "per_class": r.per_class, "split": split,
            "model": lm.model_id, "task": task.name, "seconds": round(r.seconds, 3),
            "examples_per_second": round(r.examples_per_second, 2), "scoring": r.scoring, "unparsed": r.unparsed,
-           "resumed": min(len(done), r.n), "empty_inputs": task.empty_inputs.get(split, 0)}
+           "resumed": min(len(done), r.n), "empty_inputs": task.empty_inputs.get(split, 0),
+           "prompt_tokens": r.prompt_tokens, "prompt_tokens_unit": r.prompt_tokens_unit}
     text = (f"{task.name} [{split}] {lm.model_id}: accuracy {r.accuracy:.3f} "
             f"(95% CI {r.ci95[0]:.3f}-{r.ci95[1]:.3f}, n={r.n}, {r.examples_per_second:.1f} ex/s)")
+    if r.prompt_tokens is not None:
+        text += f"\n  prompt: {r.prompt_tokens:g} {r.prompt_tokens_unit} before each input"
     if r.unparsed:
         text += f"\n  {r.unparsed} answer(s) matched no label (counted wrong)"
     if r.per_class:

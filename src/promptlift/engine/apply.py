@@ -134,6 +134,20 @@ class Applier:
         """One answer per input."""
         return backend.generate(self.generation_condition(prompt, backend, task, inputs, answer_prefixes), cfg)
 
+    def prompt_tokens(self, prompt: Prompt, backend, task, inputs: Sequence[Any]) -> list[float]:
+        """Per input, the positions the prompt puts before it: those of its condition minus those of the bare
+        input (no instruction, no demonstrations) on the same backend (`backend.positions`, whose unit is
+        `backend.positions_unit`). Text tokens and virtual ones (soft vectors, learned keys/values, token ids)
+        alike; a type whose one request runs several conditions (a mixture) says so by overriding this."""
+        cond = self.condition(prompt, backend, task, inputs)
+        return [float(a - b) for a, b in zip(backend.positions(cond), bare_positions(backend, task, inputs))]
+
+
+def bare_positions(backend, task, inputs: Sequence[Any]) -> list[int]:
+    """Each input's positions with no prompt at all (no instruction, no demonstrations): the zero of
+    `Applier.prompt_tokens`."""
+    return backend.text_positions([render("", [], x, _labels_map(task)) for x in inputs])
+
 
 def _prefixes(inputs, answer_prefixes) -> list[str]:
     return list(answer_prefixes) if answer_prefixes is not None else [""] * len(inputs)

@@ -109,6 +109,7 @@ class WhiteBox:
 
     white_box = True
     can_score_labels = True
+    positions_unit = "tokens"  # what `positions` counts: the model's own positions
 
     def __init__(self, lm, batch_size: int = 16, reporter: Reporter | None = None, *,
                  prefixes: PrefixCache | None = None, common_prefix: bool = True):
@@ -136,6 +137,19 @@ class WhiteBox:
         stop = [] if self.lm.has_chat_template else ["\n"]
         sep = answer_sep(self.lm, rendered[0]) if rendered else ""
         return Cond(prefix, [f[n:] for f in full], sep, stop, full[0][:n] if full else [])
+
+    def positions(self, cond: Cond) -> list[int]:
+        """Each row's positions in the forward pass: its cached prefix's (soft vectors, learned keys/values and
+        tokens alike) and its own tokens."""
+        if cond.prefix is None:
+            return [len(r) for r in cond.rows]
+        lengths = cond.prefix.real_lengths().tolist()
+        return [int(lengths[cond.prefix_rows[i] if cond.prefix_rows is not None else 0]) + len(r)
+                for i, r in enumerate(cond.rows)]
+
+    def text_positions(self, rendered: Sequence[Rendered]) -> list[int]:
+        """Each rendered text's token count (no forward pass)."""
+        return [len(to_ids(self.lm, r)) for r in rendered]
 
     def _order(self, rows):
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))  # longest first: peak memory up front
@@ -198,6 +212,9 @@ class WhiteBox:
         return self._embedded[key]
 
 
+CHARS_PER_TOKEN = 4  # the usual rule of thumb for English text under BPE tokenizers
+
+
 @dataclass
 class EndpointCond:
     """An endpoint condition: the rendered prompts themselves."""
@@ -219,10 +236,21 @@ class Endpoint:
     """
 
     white_box = False
+    # no tokenizer on this side of an endpoint: a rendered prompt's length is estimated from its characters
+    positions_unit = f"estimated tokens (characters / {CHARS_PER_TOKEN})"
 
     def __init__(self, lm, batch_size: int = 16, reporter: Reporter | None = None):
         self.lm = lm
         self.reporter = reporter or Quiet()
+
+    def text_positions(self, rendered: Sequence[Rendered]) -> list[float]:
+        """Each rendered prompt's estimated token count: its characters (messages' contents, or the plain text
+        the completions API sends) / CHARS_PER_TOKEN."""
+        texts = ["".join(m["content"] for m in r.messages()) if self.chat else r.plain_text() for r in rendered]
+        return [len(t) / CHARS_PER_TOKEN for t in texts]
+
+    def positions(self, cond: EndpointCond) -> list[float]:
+        return self.text_positions(cond.rendered)
 
     @property
     def chat(self) -> bool:

@@ -48,6 +48,10 @@ class EvalResult:
 
     unparsed: answers that matched no label (generation fallback on endpoints without log-probabilities).
     scoring: how labels were decided: "logprobs" (rank classification) or "generate" (matched answers).
+    prompt_tokens: mean positions the prompt puts before each input (`Applier.prompt_tokens`: instruction,
+      demonstrations, template parts and virtual tokens alike), over the split's first `chunk_size` inputs;
+      None where it cannot be told. prompt_tokens_unit: "tokens" on a local model; on an endpoint an
+      estimate from characters (no tokenizer there), named as such.
     """
 
     accuracy: float
@@ -59,6 +63,8 @@ class EvalResult:
     split: str = "test"
     unparsed: int = 0
     scoring: str = ""
+    prompt_tokens: float | None = None
+    prompt_tokens_unit: str = ""
 
     @property
     def examples_per_second(self) -> float:
@@ -164,8 +170,22 @@ def evaluate(lm, task: Task, prompt: Prompt | None = None, *, split: str = "test
     scoring = scoring or next((r.get("scoring", "") for r in records), "")
     if task.is_classification and not scoring:
         scoring = "generate" if any("raw" in r for r in records) else "logprobs"
+    tokens = mean_prompt_tokens(ap, prompt, backend, task, [ex.input for ex in exs[:chunk_size]])
     return EvalResult(summary["accuracy"], summary["n"], summary["ci95"], summary.get("per_class", {}),
-                      records, seconds, split, unparsed, scoring if task.is_classification else "")
+                      records, seconds, split, unparsed, scoring if task.is_classification else "",
+                      tokens, backend.positions_unit if tokens is not None else "")
+
+
+def mean_prompt_tokens(ap, prompt: Prompt, backend, task: Task, inputs: Sequence[Any]) -> float | None:
+    """Mean positions `prompt` puts before each of `inputs` (`Applier.prompt_tokens`), rounded to 0.01;
+    None for no inputs or a prompt that has no condition to count."""
+    if not inputs:
+        return None
+    try:
+        per = ap.prompt_tokens(prompt, backend, task, list(inputs))
+    except UnsupportedError:
+        return None
+    return round(sum(per) / len(per), 2)
 
 
 def _reusable(done: Sequence[dict], exs: Sequence[Example]) -> list[dict]:

@@ -125,6 +125,11 @@ class MixtureApplier(Applier):
         s = self._member_scores(prompt, backend, task, inputs, None, "answer_scores", list(answers))
         return mix(s.float(), self.weights_of(prompt, backend, inputs))
 
+    def prompt_tokens(self, prompt, backend, task, inputs):
+        """Every member's positions: a request is scored under all K members."""
+        per = [applier_for(m).prompt_tokens(m, backend, task, inputs) for m in prompt.members]
+        return [sum(col) for col in zip(*per)]
+
     def condition(self, prompt, backend, task, inputs, answer_prefixes=None):
         """The condition the answers are generated from: the inputs' highest-weight member's (one member for all)."""
         chosen = set(self.chosen(prompt, backend, inputs))
