@@ -16,8 +16,9 @@ highest-weight member (argmax_k w_k(x)). A per-step mixture of next-token distri
 decoders in lock-step; rank classification, which is what the mixture is trained for, reads the
 mixture exactly, and a served classifier route answers with it (`classify` ranks `label_scores`).
 
-The trainer (`methods/soft/mixture.py`) uses the same `log_weights` and `mix`, so training and
-inference weigh members identically.
+A mixture with `choose="argmax"` (dynamic prompting, `methods/soft/dynamic.py`) answers each input with its
+highest-weight member alone. The trainers (`methods/soft/mixture.py`, `dynamic.py`) use the same
+`log_weights` and `mix`, so training and inference weigh members identically.
 """
 
 from __future__ import annotations
@@ -92,9 +93,12 @@ class MixtureApplier(Applier):
                                     f"{backend.lm.hidden_size}")
 
     def weights_of(self, prompt: MixturePrompt, backend, inputs) -> torch.Tensor:
-        """(N, K) log weights of each member for each input."""
+        """(N, K) log weights of each member for each input (`choose="argmax"`: 0 for the chosen one, -inf else)."""
         feats = input_features(backend.lm, inputs) if prompt.gated else torch.zeros(len(inputs), 0)
-        return log_weights(prompt.weights, prompt.gate if prompt.gated else None, feats).cpu()
+        lw = log_weights(prompt.weights, prompt.gate if prompt.gated else None, feats).cpu()
+        if prompt.choose == "argmax":
+            lw = torch.full_like(lw, float("-inf")).scatter(1, lw.argmax(1, keepdim=True), 0.0)
+        return lw
 
     def chosen(self, prompt: MixturePrompt, backend, inputs) -> list[int]:
         """Each input's highest-weight member: what generation decodes with."""

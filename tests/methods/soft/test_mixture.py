@@ -71,7 +71,8 @@ def test_mixture_of_a_useful_and_a_useless_prompt_weights_the_useful_one(tmp_pat
     layout = build_layout(lm, useful.instruction, [], task.labels)
     module = MixtureModule(lm, [[0] * 4, [0] * 4], "after_header", useful.instruction, gate=False)
     with torch.no_grad():
-        module.embeds.copy_(torch.stack([useful.embeds, torch.zeros_like(useful.embeds)]))
+        module.embeds[0].copy_(useful.embeds)
+        module.embeds[1].zero_()
     module.embeds.requires_grad_(False)
     result = train(module, lm, task, layout, TrainConfig(epochs=4, lr=0.1), ctx(),
                    loss=mixture_loss(module, lm, task, layout))
