@@ -76,7 +76,7 @@ def main() -> None:
     args = ap.parse_args()
 
     progress("loading model and data")
-    lm = HFModel("smollm2-135m")
+    lm = HFModel("smollm2-135m") if args.variants else None
     task = Task.from_dir(SST2)
     if args.test_limit:
         task = dataclasses.replace(task, test=task.test[: args.test_limit])
@@ -102,7 +102,7 @@ def main() -> None:
                                     f"{100 * m['dev']:.1f}", f"{100 * m['test']:.1f}"])
     facts = machine_facts()
     n_test = len(task.test)
-    commands = "\n".join(f"- {r['date']}: `{r['command']}`" for r in found)
+    commands = "\n".join(f"- {r['date']}: `{r['command']}`" for r in sorted(found, key=lambda r: r["date"]))
     small = len(args.seeds) < 3 or args.test_limit or args.epochs < 10
     scale = (f"**A small run** ({len(args.seeds)} seed(s), {args.epochs} epochs, {n_test} test rows): a 95 % interval "
              f"on {n_test} rows is about ±{100 * 1.96 * (0.25 / n_test) ** 0.5:.0f} points, so these rows rank "

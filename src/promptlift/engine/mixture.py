@@ -130,8 +130,11 @@ class MixtureApplier(Applier):
         return mix(s.float(), self.weights_of(prompt, backend, inputs))
 
     def prompt_tokens(self, prompt, backend, task, inputs):
-        """Every member's positions: a request is scored under all K members."""
+        """Every member's positions: a request is scored under all K members (`choose="argmax"`: the chosen
+        member's, the one prompt that answers the input)."""
         per = [applier_for(m).prompt_tokens(m, backend, task, inputs) for m in prompt.members]
+        if prompt.choose == "argmax":
+            return [per[k][i] for i, k in enumerate(self.chosen(prompt, backend, inputs))]
         return [sum(col) for col in zip(*per)]
 
     def condition(self, prompt, backend, task, inputs, answer_prefixes=None):
