@@ -8,7 +8,7 @@ Engine and method code never write to stderr, print or open a tqdm bar themselve
     reporter.record({"step": 3, "loss": 0.41})                       # one history row, as the run logs it
 
 `Console` renders them as today's command line does (tqdm bars on stderr, `promptlift: ...` notes on
-stderr); `Quiet` drops them; `Capture` keeps the notes and records in lists (for a notebook or a test).
+stderr); `Quiet` drops them; `Capture` keeps the notes, records and the bars' shown values in lists (for a notebook or a test).
 The CLI and `promptlift.optimize` choose with `reporter=` ("console" by default, None or "quiet", or an object).
 """
 
@@ -44,6 +44,17 @@ class _NoBar:
 
     def close(self) -> None:
         pass
+
+
+@dataclass
+class _CaptureBar(_NoBar):
+    """A bar that shows nothing and keeps what it was asked to show."""
+
+    desc: str
+    shown: list
+
+    def set_postfix(self, **values: Any) -> None:
+        self.shown.append((self.desc, dict(values)))
 
 
 class Quiet:
@@ -84,10 +95,15 @@ class Console:
 
 @dataclass
 class Capture(Quiet):
-    """Keeps every note and record (no output): `notes`, `records`."""
+    """Keeps every note and record (no output): `notes`, `records`, and `postfixes`: (bar description, the
+    values a bar was asked to show) for each `set_postfix`."""
 
     notes: list[str] = field(default_factory=list)
     records: list[dict] = field(default_factory=list)
+    postfixes: list[tuple[str, dict]] = field(default_factory=list)
+
+    def progress(self, total: int, desc: str, *, initial: int = 0, unit: str = "step") -> Bar:
+        return _CaptureBar(desc, self.postfixes)
 
     def note(self, message: str) -> None:
         self.notes.append(message)

@@ -546,3 +546,22 @@ def test_few_shot_trials_keep_the_best_draw_on_dev_ties_by_the_gold_label_probab
         ranked.append((-res.accuracy, -tie, i))
     best = min(ranked)[2]
     assert run.prompt.demos == draws[best].demos
+
+
+def test_the_progress_bar_shows_no_best_number_before_one_is_scored():
+    from promptlift.reporter import Capture
+
+    class LateStart(Paraphraser):
+        """No starting prompt, and nothing proposed at step 1: no dev score exists until step 2."""
+
+        def initial(self, state):
+            return []
+
+        def propose(self, state):
+            return [] if state.step == 1 else super().propose(state)
+
+    c = ctx(optimizer=ScriptedLM(["say the sentiment"]))
+    c.reporter = cap = Capture()
+    search(LateStart(steps=2, k=1), RuleTarget(sentiment_rule), toy_task(), c)
+    shown = [values for desc, values in cap.postfixes if desc == "paraphraser"]
+    assert shown == [{"calls": 0}, {"best": "1.000", "calls": 9}]  # step 1: calls only, never best=0.000

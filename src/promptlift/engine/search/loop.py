@@ -230,7 +230,10 @@ def _run(method: SearchMethod, lm, task: Task, ctx, optimizer, limits: dict | No
                 _record(ctx, state, n_new, t0)
                 snapshot = _commit(state, config, ckpt)
                 bar.update(1)
-                bar.set_postfix(best=f"{after_score or 0:.3f}", calls=state.spend.calls)
+                shown = {"calls": state.spend.calls}
+                if after_score is not None:  # no best number before a candidate is scored on all of dev
+                    shown = {"best": f"{after_score:.3f}", **shown}
+                bar.set_postfix(**shown)
                 if settings.patience and state.stale >= settings.patience:
                     state.stopped = "patience"
         except BudgetExceeded as e:
