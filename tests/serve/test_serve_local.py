@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from fakes import DATA, make_tiny_lm
-from promptlift.artifacts import Calibrated, PrefixPrompt, Reasoning, SoftPrompt, TextPrompt
+from promptlift.artifacts import Calibrated, LatePrompt, PrefixPrompt, Reasoning, SoftPrompt, TextPrompt
 from promptlift.engine.evaluate import generate_with_prompt
 from promptlift.errors import ConfigError
 from promptlift.lm.base import GenerationConfig, model_key
@@ -56,6 +56,13 @@ def prefix(lm, seed: int, k: int = 2) -> PrefixPrompt:
     return PrefixPrompt(instruction="Answer.", keys=torch.randn(*shape, generator=g),
                         values=torch.randn(*shape, generator=g), hidden_size=lm.hidden_size,
                         num_layers=lm.num_layers, model=lm.model_id)
+
+
+def late(lm, seed: int, k: int = 3) -> LatePrompt:
+    g = torch.Generator().manual_seed(seed)
+    return LatePrompt(instruction="Answer it.", embeds=torch.randn(k, lm.hidden_size, generator=g), layer=1,
+                      ids=lm.encode("Say it now")[:k], hidden_size=lm.hidden_size, num_layers=lm.num_layers,
+                      model=lm.model_id)
 
 
 def local_config(tmp_path: Path, prompts: dict, upstream: str = "local", limits: dict | None = None, **route):
@@ -108,7 +115,7 @@ def test_local_text_soft_and_prefix_answers_equal_the_engine(tmp_path, lm, serve
     text = TextPrompt(instruction="Classify the input.", demos=[Example("very good", "up")])
     prompts = {"default": text, "soft": soft(lm, 0), "split": soft(lm, 1, k=4, split=1),
                "prepend": soft(lm, 2, position="prepend"), "prefix": prefix(lm, 3),
-               "calibrated": Calibrated(inner=soft(lm, 4))}
+               "calibrated": Calibrated(inner=soft(lm, 4)), "late": late(lm, 5)}
     s = served(local_config(tmp_path, prompts), lm)
     answers = set()
     for name, p in prompts.items():
@@ -147,7 +154,8 @@ def test_soft_prompt_with_a_system_message_is_a_400(tmp_path, lm, served):
 
 def test_mixed_soft_prompts_in_one_batch_equal_serving_each_alone(lm):
     """Unit level: one decode over rows with different soft/prefix/text prompts == each alone."""
-    prompts = [soft(lm, i, k=2 + i % 3) for i in range(4)] + [prefix(lm, 9), TextPrompt(instruction="Classify.")]
+    prompts = [soft(lm, i, k=2 + i % 3) for i in range(4)] + [prefix(lm, 9), late(lm, 8),
+                                                             TextPrompt(instruction="Classify.")]
     cfg = GenerationConfig(max_tokens=MAX_TOKENS)
     jobs = [_Job(p, x, cfg, None) for p in prompts for x in INPUTS[:2]]
     run_jobs(lm, jobs)
@@ -217,7 +225,8 @@ def test_eval_through_the_proxy_equals_local_eval(tmp_path, chat, api):
     lm = make_tiny_lm(seed=1, init_range=0.5, chat=chat)
     task = single_token_task() if api == "chat" else multi_token_task()
     prompts = {"default": TextPrompt(instruction="Classify the input.", demos=task.train[:2]), "soft": soft(lm, 0),
-               "prefix": prefix(lm, 3), "knn": KnnPrompt(instruction="Label it.", pool=task.train, k=2)}
+               "prefix": prefix(lm, 3), "late": late(lm, 4),
+               "knn": KnnPrompt(instruction="Label it.", pool=task.train, k=2)}
     s = Served(local_config(tmp_path, prompts, labels=dict(task.labels)), lm)
     try:
         for name, p in prompts.items():

@@ -1,4 +1,5 @@
-"""Soft artifacts: `SoftPrompt` (input vectors) and `PrefixPrompt` (per-layer keys/values).
+"""Soft artifacts: `SoftPrompt` (input vectors), `PrefixPrompt` (per-layer keys/values) and
+`LatePrompt` (vectors that enter at an intermediate layer).
 
 Saved as `prompt.json` (metadata, sha256) + `prompt.safetensors` (the tensors).
 They apply only to the model they were trained on (same id, hidden size, layers).
@@ -67,3 +68,29 @@ class PrefixPrompt(_Tensors):
     type: ClassVar[str] = "prefix"
     keys: Any = field(default_factory=_empty(0), metadata={"kind": "tensor"})
     values: Any = field(default_factory=_empty(0), metadata={"kind": "tensor"})
+
+
+@register_type
+@dataclass
+class LatePrompt(_Tensors):
+    """k trained vectors that replace, at the input of decoder layer `layer`, the hidden states of k placeholder
+    tokens (late prompt tuning). embeds: (k, hidden); ids: the k placeholder token ids the layers below read.
+
+    Layout as a SoftPrompt's with all vectors before the instruction; layer 0 is an ordinary SoftPrompt.
+    """
+
+    type: ClassVar[str] = "late"
+    embeds: Any = field(default_factory=_empty(0, 0), metadata={"kind": "tensor"})
+    layer: int = 0
+    ids: list[int] = field(default_factory=list)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.layer < 0:
+            raise ValueError(f"layer must be >= 0, got {self.layer}")
+        if any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in self.ids):
+            raise ValueError("ids must be non-negative integers")
+        if getattr(self.embeds, "ndim", 0) != 2:
+            raise ValueError(f"embeds must be a (k, hidden) tensor, got shape {list(getattr(self.embeds, 'shape', []))}")
+        if len(self.ids) != self.embeds.shape[0]:
+            raise ValueError(f"{len(self.ids)} placeholder ids for {self.embeds.shape[0]} vectors")

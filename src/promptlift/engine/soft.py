@@ -9,6 +9,14 @@ tensors, so training and inference place them identically.
     SoftPrompt,  prepend:       [soft[:s]][header][body][soft[s:]] | [input ...]
     PrefixPrompt, after_header: [header][learned k/v][body]        | [input ...]
     PrefixPrompt, prepend:      [learned k/v][header][body]        | [input ...]
+    LatePrompt,  after_header:  [header][ids -> late][body]        | [input ...]
+    LatePrompt,  prepend:       [ids -> late][header][body]        | [input ...]
+
+A LatePrompt's k positions hold its placeholder tokens `ids` in the layers below
+its `layer`; at the input of that layer their hidden states are replaced by the
+learned vectors (`late_prefix_kv`, a forward pre-hook installed and removed in
+one call). Its cache is an ordinary prefix, and the keys/values below the layer
+carry no gradient, so backpropagation stops there (for the input rows too).
 
 body: the instruction, then the prompt's demonstrations as earlier turns (if any)
 (`tensor_layout`). Everything left of `|` is cached once (batch 1); each input's
@@ -20,7 +28,10 @@ from __future__ import annotations
 
 import torch
 
-from ..artifacts import PrefixPrompt, SoftPrompt
+import threading
+from contextlib import contextmanager
+
+from ..artifacts import LatePrompt, PrefixPrompt, SoftPrompt
 from ..errors import ArtifactError, ConfigError
 from ..kv import KV
 from ..lm.base import same_model
@@ -74,6 +85,56 @@ def prefix_prefix_kv(lm, layout, keys: torch.Tensor, values: torch.Tensor, posit
         return past
     _, out = lm.forward(ids=torch.tensor([ids], device=lm.device), past=past)
     return out
+
+
+@contextmanager
+def _at_layer_input(lm, layer: int, k: int, vectors: torch.Tensor | None = None):
+    """While open, the next forward pass of this thread meets decoder layer `layer` with its first k positions'
+    hidden states replaced by `vectors` (k, hidden), or, with vectors=None, records them (yields a dict that then
+    holds "seen": (k, hidden)). Other threads' passes are left alone."""
+    owner, seen = threading.get_ident(), {}
+
+    def hook(module, args, kwargs):
+        if threading.get_ident() != owner or "seen" in seen:
+            return None
+        h = args[0] if args else kwargs["hidden_states"]  # (1, T, hidden)
+        seen["seen"] = h[0, :k].detach()
+        if vectors is None:
+            return None
+        h = torch.cat([vectors.to(h.device, h.dtype).unsqueeze(0), h[:, k:]], dim=1)
+        return ((h, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": h})
+
+    handle = lm.decoder_layers()[layer].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+    if "seen" not in seen:
+        raise RuntimeError(f"decoder layer {layer} was not called: the late prompt did not enter the model")
+
+
+def late_prefix_kv(lm, layout, embeds: torch.Tensor, layer: int, ids: list[int], position: str = "after_header",
+                   header: KV | None = None) -> KV:
+    """Cache of the constant part with `embeds` (k, hidden) entering at the input of decoder layer `layer`, where
+    the layers below read the tokens `ids` (k); batch 1. Differentiable in `embeds`; layer 0 is `soft_prefix_kv`."""
+    if layer >= lm.num_layers:
+        raise ConfigError(f"layer {layer} does not exist: the model has {lm.num_layers} layers (0..{lm.num_layers - 1})")
+    if position != "prepend" and header is None:
+        header = header_kv(lm, layout)  # before the hook: it acts on one pass only
+    placeholders = lm.embed(torch.tensor(ids, dtype=torch.long, device=lm.device))  # (k, hidden)
+    with _at_layer_input(lm, layer, len(ids), embeds):
+        return soft_prefix_kv(lm, layout, placeholders, position, -1, header)
+
+
+@torch.no_grad()
+def late_start(lm, layout, ids: list[int], layer: int, position: str = "after_header") -> torch.Tensor:
+    """The hidden states (k, hidden) the tokens `ids` reach at the input of layer `layer` in the prompt's place:
+    vectors that make a late prompt start as the text prompt `ids` (the embeddings of `ids` at layer 0)."""
+    header = header_kv(lm, layout) if position != "prepend" else None
+    placeholders = lm.embed(torch.tensor(ids, dtype=torch.long, device=lm.device))
+    with _at_layer_input(lm, layer, len(ids)) as seen:
+        soft_prefix_kv(lm, layout, placeholders, position, -1, header)
+    return seen["seen"].float().clone()
 
 
 def check_tensor_prompt(prompt, lm) -> None:
@@ -134,4 +195,10 @@ class PrefixApplier(TensorApplier):
         return prefix_prefix_kv(lm, layout, prompt.keys.to(lm.device), prompt.values.to(lm.device), prompt.position)
 
 
-__all__ = ["tensor_layout", "tensor_rows", "header_kv", "soft_prefix_kv", "prefix_prefix_kv", "check_tensor_prompt", "SoftApplier", "PrefixApplier"]
+@applies(LatePrompt)
+class LateApplier(TensorApplier):
+    def prefix(self, prompt, lm, layout):
+        return late_prefix_kv(lm, layout, prompt.embeds, prompt.layer, prompt.ids, prompt.position)
+
+
+__all__ = ["late_prefix_kv", "late_start", "LateApplier", "tensor_layout", "tensor_rows", "header_kv", "soft_prefix_kv", "prefix_prefix_kv", "check_tensor_prompt", "SoftApplier", "PrefixApplier"]

@@ -207,6 +207,21 @@ class HFModel(LM):
         """(..., ) token ids -> (..., hidden) input embeddings, scaled as the model scales them."""
         return self.model.get_input_embeddings()(ids)
 
+    def decoder_layers(self) -> nn.ModuleList:
+        """The decoder's blocks, bottom first (`num_layers` of them): where a late prompt's hook goes.
+
+        Read through transformers' `get_decoder()` (Llama/SmolLM2, Gemma-3, Qwen, ... all keep them in
+        `.layers`); a model that keeps its blocks elsewhere is a ConfigError.
+        """
+        get = getattr(self.model, "get_decoder", None)
+        decoder = get() if callable(get) else self.base
+        layers = getattr(decoder, "layers", None)
+        if not isinstance(layers, nn.ModuleList) or len(layers) != self.num_layers:
+            raise ConfigError(f"model {self.model_id!r} ({type(self.model).__name__}) does not expose its "
+                              f"{self.num_layers} decoder layers as `get_decoder().layers`; a prompt that enters at "
+                              "an intermediate layer cannot be placed in it")
+        return layers
+
     def forward(self, ids: torch.Tensor | None = None, embeds: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None, past: KV | None = None) -> tuple[torch.Tensor, KV]:
         """Run the decoder on new positions after an optional cached prefix.
