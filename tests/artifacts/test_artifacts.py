@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from promptlift import TextPrompt, load
-from promptlift.artifacts import (FORMAT, Calibrated, KnnPrompt, MixturePrompt, PrefixPrompt, Reasoning, SoftPrompt,
-                                  TokenPrompt, artifact_types, content_hash)
+from promptlift.artifacts import (FORMAT, Calibrated, KnnPrompt, LatePrompt, MixturePrompt, PrefixPrompt, Reasoning,
+                                  SoftPrompt, TokenPrompt, artifact_types, content_hash)
 from promptlift.errors import ArtifactError, PromptliftError
 from promptlift.task import Example
 from fakes import ctx  # noqa: F401
@@ -33,7 +33,9 @@ def _every_type() -> dict[str, object]:
                           values=torch.randn(2, 2, 3, 4, generator=g), position="prepend", model="tiny")
     knn = KnnPrompt(instruction="Pick.", pool=[Example(f"x{i}", f"y{i}") for i in range(5)], k=2, embedder="tfidf")
     token = TokenPrompt(ids=[17, 3, 250, 3], text=" great «x»\n", model="tiny", meta={"reencodes": False})
-    return {"text": make_prompt(), "knn": knn, "token": token, "soft": soft, "prefix": prefix,
+    late = LatePrompt(instruction="Say.", embeds=torch.randn(2, 8, generator=g).to(torch.bfloat16), layer=1,
+                      ids=[5, 9], hidden_size=8, num_layers=2, model="tiny")
+    return {"text": make_prompt(), "knn": knn, "token": token, "soft": soft, "prefix": prefix, "late": late,
             "calibrated": Calibrated(inner=soft, content_free=["N/A"]),
             "reasoning": Reasoning(inner=Calibrated(inner=knn), trigger="Think."),
             "mixture": MixturePrompt(members=[soft, make_prompt(), Calibrated(inner=soft)],
