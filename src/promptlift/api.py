@@ -46,7 +46,8 @@ class Run:
     gain: dict | None = None  # test gain over the zero-shot instruction on the same rows (metrics.paired_gain)
 
     def summary(self) -> dict:
-        """The content of result.json."""
+        """The content of result.json (`search`: the search loop's summary, when a search made the prompt)."""
+        search = self.prompt.meta.get("search")
         return {
             "method": self.method,
             "model": self.config.get("model"),
@@ -58,6 +59,7 @@ class Run:
             "stopped": self.stopped,
             "gain": self.gain,
             "seconds": round(self.seconds, 3),
+            **({"search": search} if isinstance(search, dict) else {}),
             "config": self.config,
             **self.details,
         }

@@ -401,6 +401,8 @@ def optimize(
         from .metrics import describe_gain
 
         gain = "\n  " + describe_gain(run.gain)
+    if s.get("search", {}).get("kept_start"):
+        gain += "\n  no candidate scored higher on dev than the start: the start was kept"
     _print(s, as_json, f"{method} on {task.name} with {lm.model_id}: {dev}, {test}; {run.seconds:.1f}s -> {out}{gain}")
     if run.stopped == "budget":
         _budget_stop(run, budget, out)

@@ -398,14 +398,36 @@ def antonym_task(n_dev: int = 10) -> Task:
                           kind="generation", instruction="Answer the input.")
 
 
+class StartBelowEndpoint(AnswerEndpoint):
+    """AnswerEndpoint, except that under any instruction but the task's own (the start) it gets one dev row
+    right ("big" -> "small"): the candidates tie among themselves (exact match 0.1), above the start (0.0)."""
+
+    def generate(self, prompts, config=None):
+        self.generated += len(prompts)
+        return [["small" if "big" in p.splitlines()[-2:][0] and "Answer the input." not in p else "no idea"]
+                for p in prompts]
+
+
 def test_candidates_tied_on_the_metric_are_ranked_by_the_reference_answers_log_probability():
+    target = StartBelowEndpoint()
+    opt = ScriptedLM(["write a poem", "give the opposite word"])
+    p = search(Paraphraser(steps=1), target, antonym_task(), ctx(optimizer=opt))
+    assert p.instruction == "give the opposite word" and p.meta["search"]["best_dev"] == 0.1
+    assert not p.meta["search"]["kept_start"]
+    # 3 candidates x 10 dev rows generated; the tie-break scores the first 8 dev rows of each tied candidate once
+    assert target.generated == 30 and target.scored == 16
+    assert p.meta["cost"]["target_calls"] == 46
+
+
+def test_a_candidate_tied_with_the_start_on_the_metric_never_replaces_it(capsys):
+    # every prompt scores exact match 0; the candidate "give the opposite word" has the higher log-probability
     target = AnswerEndpoint()
     opt = ScriptedLM(["write a poem", "give the opposite word"])
     p = search(Paraphraser(steps=1), target, antonym_task(), ctx(optimizer=opt))
-    assert p.instruction == "give the opposite word" and p.meta["search"]["best_dev"] == 0.0
-    # 3 candidates x 10 dev rows generated; the tie-break scores the first 8 dev rows of each tied candidate once
-    assert target.generated == 30 and target.scored == 24
-    assert p.meta["cost"]["target_calls"] == 54
+    assert p.instruction == "Answer the input." and p.meta["search"]["best_dev"] == 0.0
+    assert p.meta["search"]["kept_start"] and p.meta["search"]["origin"] == "initial"
+    assert target.generated == 30 and target.scored == 24  # the three tied prompts' tie values, paid once
+    assert "no candidate scored higher on dev than the start (0.000): the start is kept" in capsys.readouterr().err
 
 
 def test_tiebreak_zero_keeps_the_earlier_candidate_and_scores_no_answer():
@@ -432,7 +454,7 @@ def test_tiebreak_is_skipped_without_calls_left_or_log_probabilities(capsys):
 
 def test_a_rank_decided_by_tie_values_survives_resume(tmp_path):
     def run(resume):
-        target = AnswerEndpoint()
+        target = StartBelowEndpoint()
         p = search(Paraphraser(steps=1), target, antonym_task(),
                    ctx(tmp_path, resume=resume, optimizer=ScriptedLM(["write a poem", "give the opposite"])))
         return p, target
@@ -475,8 +497,19 @@ class LabelEndpoint(AnswerEndpoint):
         return rows
 
 
+class StartWrongLabelEndpoint(LabelEndpoint):
+    """LabelEndpoint, except that under the task's own instruction (the start) it also ranks 'positive' first
+    on the negative inputs: the start scores 0 % and the candidates tie among themselves at 50 %."""
+
+    def score_many(self, prompts, continuations):
+        rows = super().score_many(prompts, continuations)
+        start = toy_task().instruction
+        return [[-0.5 if start in p and "bad" in p.splitlines()[-2:][0] and c.strip() == "positive" else v
+                 for c, v in zip(continuations, r)] for p, r in zip(prompts, rows)]
+
+
 def test_classification_ties_go_to_the_gold_label_probability_at_no_extra_call(tmp_path):
-    target = LabelEndpoint()
+    target = StartWrongLabelEndpoint()
     p = search(Paraphraser(steps=1), target, toy_task(), ctx(optimizer=ScriptedLM(["write a poem", "the sentiment"])))
     assert p.instruction == "the sentiment" and p.meta["search"]["best_dev"] == 0.5
     # 3 candidates x 8 dev rows, each scored once; the tie values came with those scores
@@ -486,15 +519,34 @@ def test_classification_ties_go_to_the_gold_label_probability_at_no_extra_call(t
         def search_settings(self):
             return SearchSettings(steps=self.steps, tiebreak=0)
 
-    p = search(NoTies(steps=1), LabelEndpoint(), toy_task(), ctx(optimizer=ScriptedLM(["write a poem", "the sentiment"])))
-    assert p.instruction == toy_task().instruction
+    p = search(NoTies(steps=1), StartWrongLabelEndpoint(), toy_task(),
+               ctx(optimizer=ScriptedLM(["write a poem", "the sentiment"])))
+    assert p.instruction == "write a poem"
     # a resumed search ranks the same way from its checkpointed scores, with no model call
-    first = search(Paraphraser(steps=1), LabelEndpoint(), toy_task(),
+    first = search(Paraphraser(steps=1), StartWrongLabelEndpoint(), toy_task(),
                    ctx(tmp_path, optimizer=ScriptedLM(["write a poem", "the sentiment"])))
-    again_target = LabelEndpoint()
+    again_target = StartWrongLabelEndpoint()
     again = search(Paraphraser(steps=1), again_target, toy_task(),
                    ctx(tmp_path, resume=True, optimizer=ScriptedLM(["write a poem", "the sentiment"])))
     assert again.hash == first.hash and again.instruction == "the sentiment" and again_target.scored == 0
+
+
+def test_a_classification_candidate_tied_with_the_start_keeps_the_start_and_says_so(tmp_path):
+    import promptlift
+    from promptlift.registry import get_method
+
+    # every prompt scores 50 %; "the sentiment" gives the gold label more probability than the start does
+    target = LabelEndpoint()
+    p = search(Paraphraser(steps=1), target, toy_task(), ctx(optimizer=ScriptedLM(["write a poem", "the sentiment"])))
+    assert p.instruction == toy_task().instruction and p.meta["search"]["best_dev"] == 0.5
+    assert p.meta["search"]["kept_start"] and target.scored == 24
+    # the same rule through a registered method: result.json says the start was kept
+    run = promptlift.optimize("ape", LabelEndpoint(), toy_task(), out=tmp_path / "run", progress=False,
+                              optimizer_lm=ScriptedLM(["the sentiment", "the sentiment of the text"]),
+                              eval_splits=("dev",), **get_method("ape").smoke)
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["search"]["kept_start"] and result["search"]["origin"] == "initial"
+    assert run.prompt.instruction == toy_task().instruction
 
 
 def test_the_budget_plan_says_what_the_starts_cost_and_how_many_candidates_are_left(capsys):

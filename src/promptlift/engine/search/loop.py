@@ -17,6 +17,9 @@ The loop owns:
 - **Selection** (`engine.select`: full, UCB, successive halving, per method), then
   the step's top candidate is scored on the whole dev set. The best prompt is the
   candidate with the highest mean over the *whole* dev set; test is never touched.
+- **The start is kept unless beaten**: the search returns a candidate other than a start only when its
+  dev score is strictly higher than the best start's (`SearchState.best`); a tie on the metric keeps the
+  start, whatever the tie values say (`meta["search"]["kept_start"]`, and a note, say so).
 - **Ties** (`SearchSettings.tiebreak`): with a small model and a small dev set many
   candidates tie on the metric (a generation task at 0 exact matches with every
   candidate; a classifier that answers one label whatever the instruction). Tied
@@ -124,7 +127,8 @@ def search(method: SearchMethod, lm, task: Task, ctx, *, optimizer=None, limits:
         "cost": state.spend.as_dict(),
         "search": {"best_dev": score, "dev_examples": len(state.dev), "steps": state.step,
                    "candidates": len(state.prompts), "stopped": state.stopped, "skipped": dict(state.skipped),
-                   "optimizer": optimizer.model_id, "origin": state.info.get(key, {}).get("origin") if key else None},
+                   "optimizer": optimizer.model_id, "origin": state.info.get(key, {}).get("origin") if key else None,
+                   "kept_start": state.kept_start()},
     })
     if ckpt is not None and state.stopped != "budget":
         write_checkpoint(state, ckpt, {**state.to_json(config, *snapshot), "done": True})
@@ -399,4 +403,6 @@ def _note_spend(method, state: SearchState, best: float | None, seconds: float, 
              f"optimizer; {s.cached_target_calls} cached scores free), {s.tokens} tokens, {seconds:.1f}s; "
              f"{len(state.prompts)} candidates, best dev {best_s}; skipped proposals: {skipped}"
              + (f"; stopped: {state.stopped}" if state.stopped else ""))
+    if state.kept_start():
+        ctx.note(f"{method.name}: no candidate scored higher on dev than the start ({best_s}): the start is kept")
 

@@ -342,9 +342,22 @@ class SearchState:
                 self.scores.get(model, key, k)["ref_logp"] = float(v)
 
     def best(self) -> tuple[str | None, float | None]:
-        """(hash, dev score) of the best candidate so far ((None, None) before any is scored)."""
+        """(hash, dev score) of the prompt the search keeps so far ((None, None) before any is scored): the top of
+        `ranking`, except that a candidate replaces the best start (origin "initial") only with a dev score
+        strictly higher than the start's. The tie value orders starts among themselves and candidates among
+        themselves, never a candidate above the start it came from: a tie on the metric keeps the start."""
         r = self.ranking()
-        return r[0] if r else (None, None)
+        if not r:
+            return None, None
+        start = next(((k, s) for k, s in r if self.info[k]["origin"] == "initial"), None)
+        return start if start is not None and r[0][1] <= start[1] else r[0]
+
+    def kept_start(self) -> bool:
+        """Whether the kept prompt is a start although other candidates were scored on all of dev (none
+        scored higher)."""
+        key = self.best()[0]
+        return key is not None and self.info[key]["origin"] == "initial" and any(
+            self.info[k]["origin"] != "initial" for k, _ in self.ranking())
 
     # --- checkpoint ----------------------------------------------------------------------
     def to_json(self, method_config: dict, data: str, rng_state, step: int) -> dict:
