@@ -608,11 +608,12 @@ def distill(
 
 @app.command()
 def demo(as_json: bool = typer.Option(False, "--json"),
-         out: Path = typer.Option(Path("runs/demo"), help="where the demo's runs go")):
+         out: Path = typer.Option(Path("runs/demo"), help="where the demo's runs go"),
+         full: bool = typer.Option(False, "--full", help="the longer demo: + calibration, 10 epochs of prompt tuning")):
     """The headline on the bundled model and the project's demo task: before/after table."""
     from .demo import run_demo
 
-    run_demo(out, as_json=as_json)
+    run_demo(out, as_json=as_json, full=full)
 
 
 def _report_error(message: str, kind: str, code: int, as_json: bool) -> int:
