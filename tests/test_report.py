@@ -154,3 +154,18 @@ def test_report_fits_a_1280_px_window_in_chromium(tmp_path: Path) -> None:
                           "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120).stdout
     width = int(re.search(r'data-w="(\d+)"', dom).group(1))
     assert width <= 1280, width  # no horizontal scrolling
+
+
+def test_report_shows_score_against_prompt_tokens(tmp_path: Path) -> None:
+    runs = []
+    for name, acc, tokens in (("long-text", 0.85, 612.0), ("soft", 0.84, 19.0), ("zero", 0.7, 11.0)):
+        d = _make_run(tmp_path / "runs", name, method="few-shot", test_acc=acc)
+        result = json.loads((d / "result.json").read_text())
+        result["test"]["prompt_tokens"] = tokens
+        (d / "result.json").write_text(json.dumps(result))
+        runs.append(d)
+    page = write_report(runs, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "Score against prompt tokens" in page and "612.0" in page and "19.0" in page
+    assert page.count("data:image/png;base64,") == 3  # the score-vs-tokens scatter beside score and loss
+    one = write_report(runs[:1], tmp_path / "one.html").read_text(encoding="utf-8")
+    assert "Score against prompt tokens" not in one and "612.0" in one  # one run: the number, no scatter

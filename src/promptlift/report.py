@@ -307,7 +307,7 @@ def _table(runs: list[Run]) -> str:
     head = ["run", "method", "model", "task",
             f"dev {dev_metric}" if dev_metric else "dev",
             f"test {test_metric} [95% CI]" if test_metric else "test [95% CI]",
-            "gain over zero-shot (same rows) [95% CI]", "seconds"]
+            "gain over zero-shot (same rows) [95% CI]", "prompt tokens", "seconds"]
     out = ["<table>", "<thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr></thead>", "<tbody>"]
     for r in runs:
         cells = [f"<td>{html.escape(r.name)}{_stopped(r)}</td>"]
@@ -315,11 +315,50 @@ def _table(runs: list[Run]) -> str:
         cells.append(f'<td class="num">{_fmt_split(r.result.get("dev"), dev_metric)}</td>')
         cells.append(f'<td class="num">{_fmt_split(r.result.get("test"), test_metric)}</td>')
         cells.append(f'<td class="num">{_fmt_gain(r.result.get("gain"))}</td>')
+        toks = _prompt_tokens(r)
+        cells.append(f'<td class="num">{"&ndash;" if toks is None else f"{toks:,.1f}"}</td>')
         secs = _number(r.result.get("seconds"))
         cells.append(f'<td class="num">{"" if secs is None else f"{secs:,.1f}"}</td>')
         out.append("<tr>" + "".join(cells) + "</tr>")
     out += ["</tbody>", "</table>", _cost_table(runs)]
     return "\n".join(o for o in out if o)
+
+
+def _prompt_tokens(r: Run) -> float | None:
+    """The positions the run's prompt puts before each input (result.json's test, else dev, `prompt_tokens`)."""
+    for split in ("test", "dev"):
+        d = r.result.get(split)
+        if isinstance(d, dict) and _number(d.get("prompt_tokens")) is not None:
+            return _number(d.get("prompt_tokens"))
+    return None
+
+
+def _cost_plot(runs: list[Run]) -> str | None:
+    """Each run's test score against its prompt tokens (cost per request), as a base64 PNG; None for fewer than
+    two runs with both."""
+    points = [(r.name, t, m[1]) for r in runs if (t := _prompt_tokens(r)) is not None
+              and (m := split_metric(r.result.get("test"))) is not None]
+    if len(points) < 2:
+        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.0, 3.6), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for name, t, score in points:
+        ax.scatter([t], [score], s=25)
+        ax.annotate(name, (t, score), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    if max(t for _, t, _ in points) > 20 * max(min(t for _, t, _ in points), 1):
+        ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlabel("prompt tokens before each input")
+    ax.set_ylabel("test score")
+    ax.set_title("Score against prompt tokens")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def _cost_table(runs: list[Run]) -> str:
@@ -417,8 +456,13 @@ def render_html(runs: list[Run], title: str = "promptlift report") -> str:
         '<p class="note">Gain: the test score minus that of the task\'s instruction alone (zero-shot) on the same '
         "rows, with a paired test (McNemar exact for 0/1 scores, paired bootstrap otherwise) and its 95% interval."
         "</p>",
-        "<h2>What was learned</h2>",
     ]
+    cost_png = _cost_plot(runs)
+    if cost_png:
+        parts += ["<h2>Score against prompt tokens</h2>", f'<img alt="score against prompt tokens" src="{cost_png}">',
+                  '<p class="note">Prompt tokens: the positions a prompt puts before each input (instruction, '
+                  "demonstrations, soft vectors, ...), paid on every request.</p>"]
+    parts.append("<h2>What was learned</h2>")
     for r in runs:
         parts += [f"<h3>{html.escape(r.name)}{_stopped(r)}</h3>", _learned(r)]
     parts.append("<h2>Score over steps</h2>")

@@ -323,6 +323,9 @@ def test_metrics_and_one_json_log_line_per_request(tmp_path, fake, proxies):
     text = httpx.get(px.url + "/metrics").text
     assert 'promptlift_requests_total{endpoint="chat",route="sentiment",status="200"} 1.0' in text
     assert 'promptlift_tokens_total{kind="completion",route="sentiment"} 3.0' in text
+    # the prompt's own positions, apart from the input: estimated from characters on an HTTP upstream
+    want = (len(INSTRUCTION) + 2 + sum(len(d.input) + len(d.output) for d in DEMOS)) / 4
+    assert f'promptlift_prompt_positions_total{{route="sentiment",unit="estimated"}} {want}' in text
     assert 'promptlift_request_duration_seconds_bucket{endpoint="chat",le="+Inf",route="sentiment"} 1.0' in text
     health = httpx.get(px.url + "/health", headers={"authorization": f"Bearer {ADMIN_KEY}"}).json()
     assert health["status"] == "ok" and {r["route"] for r in health["routes"]} == {"sentiment", "other"}

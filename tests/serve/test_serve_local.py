@@ -439,3 +439,23 @@ def test_optimized_soft_prompt_served_locally_gives_the_eval_predictions_on_sst2
     assert len(set(answers)) == 2
     print(f"\nsoft prompt (dev {artifact.meta.get('best_dev')}) on SST-2 test[:200]: accuracy {local['accuracy']:.3f} "
           f"locally and through the proxy; {listed}/60 chat label log-probs listed in top 20")
+
+
+def test_metrics_count_the_prompts_own_positions_per_route(tmp_path, lm, served):
+    """/metrics: a soft prompt's k vectors and instruction, a text prompt's tokens; never the user's input."""
+    import httpx
+
+    from promptlift.engine.evaluate import evaluate
+    from promptlift.task import Task
+
+    bare = soft(lm, 0, k=3, instruction="")
+    text = TextPrompt(instruction="Classify the input.", demos=[Example("very good", "up")])
+    s = served(local_config(tmp_path, {"default": text, "soft": bare}), lm)
+    s.chat(INPUTS[0], "soft")
+    s.chat(INPUTS[1], "soft")
+    metrics = lambda: httpx.get(s.srv.url + "/metrics").text  # noqa: E731
+    assert 'promptlift_prompt_positions_total{route="tiny",unit="tokens"} 6.0' in metrics()  # 2 requests x 3
+    s.chat(INPUTS[2])
+    task = Task(name="t", kind="generation", test=[Example(INPUTS[2], "")])
+    n = evaluate(lm, task, text, progress=False).prompt_tokens
+    assert n > 3 and f'promptlift_prompt_positions_total{{route="tiny",unit="tokens"}} {6.0 + n}' in metrics()

@@ -74,7 +74,7 @@ from ..errors import PromptliftError
 from ..lm.base import GenerationConfig
 from . import guard
 from . import protocol as P
-from .apply import chat_messages, check_one_stage, completion_prompt, embeds_prompt
+from .apply import chat_messages, check_one_stage, completion_prompt, embeds_prompt, estimated_prompt_positions
 from .auth import Caller, bearer_token
 from .config import DEFAULT_PROMPT, PROMPT_HEADER, ServeConfig
 from .embeds import (TOP_LOGPROBS, encode_embeds, first_token_ids, first_token_top, label_targets, rank_labels,
@@ -104,6 +104,8 @@ class _Record:
     upstream_status: int | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    prompt_positions: float = 0.0  # the prompt's own positions (`Applier.prompt_tokens`), summed over the inputs
+    positions_unit: str = "tokens"  # "estimated" where counted without a tokenizer (HTTP upstream)
     stream: bool = False
     error: str | None = None
     upstream_error: str | None = None
@@ -461,7 +463,7 @@ _UPSTREAM_ERRORS = {"upstream_timeout": "timeout", "upstream_unavailable": "unav
 def _finish(state: ServerState, rec: _Record) -> None:
     seconds = time.perf_counter() - rec.t0
     state.metrics.observe(rec.route or "-", rec.endpoint, rec.status, seconds, rec.prompt_tokens,
-                          rec.completion_tokens, rec.upstream_error)
+                          rec.completion_tokens, rec.upstream_error, rec.prompt_positions, rec.positions_unit)
     line = {"ts": round(time.time(), 3), "event": "request", "route": rec.route or None, "endpoint": rec.endpoint,
             "prompt": rec.prompt, "sha256": rec.sha256, "key": rec.key, "status": rec.status,
             "upstream_status": rec.upstream_status, "latency_ms": round(seconds * 1000, 2),
@@ -501,6 +503,7 @@ async def _http(state: ServerState, live: LiveRoute, prompt, task, endpoint: str
             path = "/completions"
     except PromptliftError as e:
         raise _bad(str(e), "invalid_value") from None
+    rec.prompt_positions, rec.positions_unit = estimated_prompt_positions(prompt, inputs, task), "estimated"
     field_ = "messages" if endpoint == "chat" else "prompt"
     scrub = guard.scrubber(out[field_], payload[field_])
     if rec.stream:
@@ -761,6 +764,7 @@ async def _local(live: LiveRoute, prompt, task, endpoint: str, payload: dict, ma
                                                                     score=score) for x in inputs])
     rec.prompt_tokens = sum(a.prompt_tokens for a in answers)
     rec.completion_tokens = sum(a.completion_tokens for a in answers)
+    rec.prompt_positions = sum(a.prompt_positions for a in answers)
     if rec.content is not None:
         rec.content["answer"] = [a.text for a in answers]
     model = payload["model"]
@@ -812,11 +816,13 @@ async def _label(live: LiveRoute, pname: str, prompt, task, endpoint: str, paylo
         answers = [a.label for a in done]
         rec.prompt_tokens = sum(a.prompt_tokens for a in done)
         rec.completion_tokens = sum(a.completion_tokens for a in done)
+        rec.prompt_positions = sum(a.prompt_positions for a in done)
     elif live.via[pname] == EMBEDS:
         answers = [await _embeds_label(live, prompt, task, x, rec) for x in inputs]
     else:
         try:
             answers = await run_in_threadpool(live.labeler.classify, prompt, task, endpoint, inputs)
+            rec.prompt_positions, rec.positions_unit = estimated_prompt_positions(prompt, inputs, task), "estimated"
         except PromptliftError as e:
             raise _bad(str(e), "invalid_value") from None
     texts = [task.labels[a.label] if a.label is not None else (a.raw or "") for a in answers]

@@ -80,6 +80,12 @@ def render_request(prompt: Prompt, conversation: str | Sequence[Any], task=None)
     return cond.rendered[0]
 
 
+def estimated_prompt_positions(prompt: Prompt, conversations: Sequence[Any], task=None) -> float:
+    """The positions `prompt` puts before these inputs on an HTTP upstream, summed: `Applier.prompt_tokens` on the
+    endpoint backend, i.e. estimated from characters (`Endpoint.positions_unit`): there is no tokenizer here."""
+    return float(sum(applier_for(prompt).prompt_tokens(prompt, _upstream_backend(), task, list(conversations))))
+
+
 def chat_messages(prompt: Prompt, messages: Sequence[Any], task=None) -> list[dict]:
     """The messages to send upstream for a chat request's `messages`."""
     return render_request(prompt, messages, task).messages()

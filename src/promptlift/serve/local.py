@@ -70,6 +70,7 @@ class Answer:
     first: list[tuple[int, float]] | None = None
     scored: "ScoredText | None" = None
     label: LabelAnswer | None = None  # a classifier's answer: the label and every label's score
+    prompt_positions: float = 0.0  # of `prompt_tokens`, the positions the prompt put before the input
 
 
 @dataclass
@@ -172,6 +173,25 @@ def run_jobs(lm, jobs: list[_Job], cache: PrefixCache | None = None) -> None:
                     _decode(lm, [j])
                 except Exception:
                     _fail(j)
+    _count_prompt_positions(WhiteBox(lm, prefixes=cache, common_prefix=False), jobs)
+
+
+def _count_prompt_positions(wb: WhiteBox, jobs: list[_Job]) -> None:
+    """Each answered job's `prompt_positions` (`Applier.prompt_tokens`), per artifact together. `wb` keeps no
+    common prefix, so a text prompt costs a tokenization, and a soft or prefix prompt's constant part is the cached
+    one: no forward pass. A count that fails leaves 0 (the answer stands)."""
+    groups: dict[tuple, list[_Job]] = {}
+    for j in jobs:
+        if j.result is not None:
+            groups.setdefault((id(j.prompt), id(j.task)), []).append(j)
+    for group in groups.values():
+        j0 = group[0]
+        try:
+            counts = applier_for(j0.prompt).prompt_tokens(j0.prompt, wb, j0.task, [j.conversation for j in group])
+        except Exception:  # noqa: BLE001 - metrics only
+            continue
+        for j, n in zip(group, counts):
+            j.result.prompt_positions = n
 
 
 def _cfg_key(cfg: GenerationConfig) -> tuple:

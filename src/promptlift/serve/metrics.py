@@ -5,6 +5,11 @@
     promptlift_upstream_errors_total{route, kind}            kind: timeout | unavailable | status_5xx |
                                                              status_429 | status_4xx | local
     promptlift_tokens_total{route, kind}                     prompt | completion (as the upstream reports them)
+    promptlift_prompt_positions_total{route, unit}           positions the route's prompt put before the users'
+                                                             inputs (its instruction, demonstrations, template parts
+                                                             and virtual tokens; not the input): unit "tokens" on
+                                                             the local upstream, "estimated" (characters / 4) for
+                                                             an HTTP upstream, which has no tokenizer here
     promptlift_reloads_total{result}                         ok | error
 
 With `--workers N` the server sets PROMETHEUS_MULTIPROC_DIR (a folder of its run)
@@ -41,17 +46,22 @@ class Metrics:
                                        ["route", "kind"], registry=r)
         self.tokens = Counter("promptlift_tokens", "Tokens reported by the upstream, by route and kind",
                               ["route", "kind"], registry=r)
+        self.prompt_positions = Counter("promptlift_prompt_positions", "Positions the route's prompt put before "
+                                        "the users' inputs (not the inputs)", ["route", "unit"], registry=r)
         self.reloads = Counter("promptlift_reloads", "Reloads of routes and artifacts", ["result"], registry=r)
         self.multiprocess_dir = os.environ.get(MULTIPROC_ENV)  # read by prometheus_client when first imported
 
     def observe(self, route: str, endpoint: str, status: int, seconds: float, prompt_tokens: int = 0,
-                completion_tokens: int = 0, upstream_error: str | None = None) -> None:
+                completion_tokens: int = 0, upstream_error: str | None = None, prompt_positions: float = 0.0,
+                positions_unit: str = "tokens") -> None:
         self.requests.labels(route, endpoint, str(status)).inc()
         self.latency.labels(route, endpoint).observe(seconds)
         if prompt_tokens:
             self.tokens.labels(route, "prompt").inc(prompt_tokens)
         if completion_tokens:
             self.tokens.labels(route, "completion").inc(completion_tokens)
+        if prompt_positions:
+            self.prompt_positions.labels(route, positions_unit).inc(prompt_positions)
         if upstream_error:
             self.upstream_errors.labels(route, upstream_error).inc()
 

@@ -153,3 +153,51 @@ def test_a_missing_or_malformed_teacher_is_refused_before_the_model_loads(tmp_pa
         assert cli.main(args + (["--teacher", teacher] if teacher else [])) == 2
         err = capsys.readouterr().err
         assert says in err and len(err.strip().splitlines()) == 1
+
+
+def _consistent(d: dict) -> None:
+    """The compression report: kept share of gain, prompt tokens and the cheap text alternative agree."""
+    zero, t, s = d["zero_shot"], d["teacher"], d["student"]
+    for split in ("dev", "test"):
+        gain = t[split]["accuracy"] - zero[split]
+        want = None if gain <= 0 else pytest.approx((s[split]["accuracy"] - zero[split]) / gain, abs=1e-4)
+        assert d["kept_gain"][split] == want
+        assert s[split]["prompt_tokens"] == s["prompt_tokens"] and t[split]["prompt_tokens"] == t["prompt_tokens"]
+    assert d["prompt_tokens_ratio"] == pytest.approx(t["prompt_tokens"] / s["prompt_tokens"], abs=0.01)
+    cheap = d["cheap_text"]
+    assert cheap["demos"] >= 1 and cheap["fits"] == (cheap["prompt_tokens"] <= s["prompt_tokens"])
+    assert set(cheap["kept_gain"]) == {"dev", "test"} and 0 <= cheap["dev"] <= 1
+
+
+def test_a_long_text_teacher_is_compressed_and_the_report_says_how_much_it_kept(tmp_path, lm):
+    """shots:8 -> 3 vectors: the student's prompt tokens are 3 plus its instruction's, far fewer than the teacher's."""
+    from promptlift.artifacts import TextPrompt
+
+    task = write_task(tmp_path / "data")
+    r = promptlift.optimize("distill", lm, task, teacher="shots:8", out=tmp_path / "run", progress=False, tokens=3,
+                            epochs=2)
+    d = json.loads((tmp_path / "run" / "result.json").read_text())
+    _consistent(d)
+    instr = promptlift.evaluate(lm, task, TextPrompt(instruction=task.instruction), split="dev",
+                                progress=False).prompt_tokens
+    assert d["student"]["prompt_tokens"] == 3 + instr == d["zero_shot"]["prompt_tokens"] + 3
+    assert d["teacher"]["prompt_tokens"] > 4 * d["student"]["prompt_tokens"]
+    assert d["cheap_text"]["demos"] < 8 and r.details["kept_gain"] == d["kept_gain"]
+
+
+@pytest.mark.parametrize("kind", ["calibrated", "mixture"])
+def test_any_one_stage_artifact_can_teach(tmp_path, lm, kind):
+    from promptlift.artifacts import Calibrated, MixturePrompt, TextPrompt
+
+    task = write_task(tmp_path / "data")
+    if kind == "calibrated":
+        teacher = Calibrated(inner=TextPrompt(instruction=task.instruction, demos=task.train[:4]),
+                             content_free=["N/A", "[MASK]"])
+    else:
+        h = lm.hidden_size
+        members = [SoftPrompt(embeds=torch.randn(2, h, generator=torch.Generator().manual_seed(i)), hidden_size=h,
+                              instruction=task.instruction, model=lm.model_id) for i in range(2)]
+        teacher = MixturePrompt(members=members, weights=torch.zeros(2), model=lm.model_id)
+    r = promptlift.optimize("distill", lm, task, teacher=teacher, progress=False, tokens=2, epochs=1)
+    assert r.details["teacher"]["type"] == teacher.type
+    _consistent(json.loads(json.dumps(r.details | {"dev": r.dev.to_dict()})))

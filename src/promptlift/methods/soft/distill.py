@@ -22,9 +22,15 @@ cost k positions.
 
 The best epoch is the one whose predictions agree most with the teacher's on
 the dev inputs (the trainer's dev score, on dev inputs labelled by the
-teacher). Only after training are teacher and student scored against the gold
-dev labels: `result.json` reports both (`teacher.dev`, `student.dev`), the
-accuracy kept (`kept`) and how often they answer alike (`agreement_dev`).
+teacher). Only after training are teacher, student and zero-shot scored against
+the gold dev (and test) labels: `result.json` reports them (`teacher.dev|test`,
+`student.dev|test`, `zero_shot`), the share of the teacher's gain over zero-shot
+the student keeps (`kept_gain`: (student - zero) / (teacher - zero) per split),
+each one's `prompt_tokens` and the teacher/student ratio (`prompt_tokens_ratio`),
+the accuracy kept (`kept`), how often they answer alike (`agreement_dev`), and
+the obvious cheap alternative scored the same way (`cheap_text`: the teacher's
+instruction with as many of its demonstrations as fit in the student's prompt
+tokens, at least one; `fits` says whether even that one fits).
 
 Any one-stage prompt the local model applies can be the teacher (a text prompt
 with demonstrations distils into soft vectors too); the student takes the
@@ -199,18 +205,72 @@ class Distill(Method):
         return dict(zip(inputs, answers)), loss_fn
 
     def summarize(self, lm, task, run, ctx) -> dict:
-        """Teacher and student scored on the gold dev labels, the accuracy kept and their agreement."""
+        """Teacher, student, zero-shot and the cheap text alternative scored on the gold dev (and test) labels;
+        the share of the teacher's gain kept, the prompt tokens of each and their agreement."""
         teacher, record = self.teacher(lm, task, ctx)
-        teacher_dev = student_dev = agreement = kept = None
-        if task.dev:
-            teacher_dev = evaluate(lm, task, teacher, split="dev", progress=False, reporter=ctx.reporter)
-            student_dev = run.dev or evaluate(lm, task, run.prompt, split="dev", progress=False, reporter=ctx.reporter)
+        ev = lambda p, split: evaluate(lm, task, p, split=split, progress=False, reporter=ctx.reporter)  # noqa: E731
+        splits = [s for s, got in (("dev", task.dev), ("test", run.test)) if got]
+        student = {"dev": run.dev, "test": run.test}
+        for s in splits:
+            student[s] = student[s] or ev(run.prompt, s)
+        teacher_r = {s: ev(teacher, s) for s in splits}
+        zero_prompt = TextPrompt(instruction=task.instruction)
+        zero = {s: ev(zero_prompt, s) for s in splits}
+        agreement = kept = None
+        if "dev" in splits:
             if task.is_classification:
-                same = [a["pred"] == b["pred"] for a, b in zip(teacher_dev.predictions, student_dev.predictions)]
+                same = [a["pred"] == b["pred"] for a, b in zip(teacher_r["dev"].predictions, student["dev"].predictions)]
                 agreement = sum(same) / len(same)
-            if teacher_dev.accuracy:
-                kept = student_dev.accuracy / teacher_dev.accuracy
+            if teacher_r["dev"].accuracy:
+                kept = student["dev"].accuracy / teacher_r["dev"].accuracy
+        cheap = self._cheap_text(lm, task, teacher, student, splits, ctx)
+        cheap_r = {s: ev(cheap, s) for s in splits} if cheap is not None else {}
+        tokens = lambda r: next((x.prompt_tokens for x in r.values() if x is not None), None)  # noqa: E731
+        t_tok, s_tok = tokens(teacher_r), tokens(student)
         dev = lambda r: r.to_dict() if r else None  # noqa: E731
-        return {"teacher": {**record, "dev": dev(teacher_dev)},
-                "student": {"type": run.prompt.type, "sha256": run.prompt.hash, "dev": dev(student_dev)},
+        scores = lambda r: {s: r[s].accuracy for s in splits}  # noqa: E731
+        return {"teacher": {**record, "dev": dev(teacher_r.get("dev")), "test": dev(teacher_r.get("test")),
+                            "prompt_tokens": t_tok},
+                "student": {"type": run.prompt.type, "sha256": run.prompt.hash, "dev": dev(student.get("dev")),
+                            "test": dev(student.get("test")), "prompt_tokens": s_tok},
+                "zero_shot": {**scores(zero), "prompt_tokens": tokens(zero)},
+                "kept_gain": kept_gain(scores(student), scores(teacher_r), scores(zero)),
+                "prompt_tokens_ratio": round(t_tok / s_tok, 2) if t_tok and s_tok else None,
+                "cheap_text": None if cheap is None else {
+                    "demos": len(cheap.demos), "fits": tokens(cheap_r) <= (s_tok or 0),
+                    "prompt_tokens": tokens(cheap_r), **scores(cheap_r),
+                    "kept_gain": kept_gain(scores(cheap_r), scores(teacher_r), scores(zero))},
                 "kept": kept, "agreement_dev": agreement, "best_epoch": run.prompt.meta.get("best_epoch")}
+
+    def _cheap_text(self, lm, task, teacher, student, splits, ctx) -> TextPrompt | None:
+        """The obvious cheap alternative to the student: the teacher's instruction with as many of its
+        demonstrations (a teacher with none: class-balanced train ones) as fit in the student's prompt tokens,
+        at least one (then it does not fit: `fits` says so). None without demonstrations to take."""
+        if not splits:
+            return None
+        budget = student[splits[0]].prompt_tokens or 0
+        demos = list(getattr(teacher, "demos", None) or [])
+        if not demos and task.train:
+            demos = balanced_sample(task, min(len(task.train), 16), random.Random(ctx.seed))
+        if not demos:
+            return None
+        instruction = getattr(teacher, "instruction", None) or task.instruction
+        probe = [ex.input for ex in task.split(splits[0])[:16]]
+        backend = WhiteBox(lm, common_prefix=False)  # counting needs no forward pass
+
+        def tokens(m: int) -> float:
+            p = TextPrompt(instruction=instruction, demos=demos[:m])
+            per = applier_for(p).prompt_tokens(p, backend, task, probe)
+            return sum(per) / len(per)
+
+        m = 1
+        while m < len(demos) and tokens(m + 1) <= budget:
+            m += 1
+        return TextPrompt(instruction=instruction, demos=demos[:m])
+
+
+def kept_gain(student: dict, teacher: dict, zero: dict) -> dict:
+    """Per split, the share of the teacher's gain over zero-shot that the student keeps:
+    (student - zero) / (teacher - zero); None where the teacher gains nothing over zero-shot."""
+    return {s: (round((student[s] - zero[s]) / (teacher[s] - zero[s]), 4) if teacher[s] > zero[s] else None)
+            for s in student}
