@@ -28,6 +28,7 @@ from common import SST2, command_line, machine_facts, md_table, now, progress, w
 
 import promptlift  # noqa: E402
 from promptlift.lm.hf import HFModel  # noqa: E402
+from promptlift.registry import get_method  # noqa: E402
 from promptlift.task import Task  # noqa: E402
 
 VARIANTS = {"prompt-tuning": ("prompt-tuning", {}), "soft-mixture": ("soft-mixture", {}),
@@ -44,12 +45,15 @@ def run_one(lm, task: Task, variant: str, seed: int, args, root: Path) -> dict:
     opts = {"tokens": args.tokens, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, **extra}
     if method == "soft-mixture":
         opts["members"] = args.members
-    out = root / f"{variant}-s{seed}"
+    if method != "prompt-tuning":
+        opts["weights_lr"] = args.weights_lr or get_method(method).Config().weights_lr
+    wlr = opts.get("weights_lr")
+    out = root / (f"{variant}-s{seed}" if wlr in (None, 1.0) else f"{variant}-w{wlr:g}-s{seed}")
     run = promptlift.optimize(method, lm, task, out=out, seed=seed, progress=False, overwrite=True, **opts)
     steps = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
     step_s = statistics.median(h["step_seconds"] for h in steps if "step_seconds" in h)
     row = {"variant": variant, "seed": seed, "settings": settings(args), "dev": run.dev.accuracy,
-           "test": run.test.accuracy, "step_s": step_s, "members": run.details.get("members"),
+           "test": run.test.accuracy, "step_s": step_s, "members": run.details.get("members"), "weights_lr": wlr,
            "command": command_line(), "date": now()}
     (out / "bench.json").write_text(json.dumps(row, indent=1))
     return row
@@ -70,6 +74,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=3e-2)
+    ap.add_argument("--weights-lr", type=float, default=None, help="the mixtures' weights_lr (default: the "
+                    "method's; rows keep theirs)")
     ap.add_argument("--test-limit", type=int, default=0, help="score only the first N test examples (0: all)")
     ap.add_argument("--runs", type=Path, default=Path(__file__).resolve().parent / ".runs" / "soft_mixture")
     ap.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
@@ -90,15 +96,16 @@ def main() -> None:
     found = [json.loads(p.read_text()) for p in sorted(args.runs.glob("*/bench.json"))]
     found = [r for r in found if r["settings"] == settings(args)]
     rows, member_rows = [], []
-    for variant in VARIANTS:
-        rs = [r for r in found if r["variant"] == variant]
-        if not rs:
-            continue
-        rows.append([variant, len(rs), pct([r["test"] for r in rs]), pct([r["dev"] for r in rs]),
+    keys = sorted({(list(VARIANTS).index(r["variant"]), r.get("weights_lr") or 0) for r in found})
+    for vi, wlr in keys:
+        variant = list(VARIANTS)[vi]
+        rs = [r for r in found if r["variant"] == variant and (r.get("weights_lr") or 0) == wlr]
+        name = variant if not wlr else f"{variant}, weights_lr {wlr:g}"
+        rows.append([name, len(rs), pct([r["test"] for r in rs]), pct([r["dev"] for r in rs]),
                      f"{statistics.median(r['step_s'] for r in rs):.2f}"])
         for r in rs:
             for i, m in enumerate(r["members"] or []):
-                member_rows.append([f"{variant} seed {r['seed']}", i, m["init"][:40].strip(), f"{m['weight']:.2f}",
+                member_rows.append([f"{name} seed {r['seed']}", i, m["init"][:40].strip(), f"{m['weight']:.2f}",
                                     f"{100 * m['dev']:.1f}", f"{100 * m['test']:.1f}"])
     facts = machine_facts()
     n_test = len(task.test)

@@ -138,6 +138,8 @@ def test_bad_mixtures_are_refused(tmp_path):
         promptlift.optimize("soft-mixture", lm, task, progress=False, members=2, inits="A|B")
     with pytest.raises(ConfigError, match="gate"):
         promptlift.optimize("soft-mixture", lm, task, progress=False, gate="output")
+    with pytest.raises(ConfigError, match="weights_lr"):
+        promptlift.optimize("soft-mixture", lm, task, progress=False, weights_lr=0)
     (tmp_path / "inits.txt").write_text("Is it good?\n\nRate it.\n")
     from promptlift.methods.soft.mixture import init_texts
 

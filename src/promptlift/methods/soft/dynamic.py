@@ -26,14 +26,15 @@ import torch.nn.functional as F
 from ...engine.train import train
 from ...registry import register
 from ...template import build_layout
-from ..shared import SoftConfig, init_token_ids
+from ..shared import init_token_ids
 from .common import SoftMethod
-from .mixture import MixtureModule, member_scores, mixture_loss
+from .mixture import MixtureModule, MixtureOptions, member_scores, mixture_loss
 
 
 @dataclass
-class DynamicConfig(SoftConfig):
-    """The trainer's and prompt tuning's options, the pool's lengths and the Gumbel-softmax temperature.
+class DynamicConfig(MixtureOptions):
+    """The trainer's and prompt tuning's options, the gate's learning rate, the pool's lengths and the
+    Gumbel-softmax temperature.
 
     Default pool: lengths tokens/4, tokens/2 and tokens (5, 10, 20 with the default 20 tokens), each from the
     `init` (the instruction's tokens by default); not swept on dev.
@@ -99,7 +100,7 @@ class DynamicPrompting(SoftMethod):
         init_ids = [init_token_ids(lm, task, c.init, k, rng, instruction) for k in lengths]
         torch.manual_seed(ctx.seed)
         module = DynamicModule(lm, init_ids, c.position, instruction, True, [f"{k} vectors" for k in lengths],
-                               tau=c.tau)
+                               weight_scale=c.weights_lr, tau=c.tau)
         return train(module, lm, task, layout, c, ctx, loss=mixture_loss(module, lm, task, layout, c.loss)).prompt
 
     def summarize(self, lm, task, run, ctx) -> dict:

@@ -52,12 +52,29 @@ GATES = ("none", "input")
 
 
 @dataclass
-class MixtureConfig(SoftConfig):
+class MixtureOptions(SoftConfig):
+    """The trainer's and prompt tuning's options, and how fast the mixture's weights learn."""
+
+    weights_lr: float = field(default=1.0, metadata={
+        "help": "learning-rate multiplier of the mixture weights and gate (a reparameterisation: AdamW moves "
+                "them weights_lr x lr per step)"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.weights_lr > 0:
+            raise ValueError(f"weights_lr must be > 0, got {self.weights_lr}")
+
+
+@dataclass
+class MixtureConfig(MixtureOptions):
     """The trainer's and prompt tuning's options, and the mixture's.
 
     Defaults: 3 members (the task's instruction, the label words, sampled tokens when no `inits` are given)
     and weights that do not depend on the input, the paper's setting; the trainer's defaults as prompt tuning's.
-    They were not swept on dev: BENCHMARKS.md ("soft-mixture") has the one small SST-2 comparison so far.
+    weights_lr (the weights' and gate's lr multiplier) 1: AdamW moves a parameter by about lr per step, so the
+    weights stay near uniform in a short run; weights_lr 10 lets them move, but scored lower on dev in the one
+    small SST-2 run (BENCHMARKS.md "soft_mixture": dev 65.6 against 75.0 %, one seed, 32 dev rows), so the
+    default stays 1. Members and inits were not swept on dev.
     """
 
     members: int = field(default=3, metadata={"help": "number of soft prompts K in the mixture"})
@@ -100,8 +117,9 @@ class MixtureModule(SoftModule):
     choose = "mix"  # what the artifact does at inference (see `MixturePrompt.choose`)
 
     def __init__(self, lm, init_ids: list[list[int]], position: str, instruction: str, gate: bool,
-                 inits: list[str] | None = None):
+                 inits: list[str] | None = None, weight_scale: float = 1.0):
         super().__init__()
+        self.weight_scale = weight_scale  # the weights and gate the optimizer sees are theirs / weight_scale
         self.embeds = nn.ParameterList([nn.Parameter(lm.embed(torch.tensor(ids, device=lm.device)).detach().clone())
                                         for ids in init_ids])
         self.weights = nn.Parameter(torch.zeros(len(init_ids), device=lm.device))
@@ -116,7 +134,8 @@ class MixtureModule(SoftModule):
 
     def log_weights(self, feats: torch.Tensor) -> torch.Tensor:
         """(B, K) log weights for inputs with features `feats` (B, hidden)."""
-        return log_weights(self.weights, self.gate, feats)
+        scale = self.weight_scale
+        return log_weights(self.weights * scale, self.gate * scale if self.gate is not None else None, feats)
 
     def mix(self, member_logp: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         """The training objective's mixture: member_logp (B, K, ...) -> (B, ...) log-probabilities."""
@@ -127,8 +146,10 @@ class MixtureModule(SoftModule):
         members = [SoftPrompt(instruction=s.instruction, position=s.position, hidden_size=s.hidden_size,
                               num_layers=s.num_layers, embeds=e.detach().clone(), meta={"init": init})
                    for e, init in zip(self.embeds, self.inits)]
-        gate = self.gate.detach().clone() if self.gate is not None else torch.zeros(0, 0)
-        return MixturePrompt(members=members, weights=self.weights.detach().clone(), gate=gate, choose=self.choose)
+        scale = self.weight_scale
+        gate = (self.gate * scale).detach().clone() if self.gate is not None else torch.zeros(0, 0)
+        return MixturePrompt(members=members, weights=(self.weights * scale).detach().clone(), gate=gate,
+                             choose=self.choose)
 
 
 def mixture_loss(module: MixtureModule, lm, task: Task, layout, loss: str = "auto"):
@@ -192,7 +213,7 @@ class SoftMixture(SoftMethod):
         init_ids = [init_token_ids(lm, task, how, c.tokens, rng, text) for how, text in srcs]
         torch.manual_seed(ctx.seed)
         module = MixtureModule(lm, init_ids, c.position, instruction, c.gate == "input",
-                               [text or how for how, text in srcs])
+                               [text or how for how, text in srcs], weight_scale=c.weights_lr)
         return train(module, lm, task, layout, c, ctx, loss=mixture_loss(module, lm, task, layout, c.loss)).prompt
 
     def summarize(self, lm, task, run, ctx) -> dict:
