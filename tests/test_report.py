@@ -169,3 +169,29 @@ def test_report_shows_score_against_prompt_tokens(tmp_path: Path) -> None:
     assert page.count("data:image/png;base64,") == 3  # the score-vs-tokens scatter beside score and loss
     one = write_report(runs[:1], tmp_path / "one.html").read_text(encoding="utf-8")
     assert "Score against prompt tokens" not in one and "612.0" in one  # one run: the number, no scatter
+
+
+def test_a_soft_prompt_s_nearest_tokens_are_stored_at_the_end_of_optimize_and_shown(tmp_path: Path, tiny_lm) -> None:
+    import html
+
+    import torch.nn.functional as F
+
+    import promptlift
+    from fakes import synth_task
+
+    run = promptlift.optimize("prompt-tuning", tiny_lm, synth_task(), out=tmp_path / "soft", progress=False,
+                              tokens=2, epochs=1, batch_size=8, eval_splits=("dev",))
+    nearest = json.loads((tmp_path / "soft" / "result.json").read_text())["prompt_view"]["nearest_tokens"]
+    assert len(nearest) == 2 and all(len(v) == 3 for v in nearest)
+    table = F.normalize(tiny_lm.embedding_matrix().detach().float(), dim=-1)
+    for vec, near in zip(run.prompt.embeds, nearest):
+        sims = table @ F.normalize(vec.float(), dim=-1)
+        best = int(sims.argmax())
+        assert near[0]["token"] == tiny_lm.tokenizer.decode([best])
+        assert abs(near[0]["cosine"] - float(sims[best])) < 1e-3
+        assert near[0]["cosine"] >= near[1]["cosine"] >= near[2]["cosine"]
+    page = write_report([tmp_path / "soft"], tmp_path / "r.html").read_text()
+    assert "nearest vocabulary tokens" in page and html.escape(repr(nearest[0][0]["token"])) in page
+    # a text prompt has none
+    promptlift.optimize("zero-shot", tiny_lm, synth_task(), out=tmp_path / "text", progress=False, eval_splits=("dev",))
+    assert "prompt_view" not in json.loads((tmp_path / "text" / "result.json").read_text())

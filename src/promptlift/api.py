@@ -139,11 +139,31 @@ def optimize(method: str, lm, task: Task, *, out: str | Path | None = None, seed
               time.perf_counter() - t0, config, rd.path if rd else None, stopped,
               gain=gain)
     run.details = m.summarize(lm, task, run, ctx)
+    nearest = _nearest_tokens(lm, prompt)
+    if nearest:  # the report loads no model: what a soft prompt's vectors are near is computed here
+        run.details = {**run.details, "prompt_view": {"nearest_tokens": nearest}}
     run.seconds = time.perf_counter() - t0
     if rd is not None:
         rd.write_result(run.summary())
         rd.close()  # release the run's lock
     return run
+
+
+def _nearest_tokens(lm, prompt: Prompt, k: int = 3) -> list[list[dict]] | None:
+    """Per trained vector of a soft prompt, the `k` vocabulary tokens whose input embeddings are nearest by
+    cosine: [[{"token", "cosine"}, ..k], ..one per vector]; None for other prompts or without local weights."""
+    import torch
+    import torch.nn.functional as F
+
+    embeds = getattr(prompt, "embeds", None)
+    if prompt.type != "soft" or embeds is None or not getattr(lm, "is_white_box", False) or not len(embeds):
+        return None
+    with torch.no_grad():
+        table = lm.embedding_matrix().float()
+        sims = F.normalize(embeds.float().to(table.device), dim=-1) @ F.normalize(table, dim=-1).T
+        vals, ids = sims.topk(min(k, table.shape[0]), dim=-1)
+    return [[{"token": lm.tokenizer.decode([int(i)]), "cosine": round(float(v), 4)} for v, i in zip(vs, row)]
+            for vs, row in zip(vals, ids)]
 
 
 def _gain_over_zero_shot(lm, task: Task, prompt: Prompt, test: EvalResult | None, batch_size: int) -> dict | None:

@@ -387,15 +387,17 @@ def _learned(r: Run) -> str:
     p = r.prompt
     if not p:
         return '<p class="note">No prompt.json in this run.</p>'
-    return _prompt_html(p, r.norms)
+    view = r.result.get("prompt_view") if isinstance(r.result.get("prompt_view"), dict) else {}
+    return _prompt_html(p, r.norms, view.get("nearest_tokens") or [])
 
 
-def _prompt_html(p: dict, norms: list[float]) -> str:
+def _prompt_html(p: dict, norms: list[float], nearest: list | None = None) -> str:
+    """`nearest`: per soft vector its nearest vocabulary tokens (result.json `prompt_view.nearest_tokens`)."""
     kind = str(p.get("type", "?"))
     out = [f"<p>Type: <b>{html.escape(kind)}</b></p>"]
     inner = p.get("inner")
     if isinstance(inner, dict):  # a wrapper (calibrated, reasoning): the prompt it wraps
-        return "\n".join(out + ["<p>Wrapping:</p>", _prompt_html(inner, norms)])
+        return "\n".join(out + ["<p>Wrapping:</p>", _prompt_html(inner, norms, nearest)])
     text = p.get("text") if kind == "token" else None
     instruction = p.get("instruction")
     if text:
@@ -411,7 +413,15 @@ def _prompt_html(p: dict, norms: list[float]) -> str:
         more = f'<p class="note">… and {len(demos) - 20} more</p>' if len(demos) > 20 else ""
         out.append(f"<p>{label} ({len(demos)}):</p><table><thead><tr><th>input</th><th>answer</th></tr></thead>"
                    f"<tbody>{items}</tbody></table>{more}")
-    if norms:
+    if norms and nearest:
+        rows = "".join(f"<tr><td>{i}</td><td>{norm:.2f}</td><td>"
+                       + ", ".join(f"<code>{html.escape(repr(t.get('token', '')))}</code> {float(t.get('cosine', 0)):.2f}"
+                                   for t in near if isinstance(t, dict)) + "</td></tr>"
+                       for i, (norm, near) in enumerate(zip(norms, nearest)))
+        out.append(f"<p>{len(norms)} trained vectors: L2 norm and the 3 nearest vocabulary tokens (cosine with the "
+                   "model's input embeddings):</p><table><thead><tr><th>#</th><th>norm</th><th>nearest tokens</th>"
+                   f"</tr></thead><tbody>{rows}</tbody></table>")
+    elif norms:
         vals = ", ".join(f"{x:.2f}" for x in norms)
         out.append(f"<p>{len(norms)} trained vectors; L2 norms: {html.escape(vals)}. Their nearest tokens need the "
                    "model's embeddings: <code>promptlift optimize --method project</code> finds them.</p>")
