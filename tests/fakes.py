@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from promptlift import Task, TextPrompt
 from promptlift.artifacts import TextPrompt
 from promptlift.lm.base import LM, GenerationConfig
-from promptlift.lm.budget import Budget
+from promptlift.lm.budget import Budget, ledger_of
 from promptlift.lm.decode import decode
 from promptlift.methods.base import RunContext
 from promptlift.serve.app import build_app
@@ -176,7 +176,7 @@ class ScriptedLM(LM):
                     outs.append(self.replies[self._i % len(self.replies)])
                     self._i += 1
             out.append(outs)
-            self.budget.charge(calls=1, prompt_tokens=len(text.split()),
+            ledger_of(self).charge(calls=1, prompt_tokens=len(text.split()),
                                completion_tokens=sum(len(o.split()) for o in outs))
         return out
 
@@ -212,7 +212,7 @@ class RuleTarget(LM):
                 instruction, _, first = users[0].rpartition("\n\n")  # "{instruction}\n\n{input}"
                 out.append([self.rule(instruction, first if len(users) == 1 else users[-1])])
                 self.answered += 1
-            self.budget.charge(calls=1, prompt_tokens=10, completion_tokens=1)
+            ledger_of(self).charge(calls=1, prompt_tokens=10, completion_tokens=1)
         return out
 
 

@@ -73,6 +73,8 @@ def _cases(tmp_path):
         "budget_malformed": (opt + ["--method", "zero-shot", "--budget", "calls"], 2, "--budget"),
         "budget_unknown_counter": (opt + ["--method", "zero-shot", "--budget", "dollars=3"], 2, "dollars"),
         "budget_not_number": (opt + ["--method", "zero-shot", "--budget", "calls=many"], 2, "calls"),
+        "budget_time_not_duration": (opt + ["--method", "zero-shot", "--budget", "time=abc"], 2, "time"),
+        "budget_time_zero": (opt + ["--method", "zero-shot", "--budget", "time=0"], 2, "time"),
         "optimize_seed_negative": (opt + ["--method", "zero-shot", "--seed", -2], 2, "--seed"),
         "generate_max_tokens_zero": (["generate", "hi", "--max-tokens", 0], 2, "--max-tokens"),
         "generate_temperature": (["generate", "hi", "--temperature", -1], 2, "--temperature"),
@@ -98,7 +100,8 @@ CASES = sorted([
     "unknown_method_option", "method_option_bad_type", "method_option_out_of_range", "lr_zero", "tiebreak_negative",
     "epochs_zero",
     "bad_choice", "few_shot_bad_selection", "option_without_value", "stray_argument", "budget_malformed",
-    "budget_unknown_counter", "budget_not_number", "optimize_seed_negative", "generate_max_tokens_zero",
+    "budget_unknown_counter", "budget_not_number", "budget_time_not_duration", "budget_time_zero",
+    "optimize_seed_negative", "generate_max_tokens_zero",
     "generate_temperature", "artifact_missing", "artifact_tampered", "artifact_unknown_field",
     "artifact_is_a_pickle", "artifact_tensor_path_escape", "generate_bad_artifact", "export_bad_format",
     "resume_into_non_run_dir", "dead_endpoint"])

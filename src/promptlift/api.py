@@ -44,6 +44,7 @@ class Run:
     stopped: str = ""  # "budget" when the method stopped at its budget and kept its best prompt so far
     details: dict = field(default_factory=dict)  # what the method adds to result.json (`Method.summarize`)
     gain: dict | None = None  # test gain over the zero-shot instruction on the same rows (metrics.paired_gain)
+    budget: dict = field(default_factory=dict)  # the run's ledger: {"limits": {..}, "spent": {..}} (Budget.as_dict)
 
     def summary(self) -> dict:
         """The content of result.json (`search`: the search loop's summary, when a search made the prompt)."""
@@ -56,6 +57,7 @@ class Run:
             "dev": self.dev.to_dict() if self.dev else None,
             "test": self.test.to_dict() if self.test else None,
             "cost": self.cost,
+            "budget": self.budget,
             "stopped": self.stopped,
             "gain": self.gain,
             "seconds": round(self.seconds, 3),
@@ -72,8 +74,9 @@ def optimize(method: str, lm, task: Task, *, out: str | Path | None = None, seed
     """Run method `method` on `task` with `lm`; evaluate the result on dev and test.
 
     Selection inside the method uses train and dev only; test is scored once, at
-    the end. `budget` ("calls=200,forward=500" or a Budget) limits what the
-    method spends; evaluation afterwards is counted apart. With `out`, the run
+    the end. `budget` ("calls=200,forward=500,time=20m" or a Budget) is the run's one ledger
+    (`ctx.budget`): it limits what the method spends and records it (`Run.budget`); evaluation
+    afterwards is counted apart, on `lm`'s own budget. With `out`, the run
     directory gets config, history, artifact, predictions and result.json;
     `resume=True` continues a run that was cut off; an `out` that already holds
     a run is refused unless `resume` or `overwrite` is given (no work is lost silently).
@@ -86,42 +89,39 @@ def optimize(method: str, lm, task: Task, *, out: str | Path | None = None, seed
     cls = get_method(method)
     m = cls(**options)
     m.check(lm, task)
-    run_budget = budget if isinstance(budget, Budget) else Budget.parse(budget)
+    ledger = budget if isinstance(budget, Budget) else Budget.parse(budget)
     config = {"method": method, "options": m.config_record(), "model": lm.model_id,
               "optimizer_model": optimizer_lm.model_id if optimizer_lm is not None else None,
-              "task": task.name, "data": task.source, "seed": seed, "budget": dict(run_budget.limits)}
+              "task": task.name, "data": task.source, "seed": seed, "budget": dict(ledger.limits)}
     if command is not None:
         config["command"] = command
     rd = RunDir(out) if out is not None else None
     if rd is not None:
-        run_budget.add(rd.start(config, resume=resume, overwrite=overwrite))  # a killed run's spend still counts
+        ledger.add(rd.start(config, resume=resume, overwrite=overwrite))  # a killed run's spend still counts
 
         def log(row: dict) -> None:  # history and the spend so far: both survive a kill
             rd.log(row)
-            rd.write_spend(run_budget.counters())
+            rd.write_spend(ledger.counters())
 
     ctx = RunContext(seed=seed, run_dir=rd.path if rd else None, resume=resume, progress=progress,
-                     log=log if rd else None, optimizer_lm=optimizer_lm, reporter=reporter)
+                     log=log if rd else None, optimizer_lm=optimizer_lm, reporter=reporter, budget=ledger)
     ctx.seed_everything()
 
-    outer = lm.budget
-    lm.budget = run_budget
+    # the run's one ledger: while fit runs, every model (target and optimizer) charges it; the caller's
+    # models and their own budgets are left as they were
     t0 = time.perf_counter()
-    try:
+    with ledger.running():
         prompt = m.fit(lm, task, ctx)
-    finally:
-        lm.budget = outer
-        outer.add(run_budget.counters())
     fit_seconds = time.perf_counter() - t0
     searched = prompt.meta.get("search") if isinstance(prompt.meta.get("search"), dict) else {}
-    stopped = "budget" if (run_budget.exhausted() or "budget" in (prompt.meta.get("stopped"), searched.get("stopped"))) \
+    stopped = "budget" if (ledger.exhausted() or "budget" in (prompt.meta.get("stopped"), searched.get("stopped"))) \
         else ""
     # fit's prompt stays as it was; the saved one records where it was made and its task's label words, so serve
     # and generate render and answer as eval does
     prompt = dataclasses.replace(prompt, model=model_key(lm), method=method).made_for(task)
     if rd is not None:
         prompt.save(rd.path)
-        rd.write_spend(run_budget.counters())
+        rd.write_spend(ledger.counters())
 
     results: dict[str, EvalResult | None] = {"dev": None, "test": None}
     for split in eval_splits:
@@ -133,11 +133,11 @@ def optimize(method: str, lm, task: Task, *, out: str | Path | None = None, seed
             results[split] = evaluate(lm, task, prompt, split=split, batch_size=eval_batch_size, progress=progress,
                                       on_records=write, done=done, reporter=ctx.reporter)
     search_cost = prompt.meta.get("cost") if isinstance(prompt.meta.get("cost"), dict) else {}
-    cost = {**run_budget.used(), **search_cost, "fit_seconds": round(fit_seconds, 3)}
+    cost = {**ledger.used(), **search_cost, "fit_seconds": round(fit_seconds, 3)}
     gain = _gain_over_zero_shot(lm, task, prompt, results["test"], eval_batch_size)
     run = Run(method, prompt, results["dev"], results["test"], cost,
               time.perf_counter() - t0, config, rd.path if rd else None, stopped,
-              gain=gain)
+              gain=gain, budget=ledger.as_dict())
     run.details = m.summarize(lm, task, run, ctx)
     nearest = _nearest_tokens(lm, prompt)
     if nearest:  # the report loads no model: what a soft prompt's vectors are near is computed here

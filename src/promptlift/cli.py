@@ -311,7 +311,8 @@ def optimize(
     data: Optional[str] = typer.Option(None, "--data", "-d"),
     out: Path = typer.Option(..., "--out", help="run directory"),
     seed: int = typer.Option(0),
-    budget: Optional[str] = typer.Option(None, help="limits, e.g. calls=200,tokens=1e6,forward=500"),
+    budget: Optional[str] = typer.Option(None, help="limits, e.g. calls=200,tokens=1e6,forward=500,time=20m "
+                                         "(README: Budgets)"),
     resume: bool = typer.Option(False, help="continue the run in --out from its checkpoint, with the options "
                                 "stored there (any option given must match them)"),
     overwrite: bool = typer.Option(False, help="replace a run already in --out"),

@@ -247,7 +247,7 @@ class RunDir:
             pass
 
     # --- a run's life: start or resume, spend, predictions ---------------------------------------
-    def start(self, config: dict, *, resume: bool = False, overwrite: bool = False) -> dict[str, int]:
+    def start(self, config: dict, *, resume: bool = False, overwrite: bool = False) -> dict[str, float]:
         """Begin the run `config` describes here, or continue the one here (`resume`); return what the earlier
         (killed) run had spent ({counter: amount}, empty for a new run), so the budget keeps counting.
 
@@ -276,8 +276,8 @@ class RunDir:
             return None
         return h if isinstance(h, str) else None
 
-    def spent(self) -> dict[str, int]:
-        """The budget counters spend.json records ({} if none)."""
+    def spent(self) -> dict[str, float]:
+        """The budget counters spend.json records ({} if none; `seconds` may be fractional)."""
         path = self.path / SPEND
         if not path.exists():
             return {}
@@ -287,9 +287,9 @@ class RunDir:
             raise ConfigError(f"{path}: corrupt spend record (expected JSON counters)") from None
         if not isinstance(spent, dict):
             raise ConfigError(f"{path}: corrupt spend record (expected JSON counters)")
-        return {k: v for k, v in spent.items() if isinstance(v, int) and not isinstance(v, bool)}
+        return {k: v for k, v in spent.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
-    def write_spend(self, counters: dict[str, int]) -> None:
+    def write_spend(self, counters: dict[str, float]) -> None:
         """Record the budget spent so far (atomically; read back by `start(resume=True)`)."""
         write_json(self.path / SPEND, counters)
 

@@ -71,8 +71,10 @@ def test_search_improves_and_reports_cost(capsys):
     err = capsys.readouterr().err
     assert "target calls" in err and "spent 28 calls" in err  # estimate before, spend after
     assert [r["step"] for r in rows] == [0, 1, 2] and rows[-1]["best_dev"] == 1.0
-    # the models' own budgets got the search's use added back
-    assert target.budget.calls == 24 and opt.budget.calls == 2
+    # one ledger (the target's own budget when the search runs alone) holds the whole use: the loop's calls,
+    # the backends' own requests apart (24 answers + 2 proposal requests); the optimizer keeps no second count
+    assert (target.budget.calls, target.budget.target_calls, target.budget.optimizer_calls) == (28, 24, 4)
+    assert target.budget.requests == 26 and opt.budget.calls == 0 and opt.budget.requests == 0
 
 
 def test_target_proposes_for_itself_by_default():

@@ -34,6 +34,7 @@ from ..kv import KV
 from ..runs import truncate_history
 from ..task import Task
 from .evaluate import evaluate, label_candidates
+from ..lm.budget import ledger_of
 from ..lm.scoring import score_candidates
 from .soft import header_kv
 
@@ -176,7 +177,7 @@ def train(module: SoftModule, lm, task: Task, layout, cfg: TrainConfig, ctx, los
 
     stopped = ""
     try:
-        lm.budget.check()  # a budget already spent (e.g. on choosing a start) charges nothing more
+        ledger_of(lm).check()  # a budget already spent (e.g. on choosing a start) charges nothing more
         with torch.no_grad():
             header = header_kv(lm, layout)
             header = header.detach() if header is not None else None
@@ -222,7 +223,7 @@ def train(module: SoftModule, lm, task: Task, layout, cfg: TrainConfig, ctx, los
                     break
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                lm.budget.charge(backward=1)
+                ledger_of(lm).charge(backward=1)
                 gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
                 if not torch.isfinite(gnorm):
                     stopped = "nan"

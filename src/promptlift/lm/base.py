@@ -40,7 +40,8 @@ class LM(abc.ABC):
 
     Attributes:
       model_id: stable identifier (used in caches and artifacts).
-      budget: counters of what was spent; limits stop a run.
+      budget: the model's own counters, charged outside a run. A backend charges `lm.budget.ledger_of(self)`:
+        the running run's ledger while `optimize` runs (the caller's model is never altered), else this.
     """
 
     model_id: str

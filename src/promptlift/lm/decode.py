@@ -13,6 +13,7 @@ import torch
 
 from ..kv import KV
 from .base import GenerationConfig
+from .budget import ledger_of
 from .scoring import pad_id_of, pad_rows
 
 
@@ -65,7 +66,7 @@ def decode(lm, prefix: KV | None, rows: Sequence[Sequence[int]], cfg: Generation
             if any(s and s in texts[a] for s in cfg.stop):
                 continue
             keep.append(a)
-        lm.budget.charge(completion_tokens=len(active))
+        ledger_of(lm).charge(completion_tokens=len(active))
         if not keep:
             break
         keep_set = set(keep)

@@ -26,7 +26,7 @@ from torch import nn
 from ..errors import ConfigError, ModelError
 from ..kv import KV
 from .base import LM, GenerationConfig, PromptLike
-from .budget import Budget
+from .budget import Budget, ledger_of
 from .decode import decode
 from .scoring import score_candidates
 
@@ -261,7 +261,7 @@ class HFModel(LM):
             cache = DynamicCache()  # full (non-sliding) layers, so every position stays readable
         out = self.base(input_ids=ids, inputs_embeds=embeds, attention_mask=full_mask,
                         position_ids=position_ids, past_key_values=cache, use_cache=True)
-        self.budget.charge(forward=1, prompt_tokens=int(mask.sum()))
+        ledger_of(self).charge(forward=1, prompt_tokens=int(mask.sum()))
         return out.last_hidden_state, KV.from_hf(out.past_key_values, full_mask)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -314,13 +314,13 @@ class HFModel(LM):
         keys = [self.cache.key(self._cache_id(), {"verb": "generate", "text": t, **config.__dict__}) for t in texts]
         out: list = [self.cache.get(k) if self.cache.enabled else None for k in keys]
         todo = [i for i, o in enumerate(out) if o is None]
-        self.budget.charge(cached_calls=len(prompts) - len(todo))
+        ledger_of(self).charge(cached_calls=len(prompts) - len(todo))
         if todo:
             rows = [self.encode(texts[i], bos=isinstance(prompts[i], str)) for i in todo]
             for i, o in zip(todo, decode(self, None, rows, config)):
                 out[i] = o
                 self.cache.put(keys[i], o)
-            self.budget.charge(calls=len(todo))
+            ledger_of(self).charge(calls=len(todo))
         return out
 
     def score(self, prompt: PromptLike, continuations: Sequence[str]) -> list[float]:
@@ -328,12 +328,12 @@ class HFModel(LM):
         key = self.cache.key(self._cache_id(), {"verb": "score", "text": text, "continuations": list(continuations)})
         hit = self.cache.get(key) if self.cache.enabled else None
         if hit is not None:
-            self.budget.charge(cached_calls=1)
+            ledger_of(self).charge(cached_calls=1)
             return hit
         ids = self.encode(text, bos=isinstance(prompt, str))
         cands = [self.encode(c) for c in continuations]
         with torch.no_grad():
             s = score_candidates(self, None, [ids], [cands])[0].tolist()
         self.cache.put(key, s)
-        self.budget.charge(calls=1)
+        ledger_of(self).charge(calls=1)
         return s

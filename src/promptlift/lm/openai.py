@@ -16,6 +16,7 @@ Environment:
 
 from __future__ import annotations
 
+import contextvars
 import os
 import random
 import threading
@@ -28,7 +29,7 @@ import openai as _openai
 
 from ..errors import BudgetExceeded, ModelError, UnsupportedError, UpstreamError
 from .base import LM, GenerationConfig, PromptLike
-from .budget import Budget
+from .budget import Budget, ledger_of
 from .cache import CallCache
 
 __all__ = ["OpenAIModel"]
@@ -186,7 +187,7 @@ class OpenAIModel(LM):
 
     def _charge(self, **amounts: int) -> None:
         with self._budget_lock:
-            self.budget.charge(**amounts)
+            ledger_of(self).charge(**amounts)
 
     def _charge_usage(self, response: Any) -> None:
         """Charge the tokens of an answered call (the call itself was counted when it was answered)."""
@@ -202,8 +203,8 @@ class OpenAIModel(LM):
         """
         attempt = 0
         with self._budget_lock:
-            self.budget.check()
-            self.budget.reserve()  # counts calls in flight: a calls=N limit is never passed
+            ledger_of(self).check()
+            ledger_of(self).reserve()  # counts calls in flight: a calls=N limit is never passed
         answered = False
         try:
             while True:
@@ -226,10 +227,10 @@ class OpenAIModel(LM):
                 time.sleep(min(_MAX_BACKOFF_S, max(backoff, delay or 0.0)))
                 attempt += 1
                 with self._budget_lock:
-                    self.budget.retries += 1
+                    ledger_of(self).retries += 1
         finally:
             with self._budget_lock:
-                self.budget.settle(answered)
+                ledger_of(self).settle(answered)
 
     def _fail(self, err: _RequestFailed, what: str) -> ModelError:
         """A one-line error: UpstreamError (exit code 4) for failures that retries could not cure."""
@@ -245,7 +246,9 @@ class OpenAIModel(LM):
         results: list[Any] = [None] * len(jobs)
         with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(jobs)),
                                 thread_name_prefix="promptlift-openai") as pool:
-            futures: dict[Future, int] = {pool.submit(job): i for i, job in enumerate(jobs)}
+            # each job sees the caller's context: the running run's budget ledger (`ledger_of`)
+            futures: dict[Future, int] = {pool.submit(contextvars.copy_context().run, job): i
+                                          for i, job in enumerate(jobs)}
             done, pending = wait(futures, return_when=FIRST_EXCEPTION)
             failed = [f for f in done if f.exception() is not None]
             if failed:

@@ -35,6 +35,8 @@ class RunContext:
     optimizer_lm: the model that proposes prompts for LLM-as-optimizer methods (None: the target itself).
     reporter: where progress, notes and step records go (`promptlift.reporter`): "console"
       (default), None / "quiet", or an object. Methods call `ctx.note`, `ctx.bar`, `ctx.record`.
+    budget: the run's budget ledger (`lm.budget.Budget`); while `fit` runs every model charges it
+      (`lm.budget.ledger_of`), so methods rarely need it directly. None: the target's own `lm.budget`.
     """
 
     seed: int = 0
@@ -44,6 +46,7 @@ class RunContext:
     log: Any = None
     optimizer_lm: Any = None
     reporter: Any = "console"
+    budget: Any = None
 
     def __post_init__(self):
         self.reporter = make_reporter(self.reporter, self.progress)

@@ -17,7 +17,7 @@ from promptlift.engine.apply import applier_for
 from promptlift.engine.evaluate import generate_with_prompt
 from promptlift.errors import ConfigError
 from promptlift.lm.base import LM, GenerationConfig
-from promptlift.lm.budget import Budget
+from promptlift.lm.budget import Budget, ledger_of
 from promptlift.registry import get_method
 from promptlift.task import Example, Task
 from fakes import RuleTarget, ScriptedLM, ctx, make_tiny_lm, sentiment_rule, serving, toy_task  # noqa: F401
@@ -55,7 +55,7 @@ class StagedChat(LM):
                 out.append([" The opposite of it is its antonym."])
             else:
                 out.append([f" {dict(hot='cold', up='down').get(word, '?')}.\nmore"])
-            self.budget.charge(calls=1)
+            ledger_of(self).charge(calls=1)
         return out
 
 

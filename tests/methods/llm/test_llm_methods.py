@@ -17,6 +17,7 @@ import pytest
 from fakes import DATA, make_tiny_lm
 from promptlift.artifacts import Reasoning, TextPrompt
 from promptlift.errors import ConfigError
+from promptlift.lm.budget import ledger_of
 from promptlift.engine.search import Limits, SearchSettings, SearchState, dev_subset
 from promptlift.methods.llm.common import LLMMethod, clean, meta_prompt, unusable
 from promptlift.methods.llm.grips import phrases
@@ -314,7 +315,7 @@ class DemoTarget(RuleTarget):
             users = [m["content"] for m in msgs if m["role"] == "user"]
             out.append([("positive" if "good" in users[-1] else "negative") if len(users) > 1 else "negative"])
             self.answered += 1
-            self.budget.charge(calls=1, prompt_tokens=10, completion_tokens=1)
+            ledger_of(self).charge(calls=1, prompt_tokens=10, completion_tokens=1)
         return out
 
 

@@ -26,7 +26,7 @@ from ...artifacts import Prompt
 from ...artifacts.base import from_json, load as load_artifact, save as save_artifact
 from ...errors import ArtifactError, BudgetExceeded, ConfigError, UnsupportedError
 from ...lm.base import GenerationConfig
-from ...lm.budget import Budget
+from ...lm.budget import Budget, ledger_of
 from ...files import write_json
 from ...reporter import Console, Reporter
 from ...task import Example, Task
@@ -36,7 +36,7 @@ from .protocol import Candidate, SearchSettings
 CHECKPOINT = "search.json"
 CANDIDATES = "candidates"  # beside search.json: one folder per tensor-holding candidate, by hash
 FORMAT = "promptlift.search/v1"
-LIMITS = ("calls", "target_calls", "optimizer_calls", "tokens")
+LIMITS = ("calls", "target_calls", "optimizer_calls", "tokens", "time")  # time: the ledger's clock checks it
 
 
 # --- limits and spend ------------------------------------------------------------------------
@@ -48,15 +48,16 @@ class Limits:
     target_calls: float = math.inf
     optimizer_calls: float = math.inf
     tokens: float = math.inf
+    time: float = math.inf  # seconds
 
     @classmethod
     def from_budget(cls, budget: Budget | None, extra: dict | None = None) -> "Limits":
         """The search limits among `budget.limits`, overridden by `extra`."""
         src = dict(getattr(budget, "limits", {}) or {})
         src.update(extra or {})
-        unknown = sorted(set(extra or {}) - set(LIMITS))
+        unknown = sorted(set(extra or {}) - set(LIMITS[:-1]))  # time only on the ledger (its clock)
         if unknown:
-            raise ConfigError(f"unknown search limit(s) {', '.join(unknown)}; expected: {', '.join(LIMITS)}")
+            raise ConfigError(f"unknown search limit(s) {', '.join(unknown)}; expected: {', '.join(LIMITS[:-1])}")
         return cls(**{k: float(v) for k, v in src.items() if k in LIMITS})
 
     def describe(self) -> str:
@@ -64,40 +65,35 @@ class Limits:
         return ",".join(parts) or "none"
 
 
-@dataclass
 class Spend:
-    """What a search spent. `calls` = target_calls + optimizer_calls; cache hits are counted apart.
+    """What the searches of a run spent: a view of the run's budget ledger (`lm.budget.Budget`), never a
+    second counter. The limits are checked against the ledger's totals (a method's other use included);
+    this is the search's share, what `meta["cost"]` reports:
 
+    calls = target_calls + optimizer_calls (the loop's units; the backends' own requests are `requests`
+    in the ledger); tokens = target_tokens + optimizer_tokens (of those calls); cache hits are counted apart:
     cached_target_calls: example scores served by the score cache (free).
     lm_cached_calls: requests the models' own call caches answered (these are still
       counted in target/optimizer calls, which do not depend on how warm a cache is).
     """
 
-    target_calls: int = 0
-    optimizer_calls: int = 0
-    target_tokens: int = 0
-    optimizer_tokens: int = 0
-    cached_target_calls: int = 0
-    lm_cached_calls: int = 0
+    FIELDS = ("calls", "target_calls", "optimizer_calls", "tokens", "target_tokens", "optimizer_tokens",
+              "cached_target_calls", "lm_cached_calls")
 
-    @property
-    def calls(self) -> int:
-        return self.target_calls + self.optimizer_calls
+    def __init__(self, ledger: Budget):
+        self.ledger = ledger
 
-    @property
-    def tokens(self) -> int:
-        return self.target_tokens + self.optimizer_tokens
+    def __getattr__(self, name: str):
+        if name in Spend.FIELDS:
+            return self.as_dict()[name]
+        raise AttributeError(name)
 
     def as_dict(self) -> dict:
-        return {"calls": self.calls, "target_calls": self.target_calls, "optimizer_calls": self.optimizer_calls,
-                "tokens": self.tokens, "target_tokens": self.target_tokens,
-                "optimizer_tokens": self.optimizer_tokens, "cached_target_calls": self.cached_target_calls,
-                "lm_cached_calls": self.lm_cached_calls}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Spend":
-        return cls(**{k: int(d.get(k, 0)) for k in ("target_calls", "optimizer_calls", "target_tokens",
-                                                      "optimizer_tokens", "cached_target_calls", "lm_cached_calls")})
+        b = self.ledger
+        return {"calls": b.target_calls + b.optimizer_calls, "target_calls": b.target_calls,
+                "optimizer_calls": b.optimizer_calls, "tokens": b.target_tokens + b.optimizer_tokens,
+                "target_tokens": b.target_tokens, "optimizer_tokens": b.optimizer_tokens,
+                "cached_target_calls": b.cached_target_calls, "lm_cached_calls": b.lm_cached_calls}
 
 
 def dev_subset(dev: Sequence[Example], n: int) -> list[Example]:
@@ -140,7 +136,7 @@ class SearchState:
     """
 
     def __init__(self, method_name: str, task: Task, target, optimizer, settings: SearchSettings, seed: int,
-                 limits: Limits, reporter: Reporter | None = None):
+                 limits: Limits, reporter: Reporter | None = None, ledger: Budget | None = None):
         self.method_name = method_name
         self.reporter = reporter or Console(bars=False)  # the run's notes (the loop's `ctx.reporter`)
         self.task = task
@@ -155,7 +151,9 @@ class SearchState:
         self.prompts: dict[str, Prompt] = {}  # every candidate ever proposed, by hash, in order
         self.info: dict[str, dict] = {}  # hash -> {"origin", "parent", "step"}
         self.scores = ScoreCache()
-        self.spend = Spend()
+        # the run's ledger (else the target's own budget): every call below is charged to it
+        self.ledger = ledger if ledger is not None else ledger_of(target)
+        self.spend = Spend(self.ledger)
         self.skipped: dict[str, int] = {}
         self.stopped = ""
         self.stale = 0  # whole steps since the best prompt last changed (for `patience`)
@@ -174,20 +172,17 @@ class SearchState:
         Each request gets its own seed from `rng`, so samples are distinct yet reproducible
         (and cached by the model's call cache under that seed).
         """
-        left = min(self.limits.optimizer_calls - self.spend.optimizer_calls,
-                   self.limits.calls - self.spend.calls)
+        left = min(self.limits.optimizer_calls - self.ledger.optimizer_calls, self.limits.calls - self.ledger.calls)
         self._check_tokens()
         if left < 1:
-            raise BudgetExceeded(f"budget exhausted: optimizer calls ({self.spend.optimizer_calls}) "
-                                 f"/ calls ({self.spend.calls}) at their limit ({self.limits.describe()})")
+            raise BudgetExceeded(f"budget exhausted: optimizer calls ({self.ledger.optimizer_calls}) "
+                                 f"/ calls ({self.ledger.calls}) at their limit ({self.limits.describe()})")
         n = int(min(n, left))
         cfg = GenerationConfig(n=n, temperature=temperature, max_tokens=max_tokens, stop=list(stop),
                                seed=self.rng.randrange(2**31))
-        with _meter(self.optimizer) as m:
+        with self._charged() as m:
             out = self.optimizer.generate([prompt], cfg)
-        self.spend.optimizer_calls += n
-        self.spend.optimizer_tokens += m.tokens
-        self.spend.lm_cached_calls += m.cached
+        self.ledger.add({"calls": n, "optimizer_calls": n, "optimizer_tokens": m.tokens, "lm_cached_calls": m.cached})
         return [str(t) for t in (out[0] if out else [])]
 
     def score(self, prompt: Prompt, examples: Sequence[Example]) -> list[dict]:
@@ -205,7 +200,7 @@ class SearchState:
             if self.scores.get(model, key, k) is None and k not in seen:
                 missing.append(e)
                 seen.add(k)
-        self.spend.cached_target_calls += len(examples) - len(missing)
+        self.ledger.add({"cached_target_calls": len(examples) - len(missing)})
         if missing:
             def run():
                 return evaluate(self.target, self.task, prompt, examples=missing, progress=False,
@@ -225,7 +220,7 @@ class SearchState:
 
     def target_calls_left(self) -> float:
         """Target calls the budget can still pay for (inf without a limit)."""
-        return min(self.limits.target_calls - self.spend.target_calls, self.limits.calls - self.spend.calls)
+        return min(self.limits.target_calls - self.ledger.target_calls, self.limits.calls - self.ledger.calls)
 
     def target_call(self, fn: Callable[[], Any], n: int) -> Any:
         """Run `fn` (any other use of the target model by a method), counted as `n` target calls."""
@@ -234,16 +229,23 @@ class SearchState:
         if n > left:
             raise BudgetExceeded(f"budget exhausted: {n} more target calls needed, {max(0, int(left))} left "
                                  f"({self.limits.describe()})")
-        with _meter(self.target) as m:
+        with self._charged() as m:
             out = fn()
-        self.spend.target_calls += n
-        self.spend.target_tokens += m.tokens
-        self.spend.lm_cached_calls += m.cached
+        self.ledger.add({"calls": n, "target_calls": n, "target_tokens": m.tokens, "lm_cached_calls": m.cached})
         return out
 
+    @contextmanager
+    def _charged(self) -> Iterator["_Meter"]:
+        """A model call: both models charge the ledger (their calls in the loop's units, counted by the caller);
+        yields the tokens and cache hits charged inside."""
+        with self.ledger.running(), self.ledger.counted_by_search(), _meter(self.ledger) as m:
+            yield m
+
     def _check_tokens(self) -> None:
-        if self.spend.tokens >= self.limits.tokens:
-            raise BudgetExceeded(f"budget exhausted: tokens = {self.spend.tokens} >= limit {self.limits.tokens:g}")
+        self.ledger.check()  # the other limits (time, passes) first
+        tokens = self.ledger.prompt_tokens + self.ledger.completion_tokens
+        if tokens >= self.limits.tokens:
+            raise BudgetExceeded(f"budget exhausted: tokens = {tokens} >= limit {self.limits.tokens:g}")
 
     # --- candidates and scores -----------------------------------------------------------
     def add(self, cand: Candidate) -> str:
@@ -367,7 +369,7 @@ class SearchState:
             "target": self.target.model_id, "optimizer": self.optimizer.model_id, "step": step,
             "rng": _rng_to_json(rng_state), "data": json.loads(data),
             "candidates": [{"key": k, **_prompt_entry(k, p), **self.info[k]} for k, p in self.prompts.items()],
-            "scores": self.scores.data, "spend": self.spend.as_dict(), "skipped": dict(self.skipped),
+            "scores": self.scores.data, "spend": self.ledger.counters(), "skipped": dict(self.skipped),
             "stopped": self.stopped, "stale": self.stale,
         }
 
@@ -396,7 +398,7 @@ class SearchState:
                 self._on_disk.add(c["key"])
             self.info[c["key"]] = {"origin": c.get("origin", ""), "parent": c.get("parent"), "step": c.get("step", 0)}
         self.scores = ScoreCache(d["scores"])
-        self.spend = Spend.from_dict(d["spend"])
+        self.ledger.at_least(d.get("spend") or {})  # a run directory's spend.json was counted already
         self.skipped = dict(d.get("skipped", {}))
         self.stale = int(d.get("stale", 0))
         # a search that ended by itself stays ended; one stopped by the budget may go on with a larger one
@@ -437,9 +439,8 @@ class _Meter:
 
 
 @contextmanager
-def _meter(lm) -> Iterator[_Meter]:
-    """Tokens and cache hits `lm` charged to its budget inside the block."""
-    b = lm.budget
+def _meter(b: Budget) -> Iterator[_Meter]:
+    """Tokens and cache hits charged to ledger `b` inside the block."""
     t0, c0 = b.prompt_tokens + b.completion_tokens, b.cached_calls
     m = _Meter()
     try:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from ...engine.search import best_of
 from ...engine.soft import soft_prefix_kv
 from ...errors import ConfigError
+from ...lm.budget import ledger_of
 from ..shared import Fixed, token_prompt, vocab_size
 
 METRICS = ("cosine", "l2")
@@ -87,5 +88,5 @@ def token_gradient(lm, layout, header, table: torch.Tensor, found: list[int], lo
     with torch.enable_grad():
         loss = loss_of(soft_prefix_kv(lm, layout, emb, "after_header", -1, header))
         loss.backward()
-    lm.budget.charge(backward=1)
+    ledger_of(lm).charge(backward=1)
     return emb.grad.detach(), loss.item()

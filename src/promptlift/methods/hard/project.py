@@ -41,6 +41,7 @@ from ...engine.evaluate import evaluate
 from ...engine.search import best_of
 from ...engine.soft import check_tensor_prompt
 from ...errors import BudgetExceeded, ConfigError
+from ...lm.budget import ledger_of
 from ...registry import get_method, register
 from ..base import Method
 from ..shared import VOCABS, SoftConfig, allowed_tokens, token_prompt
@@ -136,7 +137,7 @@ class Project(Method):
         sim = sim.masked_fill(~allowed, float("-inf"))
         found = sim.argmax(-1).tolist()
         how = "nearest"
-        if c.fluency > 0 and not lm.budget.exhausted():
+        if c.fluency > 0 and not ledger_of(lm).exhausted():
             try:
                 head = TokenApplier.layout(lm, task.labels if task.is_classification else None).header
                 found = fluent_tokens(lm, head, sim, {s: body}, c.fluency, c.fluency_candidates)
@@ -162,7 +163,7 @@ class Project(Method):
         or the best scored before it ran out).
         """
         out = {"dev_before": soft.meta.get("best_dev"), "dev_after": None}
-        if not task.dev or lm.budget.exhausted():
+        if not task.dev or ledger_of(lm).exhausted():
             return prompts[0], out
         try:
             out["dev_before"] = evaluate(lm, task, soft, split="dev", progress=False, reporter=ctx.reporter).accuracy
