@@ -6,7 +6,9 @@
 Every module under `promptlift.methods` is imported on first lookup, so a new
 method is its module (and its test): no list to edit.
 
-`get_method("few-shot")` returns the class; `list_methods()` lists names.
+`get_method("few-shot")` returns the class; `list_methods()` lists names. A name joining
+registered names with "+" ("ape+prompt-tuning+calibrated") is a pipeline, built by the composer
+that `methods/auto/pipeline.py` registers with `register_composer`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from .errors import ConfigError
 
 T = TypeVar("T")
 _METHODS: dict[str, type] = {}
+_COMPOSER: list[Callable[[str], type]] = []  # builds the method class of a "a+b" name (at most one)
 
 
 def register(name: str, *aliases: str) -> Callable[[type[T]], type[T]]:
@@ -33,6 +36,12 @@ def register(name: str, *aliases: str) -> Callable[[type[T]], type[T]]:
         return cls
 
     return deco
+
+
+def register_composer(build: Callable[[str], type]) -> Callable[[str], type]:
+    """Register the function that turns a name "a+b+c" into one method class running those stages."""
+    _COMPOSER[:] = [build]
+    return build
 
 
 _LOADED = False
@@ -58,6 +67,8 @@ def _load_all() -> None:
 def get_method(name: str) -> type:
     """Return the method class registered as `name` (ConfigError if unknown)."""
     _load_all()
+    if name not in _METHODS and "+" in name and _COMPOSER:
+        return _COMPOSER[0](name)
     if name not in _METHODS:
         import difflib
 

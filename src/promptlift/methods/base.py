@@ -37,6 +37,8 @@ class RunContext:
       (default), None / "quiet", or an object. Methods call `ctx.note`, `ctx.bar`, `ctx.record`.
     budget: the run's budget ledger (`lm.budget.Budget`); while `fit` runs every model charges it
       (`lm.budget.ledger_of`), so methods rarely need it directly. None: the target's own `lm.budget`.
+    start: in a pipeline (`--method a+b`, `methods/auto/pipeline.py`), the artifact of the stage before,
+      which this stage continues from (None: the method starts from the task alone).
     """
 
     seed: int = 0
@@ -47,6 +49,7 @@ class RunContext:
     optimizer_lm: Any = None
     reporter: Any = "console"
     budget: Any = None
+    start: Prompt | None = None
 
     def __post_init__(self):
         self.reporter = make_reporter(self.reporter, self.progress)
@@ -88,6 +91,9 @@ class Method:
     # small options that exercise everything the method does, in seconds on a tiny model:
     # the contract tests (tests/test_methods_contract.py) run every method with them
     smoke: ClassVar[dict] = {}
+    # as a later stage of a pipeline: the artifact types it continues from ("*": any; none: it only starts one)
+    takes: ClassVar[tuple[str, ...]] = ()
+    makes: ClassVar[str] = ""  # the artifact type it makes ("": it varies; checked when the stage runs)
 
     @dataclass
     class Config:
@@ -133,6 +139,17 @@ class Method:
     def summarize(self, lm, task: Task, run, ctx: RunContext) -> dict:
         """Fields this method adds to result.json, after the run's prompt was evaluated (`run`: `api.Run`)."""
         return {}
+
+    def from_start(self, start: Prompt) -> "Method":
+        """This method continuing from `start`, the previous pipeline stage's artifact (a type in `takes`).
+
+        By default an `instruction` option left empty takes the start's instruction (a soft prompt is then
+        initialised from its tokens, a search starts from it); `ctx.start` carries the whole artifact.
+        """
+        text = getattr(start, "instruction", "")
+        if not text or getattr(self.config, "instruction", None) != "":
+            return self
+        return type(self)(dataclasses.replace(self.config, instruction=text))
 
     def check(self, lm, task: Task) -> None:
         if self.white_box and not getattr(lm, "is_white_box", False):

@@ -23,6 +23,7 @@ class FewShot(Method):
     probability, then the earlier draw), or nearest neighbours."""
 
     family = "baseline"
+    takes = ("text",)
     smoke = {"shots": 2, "trials": 2}
 
     @dataclass

@@ -18,6 +18,8 @@ class ZeroShot(Method):
     """The instruction alone."""
 
     family = "baseline"
+    takes = ("text",)
+    makes = "text"
 
     @dataclass
     class Config:

@@ -384,6 +384,8 @@ class LLMMethod(Method):
 
     family = "llm"
     smoke: ClassVar[dict] = {}
+    takes = ("text",)  # a pipeline's earlier instruction is the search's starting one
+    makes = "text"
 
     Config = LLMConfig
 

@@ -18,6 +18,8 @@ class SoftMethod(Method):
 
     family = "soft"
     white_box = True
+    takes = ("text",)  # a pipeline's earlier instruction: the text after the vectors and their initial tokens
+    makes = "soft"
     Config = SoftConfig
     smoke = {"epochs": 2, "tokens": 2, "batch_size": 8}
 
