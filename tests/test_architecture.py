@@ -69,7 +69,7 @@ LAYERS = [
     ["artifacts"],                                                   # artifacts are data
     ["lm"],                                                          # models: calls, decoding, scoring, cache
     ["engine"],                                                      # apply, evaluate, train, search
-    ["methods", "registry"],                                         # the methods, registered by name
+    ["methods", "registry", "selector"],                             # the methods, registered by name; the selector's training
     ["api", "cli", "demo", "report", "peft_io", "serve", ""],        # the surfaces ("" = the package root)
 ]
 

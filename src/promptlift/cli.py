@@ -80,17 +80,29 @@ def check_artifact(p, model: str, task=None, where: Path | str = "prompt") -> No
     from .errors import ArtifactError
     from .models import BUNDLED, model_identity
 
-    if not p.text_only and p.model and not model.startswith("openai:"):
-        try:
-            identity = model_identity(model)
-        except ConfigError:  # not a model this machine has: the artifact's own model is the useful hint
-            identity = None
-        if p.model not in (model, identity):
-            name = p.model.split("@", 1)[0]
+    identity = None
+    for q, what in _nested(p, ""):
+        if q.text_only or not q.model or model.startswith("openai:"):
+            continue
+        if identity is None:
+            try:
+                identity = model_identity(model)
+            except ConfigError:  # not a model this machine has: the artifact's own model is the useful hint
+                identity = ""
+        if q.model not in (model, identity):
+            name = q.model.split("@", 1)[0]
             hint = f"pass --model {name}" if name in BUNDLED else "pass --model with the model it was made on"
-            raise ArtifactError(f"{where}: this {p.type} prompt was made for model {p.model!r}, not {model!r}; {hint}")
+            raise ArtifactError(f"{where}: {what}this {q.type} prompt was made for model {q.model!r}, not "
+                                f"{model!r}; {hint}")
     if task is not None:
         check_labels(p, task)
+
+
+def _nested(p, what: str):
+    """The artifact and every artifact nested in it (a selector's or mixture's members), each with where it sits."""
+    yield p, what
+    for i, c in enumerate(p.children()):
+        yield from _nested(c, f"{what}member {i}: ")
 
 
 def note_load(task) -> None:
@@ -605,6 +617,105 @@ def distill(
     _print(s, as_json, f"distilled {teacher.type} -> soft ({tokens} tokens) on {task.name}: dev teacher "
                        f"{acc(s['teacher']['dev'])}, student {acc(s['student']['dev'])}{kept}{agree}; "
                        f"{run.seconds:.1f}s -> {out}")
+
+
+@app.command(context_settings={"allow_extra_args": True})
+def select(
+    ctx: typer.Context,
+    pool: List[Path] = typer.Option([], "--pool", help="run directories or prompt artifacts: --pool RUN [RUN ...]"),
+    out: Path = typer.Option(..., "--out", help="run directory for the selector"),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="one task: learn per input which member answers "
+                                       "correctly; default: learn from each pool run's own data which member "
+                                       "serves an input (members from different tasks)"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="default: the model the pool was made on"),
+    features: str = typer.Option("tfidf", help="tfidf (stored vocabulary: works on an endpoint) | model (the "
+                                 "local model's own embeddings)"),
+    limit: Optional[int] = typer.Option(2000, help="at most N rows per task and split"),
+    seed: int = typer.Option(0),
+    overwrite: bool = typer.Option(False, help="replace a run already in --out"),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    dtype: str = typer.Option("auto", help=DTYPE_HELP),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Train a prompt selector: a small classifier that picks, per input, which prompt of a pool answers it.
+    Width and weight decay are chosen on dev; writes a run (prompt.json, result.json) that eval, generate and
+    serve take."""
+    from .artifacts import load
+    from .engine.backends import backend_for
+    from .runs import RunDir, probe_run_dir
+    from .selector import Member, check_pool, select_across, select_within
+
+    check_options(seed=seed, limit=limit)
+    if features not in ("tfidf", "model"):
+        raise ConfigError(f"--features must be tfidf or model, got {features!r}")
+    paths = list(pool) + [Path(a) for a in ctx.args]
+    unknown = [a for a in ctx.args if a.startswith("-")]
+    if unknown:
+        raise ConfigError(f"unknown option {unknown[0]!r} for select")
+    members = []
+    for path in paths:
+        if not path.exists():
+            raise ConfigError(f"{path}: pool run not found (expected a run directory or a prompt.json)")
+        config = {}
+        if path.is_dir() and (path / "config.json").exists():
+            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        members.append((Member(load(path), str(path)), config))
+    check_pool([m for m, _ in members])
+    name = model or next((c.get("model") for _, c in members if c.get("model")), None) or next(
+        ((m.prompt.model or "").split("@", 1)[0] for m, _ in members if m.prompt.model), None) or "smollm2-135m"
+    for m, _ in members:
+        check_artifact(m.prompt, name, where=m.source)
+    task = None
+    if data is not None:
+        task = load_task(data)
+        task.split("train")
+        note_load(task)
+        for m, _ in members:
+            check_artifact(m.prompt, name, task, where=m.source)
+    else:
+        for m, config in members:
+            source = config.get("data")
+            if not source or source == "<memory>":
+                raise ConfigError(f"{m.source}: no data recorded for this pool run; a selector across tasks learns "
+                                  "from each run's training rows (give a run directory made by optimize, or --data)")
+            m.task = load_task(source)
+            if not m.task.train:
+                raise ConfigError(f"{m.source}: its data {source} has no training rows; a selector across tasks "
+                                  "learns from them which member serves an input")
+    probe_run_dir(out)
+    pool_members = [m for m, _ in members]
+    needs_model = features == "model" or task is not None
+    lm = load_lm(name, device=device, dtype=dtype) if needs_model else None
+    backend = backend_for(lm) if lm is not None else None
+    recorded = (getattr(lm, "identity", None) or lm.model_id) if lm is not None else None
+    if features == "tfidf" and all(m.prompt.text_only for m in pool_members):
+        recorded = None  # text all the way down: the selector goes to any model
+    elif recorded is None:
+        recorded = next((m.prompt.model for m in pool_members if m.prompt.model), None)
+    if task is None:
+        p, result = select_across(pool_members, features=features, backend=backend, seed=seed, limit=limit,
+                                  model=recorded)
+    else:
+        p, result = select_within(pool_members, task, lm, features=features, backend=backend, seed=seed,
+                                  limit=limit, model=recorded)
+    run = RunDir(out)
+    try:
+        run.start({"method": "select", "options": {"features": features, "limit": limit,
+                                                   "pool": [m.source for m in pool_members]},
+                   "model": name, "task": task.name if task else None, "seed": seed, "data": data},
+                  overwrite=overwrite)
+        p.save(run.path)
+        result["prompt_sha256"] = p.hash
+        run.write_result(result)
+    finally:
+        run.close()
+    score = result.get("test") or result["dev"]
+    split = "test" if "test" in result else "dev"
+    text = (f"selector over {len(pool_members)} prompts ({features}): " + (
+        f"routing accuracy {split} {score['routing_accuracy']['accuracy']:.3f}" if task is None else
+        f"{task.name} {split} accuracy {score['accuracy']:.3f} (best member {score['best_member']:.3f}, "
+        f"oracle {score['oracle']:.3f})") + f" -> {out}")
+    _print(result, as_json, text)
 
 
 @app.command()

@@ -10,7 +10,7 @@ import torch
 
 from promptlift import TextPrompt, load
 from promptlift.artifacts import (FORMAT, Calibrated, KnnPrompt, LatePrompt, MixturePrompt, PrefixPrompt, Reasoning,
-                                  SoftPrompt, TokenPrompt, artifact_types, content_hash)
+                                  SelectorPrompt, SoftPrompt, TokenPrompt, artifact_types, content_hash)
 from promptlift.errors import ArtifactError, PromptliftError
 from promptlift.task import Example
 from fakes import ctx  # noqa: F401
@@ -39,7 +39,11 @@ def _every_type() -> dict[str, object]:
             "calibrated": Calibrated(inner=soft, content_free=["N/A"]),
             "reasoning": Reasoning(inner=Calibrated(inner=knn), trigger="Think."),
             "mixture": MixturePrompt(members=[soft, make_prompt(), Calibrated(inner=soft)],
-                                     weights=torch.randn(3, generator=g), gate=torch.randn(3, 8, generator=g))}
+                                     weights=torch.randn(3, generator=g), gate=torch.randn(3, 8, generator=g)),
+            "selector": SelectorPrompt(members=[soft, make_prompt()], features="tfidf", dim=3, vocab=["a", "b", "ü"],
+                                       idf=torch.randn(3, generator=g), w1=torch.randn(4, 3, generator=g),
+                                       b1=torch.randn(4, generator=g), w2=torch.randn(2, 4, generator=g),
+                                       b2=torch.randn(2, generator=g))}
 
 
 def test_every_registered_type_is_covered():

@@ -107,7 +107,7 @@ def test_header_picks_another_artifact_of_the_route(tmp_path, fake, proxies):
     msgs = [{"role": "user", "content": "hello"}]
     raw = client.chat.completions.with_raw_response.create(model="sentiment", messages=msgs,
                                                            extra_headers={"X-Promptlift-Prompt": "c42"})
-    assert raw.headers["x-promptlift-prompt"] == "c42" and raw.headers["x-promptlift-prompt-sha256"] == other_sha
+    assert raw.headers["x-promptlift-prompt"] == other_sha and raw.headers["x-promptlift-prompt-name"] == "c42"
     assert fake.last["messages"] == [{"role": "user", "content": "Customer 42 style.\n\nhello"}]
     client.chat.completions.create(model="sentiment", messages=msgs)  # no header: the route's own prompt
     assert fake.last["messages"][0]["content"].startswith(INSTRUCTION)

@@ -128,7 +128,7 @@ def test_a_key_picks_only_its_prompts_and_404_names_only_its_routes(tmp_path, fa
     msgs = [{"role": "user", "content": "hi"}]
     out = client.chat.completions.with_raw_response.create(model="sentiment", messages=msgs,
                                                            extra_headers={"X-Promptlift-Prompt": "c42"})
-    assert out.headers["x-promptlift-prompt"] == "c42"
+    assert out.headers["x-promptlift-prompt-name"] == "c42"
     for name in ("c7", None):  # another customer's prompt, or the route's own: not this key's
         with pytest.raises(openai.PermissionDeniedError, match="may use: c42"):
             client.chat.completions.create(model="sentiment", messages=msgs,

@@ -107,7 +107,7 @@ def test_two_workers_share_limits_metrics_reloads_and_stop_gracefully(tmp_path, 
 
         def all_served_with(sha: str) -> bool:
             before = len(srv.requests())
-            heads = [srv.post(body, OTHER_KEY).headers.get("x-promptlift-prompt-sha256") for _ in range(20)]
+            heads = [srv.post(body, OTHER_KEY).headers.get("x-promptlift-prompt") for _ in range(20)]
             workers = {x["worker"] for x in srv.requests()[before:]}
             return heads == [sha] * 20 and workers == {0, 1}
 

@@ -97,6 +97,11 @@ class Applier:
         a wrapper that changes only label scores (calibration) answers with its inner prompt's."""
         return prompt
 
+    def served_by(self, prompt: Prompt, backend, task, inputs: Sequence[Any]) -> list[Prompt]:
+        """Per input, the artifact that answers it: the prompt itself, or the member a selector picks for it (the
+        proxy runs that member's request and names it in `x-promptlift-prompt`)."""
+        return [prompt] * len(inputs)
+
     def check(self, prompt: Prompt, backend, task) -> None:
         """Refuse, before any model call, what this prompt cannot do on this backend and task."""
         for child in prompt.children():

@@ -34,23 +34,30 @@ def embed_texts(lm, texts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
     return torch.cat(out)
 
 
-def tfidf_embed(pool: Sequence[str], queries: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """L2-normalised TF-IDF vectors of pool and queries, with IDF from the pool: (P, V), (Q, V)."""
-    docs = [Counter(_WORD.findall(t.lower())) for t in pool]
-    vocab = {w: i for i, w in enumerate(sorted({w for d in docs for w in d}))}
+def tfidf_fit(texts: Sequence[str]) -> tuple[list[str], torch.Tensor]:
+    """The vocabulary (sorted lower-cased words) of `texts` and each word's smoothed IDF: (V words, (V,) tensor)."""
+    docs = [Counter(_WORD.findall(t.lower())) for t in texts]
+    vocab = sorted({w for d in docs for w in d})
     df = Counter(w for d in docs for w in d)
     idf = torch.tensor([math.log((1 + len(docs)) / (1 + df[w])) + 1.0 for w in vocab]) if vocab else torch.zeros(0)
+    return vocab, idf
 
-    def vec(text: str) -> torch.Tensor:
-        v = torch.zeros(len(vocab))
+
+def tfidf_vectors(texts: Sequence[str], vocab: Sequence[str], idf: torch.Tensor) -> torch.Tensor:
+    """(N, V) L2-normalised TF-IDF vectors of `texts` over a fitted vocabulary (`tfidf_fit`); other words count nothing."""
+    index = {w: i for i, w in enumerate(vocab)}
+    out = torch.zeros(len(texts), len(vocab))
+    for r, text in enumerate(texts):
         for w, c in Counter(_WORD.findall(text.lower())).items():
-            if w in vocab:
-                v[vocab[w]] = c
-        return v * idf
+            if w in index:
+                out[r, index[w]] = c
+    return torch.nn.functional.normalize(out * idf.float(), dim=-1)
 
-    pe = torch.stack([vec(t) for t in pool]) if pool else torch.zeros(0, len(vocab))
-    qe = torch.stack([vec(t) for t in queries]) if queries else torch.zeros(0, len(vocab))
-    return torch.nn.functional.normalize(pe, dim=-1), torch.nn.functional.normalize(qe, dim=-1)
+
+def tfidf_embed(pool: Sequence[str], queries: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """L2-normalised TF-IDF vectors of pool and queries, with IDF from the pool: (P, V), (Q, V)."""
+    vocab, idf = tfidf_fit(pool)
+    return tfidf_vectors(pool, vocab, idf), tfidf_vectors(queries, vocab, idf)
 
 
 def nearest(query_emb: torch.Tensor, pool_emb: torch.Tensor, k: int) -> list[list[int]]:

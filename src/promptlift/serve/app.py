@@ -11,7 +11,9 @@ Endpoints:
 
 A request names a route by `model`; the header `X-Promptlift-Prompt: NAME`
 picks another artifact of that route (its `prompts:` in serve.yaml). Answers
-carry `X-Promptlift-Prompt` and `X-Promptlift-Prompt-Sha256`. How the artifact
+carry `X-Promptlift-Prompt`: the content hash of the artifact that served them
+(for a selector on the local upstream, the member it chose for the input), and
+`X-Promptlift-Prompt-Name`: the name of the route's artifact that was asked for. How the artifact
 changes the request is in `serve.apply` (text, HTTP), `serve.embeds` (soft,
 vLLM) and `serve.local` (any artifact, local model); errors and their bodies
 are in `serve.protocol`. The route decided at load time, per artifact, how it
@@ -98,7 +100,7 @@ class _Record:
     t0: float = field(default_factory=time.perf_counter)
     route: str = ""
     prompt: str | None = None
-    sha256: str | None = None
+    sha256: str | None = None  # the artifact that served the request (a selector's chosen member)
     key: str | None = None
     status: int = 200
     upstream_status: int | None = None
@@ -424,8 +426,7 @@ async def _handle(state: ServerState, request: Request, endpoint: str) -> Respon
         rec.stream = bool(payload.get("stream"))
         if snap.config.log_content:
             rec.content = {"request": payload.get("messages") if endpoint == "chat" else payload.get("prompt")}
-        headers = {"x-promptlift-route": model, "x-promptlift-prompt": pname,
-                   "x-promptlift-prompt-sha256": rec.sha256}
+        headers = {"x-promptlift-route": model, "x-promptlift-prompt-name": pname}
         task = live.tasks[pname]  # the route decided, per artifact, its labels, how it answers and goes
         if live.answers[pname] == "label" and not (endpoint == "completions" and payload.get("echo")):
             work = _label(live, pname, prompt, task, endpoint, payload, rec)
@@ -436,7 +437,7 @@ async def _handle(state: ServerState, request: Request, endpoint: str) -> Respon
         else:
             work = _http(state, live, prompt, task, endpoint, payload, rec)
         resp = await guard.unless_client_leaves(request, work)
-        resp.headers.update(headers)
+        resp.headers.update({**headers, PROMPT_HEADER: rec.sha256})
         streaming = isinstance(resp, StreamingResponse)
         return resp
     except P.ServeError as e:
@@ -750,6 +751,14 @@ async def _local_answers(live: LiveRoute, rec: _Record, calls) -> list:
                            "server_error", "local_model_error") from None
 
 
+def _served_by(rec: _Record, answers) -> None:
+    """The artifacts that served the local answers (a selector's chosen members; one per request, several only
+    for a completions request of several prompts, comma-separated) become the request's `x-promptlift-prompt`."""
+    hashes = list(dict.fromkeys(a.served for a in answers if a.served))
+    if hashes:
+        rec.sha256 = ",".join(hashes)
+
+
 async def _local(live: LiveRoute, prompt, task, endpoint: str, payload: dict, max_tokens: int, rec: _Record):
     inputs = _conversation(endpoint, payload)
     cfg = _gen_config(payload, max_tokens)
@@ -762,6 +771,7 @@ async def _local(live: LiveRoute, prompt, task, endpoint: str, payload: dict, ma
             raise _bad(str(e), "invalid_value") from None
     answers = await _local_answers(live, rec, [live.local.generate(prompt, x, cfg, task, top_logprobs=top_k,
                                                                     score=score) for x in inputs])
+    _served_by(rec, answers)
     rec.prompt_tokens = sum(a.prompt_tokens for a in answers)
     rec.completion_tokens = sum(a.completion_tokens for a in answers)
     rec.prompt_positions = sum(a.prompt_positions for a in answers)
@@ -814,6 +824,7 @@ async def _label(live: LiveRoute, pname: str, prompt, task, endpoint: str, paylo
         done = await _local_answers(live, rec, [live.local.generate(prompt, x, cfg, task, classify=True)
                                                 for x in inputs])
         answers = [a.label for a in done]
+        _served_by(rec, done)
         rec.prompt_tokens = sum(a.prompt_tokens for a in done)
         rec.completion_tokens = sum(a.completion_tokens for a in done)
         rec.prompt_positions = sum(a.prompt_positions for a in done)

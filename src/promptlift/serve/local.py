@@ -71,6 +71,7 @@ class Answer:
     scored: "ScoredText | None" = None
     label: LabelAnswer | None = None  # a classifier's answer: the label and every label's score
     prompt_positions: float = 0.0  # of `prompt_tokens`, the positions the prompt put before the input
+    served: str | None = None  # the content hash of the artifact that answered (a selector's chosen member)
 
 
 @dataclass
@@ -126,6 +127,7 @@ def _merged_cfg(cfg: GenerationConfig, cond: Cond) -> GenerationConfig:
 def run_jobs(lm, jobs: list[_Job], cache: PrefixCache | None = None) -> None:
     """Answer `jobs` (on the model's thread); each gets `result` or `error`."""
     wb = WhiteBox(lm, prefixes=cache)
+    jobs = _served(wb, jobs)
     groups: dict[tuple, list[_Job]] = {}
     scoring: dict[tuple, list[_Job]] = {}
     labels: dict[tuple, list[_Job]] = {}
@@ -173,6 +175,9 @@ def run_jobs(lm, jobs: list[_Job], cache: PrefixCache | None = None) -> None:
                     _decode(lm, [j])
                 except Exception:
                     _fail(j)
+    for j in jobs:
+        if j.result is not None:
+            j.result.served = j.prompt.hash
     _count_prompt_positions(WhiteBox(lm, prefixes=cache, common_prefix=False), jobs)
 
 
@@ -192,6 +197,29 @@ def _count_prompt_positions(wb: WhiteBox, jobs: list[_Job]) -> None:
             continue
         for j, n in zip(group, counts):
             j.result.prompt_positions = n
+
+
+_MEMBER_TASKS: dict[str, Any] = {}  # a member's own label task, one object per member (jobs group by its id)
+
+
+def _served(wb: WhiteBox, jobs: list[_Job]) -> list[_Job]:
+    """Each job as the job of the artifact that answers it (`Applier.served_by`: a selector's chosen member, which
+    then batches with other requests of that member); with the member's own label words where they are not the
+    route's. A job whose choice fails is failed; the others go on."""
+    out = []
+    for j in jobs:
+        try:
+            served = applier_for(j.prompt).served_by(j.prompt, wb, j.task, [j.conversation])[0]
+        except Exception:
+            _fail(j)
+            continue
+        if served is not j.prompt:
+            own = served.label_task()
+            if own is not None and (j.task is None or j.task.labels != own.labels):
+                j.task = _MEMBER_TASKS.setdefault(served.hash, own)
+            j.prompt = served
+        out.append(j)
+    return out
 
 
 def _cfg_key(cfg: GenerationConfig) -> tuple:
