@@ -158,6 +158,29 @@ def _prefixes(inputs, answer_prefixes) -> list[str]:
     return list(answer_prefixes) if answer_prefixes is not None else [""] * len(inputs)
 
 
+def per_choice(chosen: Sequence[int], members: Sequence[Prompt], prefixes: Sequence[str] | None, call) -> list:
+    """Inputs answered by the member each one chose (a selector's pick, a mixture's top member).
+
+    chosen: each input's member index; `call(member, idx, prefixes_of_idx)` answers the inputs `idx` that chose
+    `member` and returns one result per input. Returns the results back in input order.
+    """
+    out: list = [None] * len(chosen)
+    for k in sorted(set(chosen)):
+        idx = [i for i, c in enumerate(chosen) if c == k]
+        part = call(members[k], idx, [prefixes[i] for i in idx] if prefixes is not None else None)
+        for i, r in zip(idx, part):
+            out[i] = r
+    return out
+
+
+def one_choice(chosen: Sequence[int], members: Sequence[Prompt], what: str) -> Prompt:
+    """The one member every input chose (a request's inputs): its condition is theirs."""
+    if len(set(chosen)) > 1:
+        raise UnsupportedError(f"these inputs choose different {what} members; each is answered by its own "
+                               "member: condition them one at a time")
+    return members[chosen[0]] if chosen else members[0]
+
+
 def rows_after(lm, rendered, start: Sequence[int], what: str) -> list[list[int]]:
     """Each rendered input's token ids after `start` (the chat header and the prompt's own slot).
 

@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 
 from ..artifacts import MixturePrompt
-from ..errors import ArtifactError, ConfigError, UnsupportedError
+from ..errors import ArtifactError, ConfigError
 from ..kv import merge_prefixes
-from .apply import Applier, applier_for, applies, label_words, query_text
+from .apply import Applier, applier_for, applies, label_words, one_choice, per_choice, query_text
 from .backends import Cond
 
 
@@ -139,25 +139,12 @@ class MixtureApplier(Applier):
 
     def condition(self, prompt, backend, task, inputs, answer_prefixes=None):
         """The condition the answers are generated from: the inputs' highest-weight member's (one member for all)."""
-        chosen = set(self.chosen(prompt, backend, inputs))
-        if len(chosen) > 1:
-            raise UnsupportedError("these inputs choose different mixture members (gate=input); each is decoded "
-                                   "with its own member: condition them one at a time")
-        m = prompt.members[chosen.pop()] if chosen else prompt.members[0]
+        m = one_choice(self.chosen(prompt, backend, inputs), prompt.members, "mixture")
         return applier_for(m).generation_condition(m, backend, task, inputs, answer_prefixes)
 
     def generate(self, prompt, backend, task, inputs, cfg, answer_prefixes=None):
-        chosen = self.chosen(prompt, backend, inputs)
-        prefixes = list(answer_prefixes) if answer_prefixes is not None else None
-        out = [""] * len(inputs)
-        for k in sorted(set(chosen)):
-            idx = [i for i, c in enumerate(chosen) if c == k]
-            m = prompt.members[k]
-            texts = applier_for(m).generate(m, backend, task, [inputs[i] for i in idx], cfg,
-                                            [prefixes[i] for i in idx] if prefixes is not None else None)
-            for i, t in zip(idx, texts):
-                out[i] = t
-        return out
+        return per_choice(self.chosen(prompt, backend, inputs), prompt.members, answer_prefixes,
+                          lambda m, idx, ap: applier_for(m).generate(m, backend, task, [inputs[i] for i in idx], cfg, ap))
 
 
 def _one_pass(conds: list) -> Cond | None:

@@ -17,9 +17,9 @@ from typing import Callable, Sequence
 import torch
 
 from ..artifacts import SelectorPrompt
-from ..errors import ArtifactError, ConfigError, UnsupportedError
+from ..errors import ArtifactError, ConfigError
 from ..lm.base import same_model
-from .apply import Applier, applier_for, applies, query_text
+from .apply import Applier, applier_for, applies, one_choice, per_choice, query_text
 from .neighbors import tfidf_vectors
 
 
@@ -70,14 +70,7 @@ class SelectorApplier(Applier):
 
     def _per_member(self, prompt, backend, inputs, prefixes, call: Callable) -> list:
         """`call(member, idx, prefixes)` for each chosen member's inputs; its per-input results back in input order."""
-        chosen = self.chosen(prompt, backend, inputs)
-        out: list = [None] * len(inputs)
-        for k in sorted(set(chosen)):
-            idx = [i for i, c in enumerate(chosen) if c == k]
-            part = call(prompt.members[k], idx, [prefixes[i] for i in idx] if prefixes is not None else None)
-            for i, r in zip(idx, part):
-                out[i] = r
-        return out
+        return per_choice(self.chosen(prompt, backend, inputs), prompt.members, prefixes, call)
 
     def label_scores(self, prompt, backend, task, inputs, answer_prefixes=None):
         rows = self._per_member(prompt, backend, inputs, answer_prefixes, lambda m, idx, ap: applier_for(m).label_scores(
@@ -103,11 +96,7 @@ class SelectorApplier(Applier):
 
     def condition(self, prompt, backend, task, inputs, answer_prefixes=None):
         """The chosen member's condition, when every input chooses the same member (one request does)."""
-        chosen = set(self.chosen(prompt, backend, inputs))
-        if len(chosen) > 1:
-            raise UnsupportedError("these inputs choose different selector members; each is answered by its own "
-                                   "member: condition them one at a time")
-        m = prompt.members[chosen.pop()] if chosen else prompt.members[0]
+        m = one_choice(self.chosen(prompt, backend, inputs), prompt.members, "selector")
         return applier_for(m).generation_condition(m, backend, task if task is not None else m.label_task(),
                                                    inputs, answer_prefixes)
 
